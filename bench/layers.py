@@ -1,0 +1,156 @@
+"""Benchmark: nfopt NP/HNP layers against the reference ``nfn`` package, side by side.
+
+Stack: 3 equivariant linear layers, channels 1 -> 16 -> 16 -> 16, ReLU between, batch 32,
+forward + backward of ``loss = sum of mean squares of the outputs``. Configs: NP 64-32-32-10,
+HNP 64-32-32-10, NP 784-128-128-10. Timings are medians of interleaved runs in one process;
+peak memory is the resident-set high-water mark of one step in a fresh subprocess per side
+(above the process's resident set just before the step).
+
+Allocator: both sides run under the same glibc settings. By default the script re-executes
+itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (keeps large blocks instead of
+returning them to the OS and page-faulting them back on every step; see shared/PERFORMANCE.md);
+``--default-malloc`` keeps glibc's defaults. The last line is
+``RESULT worst_speed_ratio=X worst_memory_ratio=Y``.
+
+Needs the ``bench`` extra (``nfn==0.1.2``, ``einops``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
+CONFIGS = {
+    "NP 64-32-32-10": ("np", (64, 32, 32, 10)),
+    "HNP 64-32-32-10": ("hnp", (64, 32, 32, 10)),
+    "NP 784-128-128-10": ("np", (784, 128, 128, 10)),
+}
+CHANNELS = (1, 16, 16, 16)
+BATCH = 32
+
+
+def build(impl: str, kind: str, widths: tuple[int, ...]):
+    """(step function, inputs) for one implementation; ``step()`` runs forward+backward."""
+    torch.manual_seed(0)
+    shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]
+    ws = [torch.randn(BATCH, 1, *s) for s in shapes]
+    bs = [torch.randn(BATCH, 1, s[0]) for s in shapes]
+    if impl == "nfn":
+        from nfn.common import NetworkSpec as RefSpec
+        from nfn.common import WeightSpaceFeatures as RefFeatures
+        from nfn.common.data import ArraySpec
+        from nfn.layers import HNPLinear as RefHNP
+        from nfn.layers import NPLinear as RefNP
+
+        spec = RefSpec([ArraySpec(s) for s in shapes], [ArraySpec((s[0],)) for s in shapes])
+        cls = RefNP if kind == "np" else RefHNP
+        layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
+        x = RefFeatures(ws, bs)
+    else:
+        from nfopt import NetworkSpec, WeightSpaceFeatures
+        from nfopt.nn import HNPLinear, NPLinear
+
+        spec = NetworkSpec(tuple(shapes))
+        cls = NPLinear if kind == "np" else HNPLinear
+        layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
+        x = WeightSpaceFeatures(ws, bs)
+
+    def step() -> None:
+        h = x
+        for k, layer in enumerate(layers):
+            h = layer(h)
+            if k < len(layers) - 1:
+                h = h.map(torch.relu)
+        loss = sum(t.square().mean() for t in (*h.weights, *h.biases))
+        loss.backward()
+        for p in layers.parameters():
+            p.grad = None
+
+    n_params = sum(p.numel() for p in layers.parameters())
+    return step, n_params
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_child(impl: str, config: str) -> None:
+    step, _ = build(impl, *CONFIGS[config])
+    with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark to the current RSS
+        f.write("5")
+    before = _status_kib("VmRSS")
+    step()
+    print(json.dumps({"peak": (_status_kib("VmHWM") - before) * 1024}))
+
+
+def measure_peak(impl: str, config: str) -> int:
+    out = subprocess.run(
+        [sys.executable, __file__, "--peak-child", impl, config],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=0, help="timed steps per side (0: by config)")
+    ap.add_argument("--default-malloc", action="store_true", help="keep glibc's allocator defaults")
+    ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help="subset of configs")
+    ap.add_argument("--peak-child", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.peak_child:
+        peak_child(*args.peak_child)
+        return
+    if not args.default_malloc and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+    env = "default glibc malloc" if args.default_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {env}")
+    print(f"stack: channels {CHANNELS}, ReLU between, batch {BATCH}, forward+backward\n")
+    header = f"{'config':<20}{'nfn ms':>10}{'nfopt ms':>10}{'speed-up':>10}{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
+    print(header)
+    speed, memory = [], []
+    for name in args.configs:
+        steps, params = {}, {}
+        for impl in ("nfn", "nfopt"):
+            steps[impl], params[impl] = build(impl, *CONFIGS[name])
+        repeats = args.repeats or (5 if "784" in name else 30)
+        for impl in steps:  # warm-up
+            steps[impl]()
+        times = {"nfn": [], "nfopt": []}
+        for _ in range(repeats):
+            for impl, step in steps.items():
+                t0 = time.perf_counter()
+                step()
+                times[impl].append(time.perf_counter() - t0)
+        del steps
+        med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        peaks = {impl: measure_peak(impl, name) for impl in ("nfn", "nfopt")}
+        ratio, mem_ratio = med["nfn"] / med["nfopt"], peaks["nfopt"] / max(peaks["nfn"], 1)
+        speed.append(ratio)
+        memory.append(mem_ratio)
+        print(
+            f"{name:<20}{med['nfn']:>10.1f}{med['nfopt']:>10.1f}{ratio:>9.2f}x"
+            f"{peaks['nfn'] / 2**20:>10.0f}{peaks['nfopt'] / 2**20:>11.0f}{mem_ratio:>11.2f}"
+            f"{params['nfn']:>11}/{params['nfopt']}",
+            flush=True,
+        )
+    print(f"RESULT worst_speed_ratio={min(speed):.2f} worst_memory_ratio={max(memory):.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The engine behind NPLinear and HNPLinear.
+
+Every equivariant linear map of the NFN paper over an MLP/CNN weight space in which each neuron
+layer ``l = 0..L`` is either *permutable* (acted on by ``S_{n_l}``) or *fixed* (input/output
+layers under the hidden-only HNP symmetry). Fixed axes are folded into the features (see
+``_layout``), after which both layers share one formula. Per weight layer ``i`` with input
+``X_i: (B, F_i, m_i, m_{i-1})`` the pooled quantities are
+
+    r_i = mean_rows X_i : (B, F_i, m_{i-1})      c_i = mean_cols X_i : (B, F_i, m_i)
+    g_i = mean X_i      : (B, F_i)               bm_i = mean b_i     : (B, Fb_i)
+
+Per permutable neuron layer ``l``: ``P_l = [c_l, b_l, r_{l+1}] : (B, D_l, n_l)`` (the features
+that live on neuron ``l``: row means of its incoming weight, its bias, column means of its
+outgoing weight) and globally ``z = [g_1..g_L, bm_1..bm_L] : (B, Dz)``. The outputs are
+
+    H_i = A_i X_i                 (per entry; only when both axes are permutable)
+        + (Q_i P_i)[κ_i]          broadcast along columns  (when neuron layer i is permutable)
+        + (Q_{i-1} P_{i-1})[ρ_i]  broadcast along rows     (when neuron layer i-1 is permutable)
+        + z Z[i] + β_i            broadcast everywhere
+    u_i = (Q_i P_i)[υ_i] + z Z[L+i] + β_{L+i}
+
+which, with every layer permutable, is exactly the NP layer (per-entry, row, column,
+neighbouring-layer and global-mean terms) and, with layers 0 and L fixed, the HNP layer.
+
+Two numerically identical implementations: :func:`forward` in plain differentiable torch ops
+(used for inference, under ``torch.func`` transforms and for double backward), and
+:class:`FusedEquivariantLinear`, a custom autograd function with a hand-written backward that
+saves only the layer input and small pooled tensors and makes the fewest passes over the big
+per-entry tensors (the backward of a linear equivariant map is again one).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from nfopt.weightspace import NetworkSpec
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Static structure of one equivariant linear map (sizes only, no tensors)."""
+
+    spec: NetworkSpec
+    perm: tuple[bool, ...]  # per neuron layer 0..L: permutable?
+    c_in: int
+    c_out: int
+
+    @property
+    def L(self) -> int:
+        return self.spec.num_layers
+
+    def m(self, level: int) -> int:
+        return self.spec.neuron_sizes[level] if self.perm[level] else 1
+
+    def _fold(self, i: int, c: int) -> int:  # weight feature size of python layer i
+        n = self.spec.neuron_sizes
+        return (
+            self.spec.kernel_sizes[i]
+            * c
+            * (1 if self.perm[i + 1] else n[i + 1])
+            * (1 if self.perm[i] else n[i])
+        )
+
+    def fw(self, i: int, out: bool = False) -> int:
+        return self._fold(i, self.c_out if out else self.c_in)
+
+    def fb(self, i: int, out: bool = False) -> int:
+        c = self.c_out if out else self.c_in
+        return c * (1 if self.perm[i + 1] else self.spec.neuron_sizes[i + 1])
+
+    def has_A(self, i: int) -> bool:
+        return self.perm[i] and self.perm[i + 1]
+
+    def p_parts(self, level: int, out: bool = False) -> list[int]:
+        """Feature sizes of ``P_level``'s parts: ``[c, b]`` of the incoming layer, ``[r]`` of the
+        outgoing one (inputs), or the matching ``[κ, υ, ρ]`` output sizes (``out=True``)."""
+        parts = []
+        if level >= 1:
+            parts += [self.fw(level - 1, out), self.fb(level - 1, out)]
+        if level < self.L:
+            parts += [self.fw(level, out)]
+        return parts
+
+    @property
+    def dz(self) -> int:
+        return sum(self.fw(i) for i in range(self.L)) + sum(self.fb(i) for i in range(self.L))
+
+    def z_out_parts(self) -> list[int]:
+        return [self.fw(i, True) for i in range(self.L)] + [self.fb(i, True) for i in range(self.L)]
+
+
+def _mean(x: Tensor, dim: int) -> Tensor:
+    n = x.shape[dim]
+    return x.squeeze(dim) if n == 1 else x.sum(dim) * (1.0 / n)  # sum*1/n: cheaper backward than mean
+
+
+def _pool(plan: Plan, xs, bs):
+    """Pooled features ``(z, P)`` of folded inputs (shapes in the module docstring)."""
+    r = [_mean(x, 2) for x in xs]  # (B, F, m_c)
+    c = [_mean(x, 3) for x in xs]  # (B, F, m_r)
+    g = [_mean(ci, 2) for ci in c]  # (B, F)
+    bm = [_mean(b, 2) for b in bs]  # (B, Fb)
+    z = torch.cat(g + bm, dim=-1)  # (B, Dz)
+    P = []
+    for level in range(plan.L + 1):
+        if not plan.perm[level]:
+            P.append(None)
+            continue
+        parts = ([c[level - 1], bs[level - 1]] if level >= 1 else []) + ([r[level]] if level < plan.L else [])
+        P.append(torch.cat(parts, dim=1))  # (B, D_level, n_level)
+    return z, P
+
+
+def _mix(plan: Plan, z: Tensor, P, Q, Z: Tensor, beta: Tensor):
+    """The small matmuls: per-neuron terms ``κ, υ, ρ: (B, G, n)`` and global ``zt, vt: (B, G)``."""
+    glob = torch.addmm(beta, z, Z).split(plan.z_out_parts(), dim=-1)
+    zt, vt = glob[: plan.L], glob[plan.L :]
+    kappa, ups, rho = [None] * plan.L, [None] * plan.L, [None] * plan.L
+    for level in range(plan.L + 1):
+        if P[level] is None:
+            continue
+        outs = _lmul(Q[level], P[level]).split(plan.p_parts(level, out=True), dim=1)
+        if level >= 1:
+            kappa[level - 1], ups[level - 1] = outs[0], outs[1]
+        if level < plan.L:
+            rho[level] = outs[-1]
+    return zt, vt, kappa, ups, rho
+
+
+def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor):
+    z, P = _pool(plan, xs, bs)
+    zt, vt, kappa, ups, rho = _mix(plan, z, P, Q, Z, beta)
+    hs, us = [], []
+    for i, x in enumerate(xs):
+        bsz, f, mr, mc = x.shape
+        # fold the global term into the smaller broadcast term
+        if rho[i] is not None:
+            row, col = rho[i] + zt[i][:, :, None], kappa[i]  # (B, G, m_c), (B, G, m_r) or None
+        elif kappa[i] is not None:
+            row, col = None, kappa[i] + zt[i][:, :, None]
+        else:
+            row, col = None, zt[i][:, :, None]  # (B, G, 1)
+        if A[i] is not None:
+            h = _lmul(A[i], x.reshape(bsz, f, mr * mc)).view(bsz, -1, mr, mc)  # (B, G, m_r, m_c)
+            h.add_(col[..., None]).add_(row[:, :, None])  # in place: two passes, no temporaries
+        elif row is not None:
+            h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
+        else:
+            h = col[..., None].contiguous()
+        hs.append(h)
+        u = vt[i][:, :, None]  # (B, Gb, 1)
+        us.append((u + ups[i]) if ups[i] is not None else u.contiguous())
+    return hs, us, z, P
+
+
+def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor):
+    """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
+    same layout with ``c_out`` channels. Plain torch ops: differentiable to any order."""
+    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta)
+    return hs, us
+
+
+class FusedEquivariantLinear(torch.autograd.Function):
+    """``forward`` with a hand-written backward. Call as
+    ``apply(plan, L, *xs, *bs, *A, *Q, Z, beta)`` where absent ``A``/``Q`` entries are ``None``."""
+
+    @staticmethod
+    def forward(ctx, plan: Plan, n: int, *args):
+        xs, bs = args[:n], args[n : 2 * n]
+        A, Q = args[2 * n : 3 * n], args[3 * n : 4 * n + 1]
+        Z, beta = args[-2], args[-1]
+        hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta)
+        ctx.plan, ctx.n = plan, n
+        ctx.z, ctx.P = z, P
+        ctx.present = (tuple(a is not None for a in A), tuple(q is not None for q in Q))
+        ctx.save_for_backward(*xs, *[a for a in A if a is not None], *[q for q in Q if q is not None], Z)
+        return (*hs, *us)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        plan, n = ctx.plan, ctx.n
+        saved = list(ctx.saved_tensors)
+        xs, rest = saved[:n], saved[n:]
+        a_present, q_present = ctx.present
+        A = [rest.pop(0) if p else None for p in a_present]
+        Q = [rest.pop(0) if p else None for p in q_present]
+        Z = rest.pop(0)
+        z, P = ctx.z, ctx.P
+        dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
+        L = plan.L
+
+        # 1. reductions of the output gradients (the adjoints of the broadcasts)
+        s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
+        for i, dh in enumerate(dhs):
+            if plan.perm[i + 1]:
+                s_col[i] = _sum(dh, 3)  # (B, G, n_i)
+                d_ups[i] = dus[i]
+            if plan.perm[i]:
+                s_row[i] = _sum(dh, 2)  # (B, G, n_{i-1})
+            s = s_row[i] if s_row[i] is not None else s_col[i]
+            dzt.append(s.sum(2) if s is not None else dh.reshape(dh.shape[0], -1))
+            dvt.append(dus[i].sum(2))
+
+        # 2. global terms
+        dglob = torch.cat(dzt + dvt, dim=-1)  # (B, ΣG)
+        dZ = z.t() @ dglob
+        dbeta = dglob.sum(0)
+        dz = (dglob @ Z.t()).split([plan.fw(i) for i in range(L)] + [plan.fb(i) for i in range(L)], dim=-1)
+        dg, dbm = dz[:L], dz[L:]
+
+        # 3. per-neuron terms
+        dc, db_direct, dr, dQ = [None] * L, [None] * L, [None] * L, [None] * (L + 1)
+        for level in range(L + 1):
+            if P[level] is None:
+                continue
+            douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + (
+                [s_row[level]] if level < L else []
+            )
+            dout = torch.cat(douts, dim=1)  # (B, Σ out parts, n_level)
+            dQ[level] = torch.bmm(dout, P[level].transpose(1, 2)).sum(0)
+            dp = _lmul(Q[level].t(), dout).split(plan.p_parts(level), dim=1)
+            if level >= 1:
+                dc[level - 1], db_direct[level - 1] = dp[0], dp[1]
+            if level < L:
+                dr[level] = dp[-1]
+
+        # 4. input gradients: per-entry adjoint plus broadcast adjoints of the means
+        dxs, dbs, dA = [], [], []
+        for i, x in enumerate(xs):
+            bsz, f, mr, mc = x.shape
+            dct = dg[i][:, :, None] * (1.0 / mr)  # (B, F, 1): the global mean, via c_i
+            if dc[i] is not None:
+                dct = dct + dc[i]
+            dct = dct * (1.0 / mc)  # (B, F, m_r)
+            if A[i] is not None:
+                dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
+                x2 = x.reshape(bsz, f, mr * mc)
+                dA.append(torch.bmm(dh, x2.transpose(1, 2)).sum(0))  # (G, F)
+                dx = _lmul(A[i].t(), dh).view(bsz, f, mr, mc)
+                dx.add_(dct[..., None])
+                if dr[i] is not None:
+                    dx.add_(dr[i][:, :, None], alpha=1.0 / mr)
+            else:
+                dA.append(None)
+                dx = dct[..., None]
+                if dr[i] is not None:
+                    dx = dx + dr[i][:, :, None] * (1.0 / mr)
+                dx = dx.expand(bsz, f, mr, mc).contiguous()
+            dxs.append(dx)
+            db = dbm[i][:, :, None] * (1.0 / mr)
+            if db_direct[i] is not None:
+                db = db + db_direct[i]
+            dbs.append(db.expand(bsz, db.shape[1], mr).contiguous())
+        return (None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
+
+
+def _lmul(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x[b]`` for every batch element: ``(G, F) x (B, F, N) -> (B, G, N)``. A batched GEMM on
+    the expanded ``w`` (``torch.matmul`` would transpose ``x`` to fold the batch, two copies)."""
+    return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _sum(x: Tensor, dim: int) -> Tensor:
+    return x.squeeze(dim) if x.shape[dim] == 1 else x.sum(dim)
+
+
+def init_parameters(plan: Plan, A, Q, Z: Tensor, beta: Tensor, gain: float = math.sqrt(2.0)) -> None:
+    """He-style uniform init over each output's total fan-in (per-entry + neuron + global terms)
+    so that a stack with ReLU keeps activations O(1); ``beta`` starts at zero."""
+    L = plan.L
+
+    def fan_w(i: int) -> int:
+        fan = plan.dz + (plan.fw(i) if A[i] is not None else 0)
+        fan += sum(plan.p_parts(i + 1)) if plan.perm[i + 1] else 0  # κ: features on neuron layer i+1
+        fan += sum(plan.p_parts(i)) if plan.perm[i] else 0  # ρ: features on neuron layer i
+        return fan
+
+    def fan_b(i: int) -> int:
+        return plan.dz + (sum(plan.p_parts(i + 1)) if plan.perm[i + 1] else 0)
+
+    def fill(t: Tensor, fan: int) -> None:
+        bound = gain * math.sqrt(3.0 / fan)
+        t.uniform_(-bound, bound)
+
+    with torch.no_grad():
+        for i in range(L):
+            if A[i] is not None:
+                fill(A[i], fan_w(i))
+        fans = [fan_w(i) for i in range(L)] + [fan_b(i) for i in range(L)]
+        for zpart, fan in zip(Z.split(plan.z_out_parts(), dim=-1), fans):
+            fill(zpart, fan)
+        for level in range(L + 1):
+            if Q[level] is None:
+                continue
+            outs = Q[level].split(plan.p_parts(level, out=True), dim=0)
+            owners = ([fan_w(level - 1), fan_b(level - 1)] if level >= 1 else []) + (
+                [fan_w(level)] if level < L else []
+            )
+            for qpart, fan in zip(outs, owners):
+                fill(qpart, fan)
+        beta.zero_()

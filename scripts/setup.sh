@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# One-shot set-up of a fresh machine: the project virtualenv at .venv/ with nfopt
+# (editable) and its dev/bench extras, versions pinned by constraints.txt.
+# Idempotent: re-running only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Real offline data (Fashion-MNIST IDX files) from Debian, where we can install it.
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \
+    && [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+    >/dev/null 2>&1 || echo "note: could not install Debian's dataset-fashion-mnist; Fashion-MNIST tests will skip" >&2
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]'
+echo "nfopt set-up done: .venv/ ($(.venv/bin/python -c 'import torch, ray, mlflow; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}")'))"
