@@ -121,7 +121,10 @@ def main() -> None:
     env = "default glibc malloc" if args.default_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {env}")
     print(f"stack: channels {CHANNELS}, ReLU between, batch {BATCH}, forward+backward\n")
-    header = f"{'config':<20}{'nfn ms':>10}{'nfopt ms':>10}{'speed-up':>10}{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
+    header = (
+        f"{'config':<20}{'nfn ms':>10}{'nfopt ms':>10}{'speed-up':>10}"
+        f"{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
+    )
     print(header)
     speed, memory = [], []
     for name in args.configs:

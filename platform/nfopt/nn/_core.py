@@ -60,12 +60,7 @@ class Plan:
 
     def _fold(self, i: int, c: int) -> int:  # weight feature size of python layer i
         n = self.spec.neuron_sizes
-        return (
-            self.spec.kernel_sizes[i]
-            * c
-            * (1 if self.perm[i + 1] else n[i + 1])
-            * (1 if self.perm[i] else n[i])
-        )
+        return self.spec.kernel_sizes[i] * c * (1 if self.perm[i + 1] else n[i + 1]) * (1 if self.perm[i] else n[i])
 
     def fw(self, i: int, out: bool = False) -> int:
         return self._fold(i, self.c_out if out else self.c_in)
@@ -220,11 +215,9 @@ class FusedEquivariantLinear(torch.autograd.Function):
         for level in range(L + 1):
             if P[level] is None:
                 continue
-            douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + (
-                [s_row[level]] if level < L else []
-            )
+            douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + ([s_row[level]] if level < L else [])
             dout = torch.cat(douts, dim=1)  # (B, Σ out parts, n_level)
-            dQ[level] = torch.bmm(dout, P[level].transpose(1, 2)).sum(0)
+            dQ[level] = _outer_sum(dout, P[level])
             dp = _lmul(Q[level].t(), dout).split(plan.p_parts(level), dim=1)
             if level >= 1:
                 dc[level - 1], db_direct[level - 1] = dp[0], dp[1]
@@ -242,7 +235,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
             if A[i] is not None:
                 dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
                 x2 = x.reshape(bsz, f, mr * mc)
-                dA.append(torch.bmm(dh, x2.transpose(1, 2)).sum(0))  # (G, F)
+                dA.append(_outer_sum(dh, x2))  # (G, F)
                 dx = _lmul(A[i].t(), dh).view(bsz, f, mr, mc)
                 dx.add_(dct[..., None])
                 if dr[i] is not None:
@@ -265,6 +258,16 @@ def _lmul(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x[b]`` for every batch element: ``(G, F) x (B, F, N) -> (B, G, N)``. A batched GEMM on
     the expanded ``w`` (``torch.matmul`` would transpose ``x`` to fold the batch, two copies)."""
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_b a[b] @ b[b].T``: ``(B, O, N) x (B, D, N) -> (O, D)``. Per-batch GEMMs when their
+    ``(B, O, D)`` partial results are small; otherwise one GEMM over batch-major copies."""
+    bsz, o, n = a.shape
+    d = b.shape[1]
+    if o * d <= 4 * n * (o + d):
+        return torch.bmm(a, b.transpose(1, 2)).sum(0)
+    return a.transpose(0, 1).reshape(o, bsz * n) @ b.transpose(0, 1).reshape(d, bsz * n).t()
 
 
 def _sum(x: Tensor, dim: int) -> Tensor:

@@ -28,9 +28,7 @@ def fold_weight(w: Tensor, row_fixed: bool, col_fixed: bool) -> Tensor:
     return x.reshape(b, -1, 1 if row_fixed else nr, 1 if col_fixed else nc)
 
 
-def unfold_weight(
-    x: Tensor, shape: tuple[int, ...], channels: int, row_fixed: bool, col_fixed: bool
-) -> Tensor:
+def unfold_weight(x: Tensor, shape: tuple[int, ...], channels: int, row_fixed: bool, col_fixed: bool) -> Tensor:
     """Inverse of :func:`fold_weight`; ``shape = (n_r, n_c, *k)``. A view of ``x``."""
     nr, nc, *k = shape
     axes = _weight_axes(len(k), row_fixed, col_fixed)

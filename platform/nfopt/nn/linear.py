@@ -83,8 +83,7 @@ class _EquivariantLinear(nn.Module):
     def _check(self, x: WeightSpaceFeatures) -> None:
         if len(x) != self.spec.num_layers or x.channels != self.in_channels:
             raise ValueError(
-                f"{type(self).__name__} expects {self.spec.num_layers} layers with C={self.in_channels}, "
-                f"got {x!r}"
+                f"{type(self).__name__} expects {self.spec.num_layers} layers with C={self.in_channels}, got {x!r}"
             )
         for i, w in enumerate(x.weights):
             if tuple(w.shape[2:]) != self.spec.weight_shapes[i]:
@@ -116,9 +115,7 @@ class _EquivariantLinear(nn.Module):
         xs, bs = self._adjust_inputs(xs, bs)
         hs, us = self._apply_folded(xs, bs)
         n = spec.neuron_sizes
-        ws = [
-            unfold_weight(h, spec.weight_shapes[i], c, not perm[i + 1], not perm[i]) for i, h in enumerate(hs)
-        ]
+        ws = [unfold_weight(h, spec.weight_shapes[i], c, not perm[i + 1], not perm[i]) for i, h in enumerate(hs)]
         bs_out = [unfold_bias(u, n[i + 1], c, not perm[i + 1]) for i, u in enumerate(us)]
         return WeightSpaceFeatures(ws, bs_out)
 

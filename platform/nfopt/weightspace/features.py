@@ -33,8 +33,7 @@ class WeightSpaceFeatures:
         weights, biases = tuple(weights), tuple(biases)
         if len(weights) != len(biases) or not weights:
             raise ValueError(
-                f"WeightSpaceFeatures needs one bias per weight (got {len(weights)} weights, "
-                f"{len(biases)} biases)"
+                f"WeightSpaceFeatures needs one bias per weight (got {len(weights)} weights, {len(biases)} biases)"
             )
         b0, c0 = weights[0].shape[:2]
         for i, (w, b) in enumerate(zip(weights, biases)):
@@ -50,8 +49,7 @@ class WeightSpaceFeatures:
                 )
             if i and w.shape[3] != weights[i - 1].shape[2]:
                 raise ValueError(
-                    f"weights[{i}] takes {w.shape[3]} inputs but weights[{i - 1}] has "
-                    f"{weights[i - 1].shape[2]} outputs"
+                    f"weights[{i}] takes {w.shape[3]} inputs but weights[{i - 1}] has {weights[i - 1].shape[2]} outputs"
                 )
         object.__setattr__(self, "weights", weights)
         object.__setattr__(self, "biases", biases)
@@ -101,12 +99,13 @@ class WeightSpaceFeatures:
     # ------------------------------------------------------------------ modules
     @classmethod
     def from_module(cls, module: nn.Module) -> WeightSpaceFeatures:
-        """Weights of one MLP/CNN as features with ``B=1, C=1`` (a missing bias reads as 0)."""
+        """Weights of one MLP/CNN as features with ``B=1, C=1`` (a missing bias reads as 0).
+        The tensors are detached copies: later changes to the module do not leak in."""
         ws, bs = [], []
         for _, layer in parse_module(module):
-            w = layer.weight.detach()
+            w = layer.weight.detach().clone()
             ws.append(w[None, None])
-            b = layer.bias.detach() if layer.bias is not None else w.new_zeros(w.shape[0])
+            b = layer.bias.detach().clone() if layer.bias is not None else w.new_zeros(w.shape[0])
             bs.append(b[None, None])
         return cls(ws, bs)
 
@@ -135,9 +134,7 @@ class WeightSpaceFeatures:
         with torch.no_grad():
             for (name, layer), (w, b) in zip(layers, self):
                 if tuple(layer.weight.shape) != tuple(w.shape[2:]):
-                    raise ValueError(
-                        f"'{name}' has weight {tuple(layer.weight.shape)}, features {tuple(w.shape[2:])}"
-                    )
+                    raise ValueError(f"'{name}' has weight {tuple(layer.weight.shape)}, features {tuple(w.shape[2:])}")
                 layer.weight.copy_(w[index, 0])
                 if layer.bias is not None:
                     layer.bias.copy_(b[index, 0])

@@ -59,8 +59,10 @@ class Permutation:
         return all(torch.equal(i, torch.arange(len(i))) for i in self.indices)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Permutation) and self.sizes == other.sizes and all(
-            torch.equal(a, b) for a, b in zip(self.indices, other.indices)
+        return (
+            isinstance(other, Permutation)
+            and self.sizes == other.sizes
+            and all(torch.equal(a, b) for a, b in zip(self.indices, other.indices))
         )
 
     def __hash__(self) -> int:
@@ -92,9 +94,7 @@ class NetworkSpec:
             raise ValueError("NetworkSpec.weight_shapes is empty: a weight space needs >= 1 layer")
         has_bias = tuple(bool(b) for b in self.has_bias) or (True,) * len(shapes)
         if len(has_bias) != len(shapes):
-            raise ValueError(
-                f"NetworkSpec.has_bias has {len(has_bias)} entries for {len(shapes)} layers"
-            )
+            raise ValueError(f"NetworkSpec.has_bias has {len(has_bias)} entries for {len(shapes)} layers")
         object.__setattr__(self, "has_bias", has_bias)
         seen_linear = False
         for i, s in enumerate(shapes):
@@ -180,9 +180,7 @@ class NetworkSpec:
         return any(len(s) > 2 for s in self.weight_shapes)
 
     # ----------------------------------------------------------------- permutations
-    def sample_permutation(
-        self, generator: torch.Generator | None = None, hidden_only: bool = True
-    ) -> Permutation:
+    def sample_permutation(self, generator: torch.Generator | None = None, hidden_only: bool = True) -> Permutation:
         """A uniformly random permutation of the neuron layers.
 
         With ``hidden_only`` (the symmetry of a real network), input and output neuron layers

@@ -1,0 +1,186 @@
+import itertools
+
+import pytest
+import torch
+from hypothesis import given
+from nfopt import NetworkSpec, WeightSpaceFeatures
+from nfopt.nn import HNPLinear, NPLinear, fused_backward
+from nfopt.testing import EquivarianceError, assert_equivariant, random_features
+
+from tests.strategies import channels, specs
+
+
+@given(specs(), channels, channels)
+def test_np_equivariant_to_all_permutations(spec, c_in, c_out):
+    assert_equivariant(NPLinear(spec, c_in, c_out), spec, hidden_only=False)
+
+
+@given(specs(), channels, channels)
+def test_np_io_embed_equivariant_to_hidden_only(spec, c_in, c_out):
+    assert_equivariant(NPLinear(spec, c_in, c_out, io_embed=True), spec, hidden_only=True)
+
+
+@given(specs(depth=(2, 5), width=(1, 8)), channels, channels)
+def test_hnp_equivariant_to_hidden_permutations(spec, c_in, c_out):
+    assert_equivariant(HNPLinear(spec, c_in, c_out), spec, hidden_only=True)
+
+
+@pytest.mark.parametrize("layer", ["hnp", "np_io"])
+def test_hidden_only_layers_break_io_symmetry(layer):
+    """HNP and io_embed layers must *not* be equivariant to IO permutations (they tell IO apart)."""
+    spec = NetworkSpec.mlp([6, 5, 4])
+    mod = HNPLinear(spec, 2, 2) if layer == "hnp" else NPLinear(spec, 2, 2, io_embed=True)
+    with pytest.raises(EquivarianceError):
+        assert_equivariant(mod, spec, hidden_only=False)
+
+
+def test_np_without_io_embed_cannot_tell_io_apart():
+    spec = NetworkSpec.mlp([6, 5, 4])
+    assert assert_equivariant(NPLinear(spec, 2, 2), spec, hidden_only=False, num_permutations=5) < 1e-12
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        NetworkSpec.mlp([3, 2]),  # depth 1: no hidden neurons
+        NetworkSpec(((4, 2, 3, 3),)),
+        NetworkSpec.mlp([5, 1, 1, 3]),  # single-neuron hidden layers
+        NetworkSpec(((3, 2, 3), (4, 3, 1), (2, 4))),
+    ],
+)
+@pytest.mark.parametrize(
+    "make", [lambda s: NPLinear(s, 2, 3), lambda s: HNPLinear(s, 2, 3), lambda s: NPLinear(s, 2, 3, io_embed=True)]
+)
+def test_fused_backward_matches_autograd(spec, make):
+    torch.manual_seed(0)
+    layer = make(spec).double()
+    x = random_features(spec, 3, 2).map(lambda t: t.requires_grad_())
+    weights = [torch.randn_like(t) for t in layer(x).tensors()]
+
+    def grads():
+        y = layer(x)
+        loss = sum((w * t).sum() + t.square().sum() for w, t in zip(weights, y.tensors()))
+        return torch.autograd.grad(loss, [*x.tensors(), *layer.parameters()])
+
+    fused = grads()
+    with fused_backward(False):
+        plain = grads()
+    for a, b in zip(fused, plain):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_gradcheck_and_double_backward_on_plain_path():
+    spec = NetworkSpec(((3, 2, 2), (2, 3)))
+    layer = NPLinear(spec, 1, 2).double()
+    x = random_features(spec, 2, 1).map(lambda t: t.requires_grad_())
+
+    def f(*ts):
+        return layer(WeightSpaceFeatures(ts[0::2], ts[1::2])).tensors()
+
+    assert torch.autograd.gradcheck(f, x.tensors())
+    with fused_backward(False):
+        assert torch.autograd.gradgradcheck(f, x.tensors())
+
+
+def test_works_under_torch_func():
+    spec = NetworkSpec.mlp([4, 3, 2])
+    layer = NPLinear(spec, 1, 1).double()
+    x = random_features(spec, 5, 1)
+    params = dict(layer.named_parameters())
+
+    def loss(p, feats):
+        return sum(t.square().sum() for t in torch.func.functional_call(layer, p, (feats,)).tensors())
+
+    g = torch.func.grad(loss)(params, x)
+    ref = torch.autograd.grad(loss(params, x), list(params.values()))
+    for a, b in zip(g.values(), ref):
+        assert torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+@pytest.mark.parametrize(
+    "spec", [NetworkSpec.mlp([64, 32, 32, 10]), NetworkSpec(((16, 1, 3, 3), (16, 16, 3, 3), (10, 16)))]
+)
+def test_init_keeps_activations_order_one_through_four_layers(cls, spec):
+    torch.manual_seed(0)
+    chans = [1, 16, 16, 16, 16]
+    layers = [cls(spec, chans[i], chans[i + 1]) for i in range(4)]
+    h = random_features(spec, 8, 1, dtype=torch.float32)
+    with torch.no_grad():
+        for k, layer in enumerate(layers):
+            h = layer(h)
+            if k < 3:
+                h = h.map(torch.relu)
+    var = torch.cat([t.reshape(-1) for t in h.tensors()]).var().item()
+    assert 0.05 < var < 20.0, var
+
+
+def test_output_shapes_dtypes_and_layout():
+    spec = NetworkSpec(((4, 3, 3, 3), (5, 4), (2, 5)))
+    x = random_features(spec, 2, 3, dtype=torch.float32)
+    for layer in (NPLinear(spec, 3, 7), HNPLinear(spec, 3, 7)):
+        y = layer(x)
+        assert [tuple(w.shape) for w in y.weights] == [(2, 7, 4, 3, 3, 3), (2, 7, 5, 4), (2, 7, 2, 5)]
+        assert [tuple(b.shape) for b in y.biases] == [(2, 7, 4), (2, 7, 5), (2, 7, 2)]
+        assert y.dtype == torch.float32
+    mlp = NetworkSpec.mlp([6, 5, 4])
+    y = NPLinear(mlp, 2, 3)(random_features(mlp, 2, 2, dtype=torch.float32))
+    assert all(t.is_contiguous() for t in y.tensors())  # standard layout for users' elementwise ops
+
+
+def test_bad_input_is_named():
+    spec = NetworkSpec.mlp([4, 3, 2])
+    layer = NPLinear(spec, 2, 2)
+    with pytest.raises(ValueError, match="C=2"):
+        layer(random_features(spec, 1, 3, dtype=torch.float32))
+    with pytest.raises(ValueError, match="weights\\[0\\]"):
+        layer(random_features(NetworkSpec.mlp([5, 3, 2]), 1, 2, dtype=torch.float32))
+    with pytest.raises(ValueError, match="max_params"):
+        HNPLinear(NetworkSpec.mlp([784, 128, 10]), 16, 16, max_params=1_000_000)
+
+
+def _burnside_dims(spec: NetworkSpec, hidden_only: bool) -> tuple[int, int]:
+    """(dim of equivariant linear maps, dim of invariant vectors) of the weight-space
+    permutation representation: averages of chi(g)^2 and chi(g) over the group (Burnside)."""
+    n = spec.neuron_sizes
+    choices = [
+        [tuple(range(m))] if hidden_only and lv in (0, len(n) - 1) else list(itertools.permutations(range(m)))
+        for lv, m in enumerate(n)
+    ]
+    total_sq = total = count = 0
+    for g in itertools.product(*choices):
+        fix = [sum(p[j] == j for j in range(len(p))) for p in g]
+        chi = sum(fix[i + 1] * fix[i] * k + fix[i + 1] for i, k in enumerate(spec.kernel_sizes))
+        total_sq, total, count = total_sq + chi * chi, total + chi, count + 1
+    return total_sq // count, total // count
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        NetworkSpec.mlp([2, 3]),
+        NetworkSpec.mlp([2, 3, 2]),
+        NetworkSpec.mlp([3, 2, 2, 3]),
+        NetworkSpec(((2, 2, 2), (3, 2))),
+    ],
+)
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+def test_layer_spans_exactly_the_equivariant_maps(spec, cls):
+    """The layer's parameters form a basis of *all* equivariant affine maps: the parameter
+    count equals the dimension given by Burnside's lemma and the map params -> function is
+    injective (full-rank Jacobian). So no term of the NFN paper is missing and none is redundant."""
+    c_in, c_out = 2, 1
+    layer = cls(spec, c_in, c_out).double()
+    dim_lin, dim_inv = _burnside_dims(spec, hidden_only=cls is HNPLinear)
+    n_params = sum(p.numel() for p in layer.parameters())
+    assert n_params == c_in * c_out * dim_lin + c_out * dim_inv
+    x = random_features(spec, 2 + 2 * n_params // (c_out * spec.num_params), c_in)
+    names = [k for k, _ in layer.named_parameters()]
+
+    def out(*flat):
+        y = torch.func.functional_call(layer, dict(zip(names, flat)), (x,))
+        return torch.cat([t.reshape(-1) for t in y.tensors()])
+
+    jac = torch.autograd.functional.jacobian(out, tuple(p.detach() for p in layer.parameters()), vectorize=True)
+    jac = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+    assert torch.linalg.matrix_rank(jac).item() == n_params
