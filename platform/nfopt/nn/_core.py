@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from nfopt.nn import _native
 from nfopt.weightspace import NetworkSpec
 
 Tensor = torch.Tensor
@@ -95,10 +96,17 @@ def _mean(x: Tensor, dim: int) -> Tensor:
     return x.squeeze(dim) if n == 1 else x.sum(dim) * (1.0 / n)  # sum*1/n: cheaper backward than mean
 
 
-def _pool(plan: Plan, xs, bs):
+def _pool(plan: Plan, xs, bs, native=None):
     """Pooled features ``(z, P)`` of folded inputs (shapes in the module docstring)."""
-    r = [_mean(x, 2) for x in xs]  # (B, F, m_c)
-    c = [_mean(x, 3) for x in xs]  # (B, F, m_r)
+    r, c = [], []
+    for x in xs:
+        if native is not None and x.shape[2] > 1 and x.shape[3] > 1:
+            rows, cols = native.pool_sums(x)  # one pass over x
+            r.append(rows * (1.0 / x.shape[2]))
+            c.append(cols * (1.0 / x.shape[3]))
+        else:
+            r.append(_mean(x, 2))  # (B, F, m_c)
+            c.append(_mean(x, 3))  # (B, F, m_r)
     g = [_mean(ci, 2) for ci in c]  # (B, F)
     bm = [_mean(b, 2) for b in bs]  # (B, Fb)
     z = torch.cat(g + bm, dim=-1)  # (B, Dz)
@@ -128,8 +136,8 @@ def _mix(plan: Plan, z: Tensor, P, Q, Z: Tensor, beta: Tensor):
     return zt, vt, kappa, ups, rho
 
 
-def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor):
-    z, P = _pool(plan, xs, bs)
+def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
+    z, P = _pool(plan, xs, bs, native)
     zt, vt, kappa, ups, rho = _mix(plan, z, P, Q, Z, beta)
     hs, us = [], []
     for i, x in enumerate(xs):
@@ -142,8 +150,10 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor):
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
-            h = _lmul(A[i], x.reshape(bsz, f, mr * mc)).view(bsz, -1, mr, mc)  # (B, G, m_r, m_c)
-            h.add_(col[..., None]).add_(row[:, :, None])  # in place: two passes, no temporaries
+            # broadcast-fill the output, then one batched GEMM accumulating into it (beta=1):
+            # two passes over H instead of a GEMM plus two in-place broadcast adds
+            h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
+            _lmul_(h.view(bsz, -1, mr * mc), A[i], x.reshape(bsz, f, mr * mc))
         elif row is not None:
             h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
         else:
@@ -170,8 +180,9 @@ class FusedEquivariantLinear(torch.autograd.Function):
         xs, bs = args[:n], args[n : 2 * n]
         A, Q = args[2 * n : 3 * n], args[3 * n : 4 * n + 1]
         Z, beta = args[-2], args[-1]
-        hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta)
-        ctx.plan, ctx.n = plan, n
+        native = _native_for(xs)
+        hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta, native)
+        ctx.plan, ctx.n, ctx.native = plan, n, native
         ctx.z, ctx.P = z, P
         ctx.present = (tuple(a is not None for a in A), tuple(q is not None for q in Q))
         ctx.save_for_backward(*xs, *[a for a in A if a is not None], *[q for q in Q if q is not None], Z)
@@ -189,16 +200,18 @@ class FusedEquivariantLinear(torch.autograd.Function):
         Z = rest.pop(0)
         z, P = ctx.z, ctx.P
         dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
-        L = plan.L
+        L, native = plan.L, ctx.native
 
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
         s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
         for i, dh in enumerate(dhs):
+            if native is not None and A[i] is not None:
+                s_row[i], s_col[i] = native.pool_sums(dh)  # one pass over dh
+            else:
+                s_col[i] = _sum(dh, 3) if plan.perm[i + 1] else None  # (B, G, n_i)
+                s_row[i] = _sum(dh, 2) if plan.perm[i] else None  # (B, G, n_{i-1})
             if plan.perm[i + 1]:
-                s_col[i] = _sum(dh, 3)  # (B, G, n_i)
                 d_ups[i] = dus[i]
-            if plan.perm[i]:
-                s_row[i] = _sum(dh, 2)  # (B, G, n_{i-1})
             s = s_row[i] if s_row[i] is not None else s_col[i]
             dzt.append(s.sum(2) if s is not None else dh.reshape(dh.shape[0], -1))
             dvt.append(dus[i].sum(2))
@@ -234,12 +247,9 @@ class FusedEquivariantLinear(torch.autograd.Function):
             dct = dct * (1.0 / mc)  # (B, F, m_r)
             if A[i] is not None:
                 dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
-                x2 = x.reshape(bsz, f, mr * mc)
-                dA.append(_outer_sum(dh, x2))  # (G, F)
-                dx = _lmul(A[i].t(), dh).view(bsz, f, mr, mc)
-                dx.add_(dct[..., None])
-                if dr[i] is not None:
-                    dx.add_(dr[i][:, :, None], alpha=1.0 / mr)
+                dA.append(_outer_sum(dh, x.reshape(bsz, f, mr * mc)))  # (G, F)
+                dx = torch.add(dct[..., None], dr[i][:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
+                _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh)
             else:
                 dA.append(None)
                 dx = dct[..., None]
@@ -254,10 +264,23 @@ class FusedEquivariantLinear(torch.autograd.Function):
         return (None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
 
 
+def _native_for(xs):
+    """The fused CPU kernels when they apply to these inputs, else ``None``."""
+    x = xs[0]
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    return _native.ops()
+
+
 def _lmul(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x[b]`` for every batch element: ``(G, F) x (B, F, N) -> (B, G, N)``. A batched GEMM on
     the expanded ``w`` (``torch.matmul`` would transpose ``x`` to fold the batch, two copies)."""
     return torch.bmm(w.expand(x.shape[0], *w.shape), x)
+
+
+def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
+    """``out[b] += w @ x[b]`` in place (batched GEMM with beta=1)."""
+    return out.baddbmm_(w.expand(x.shape[0], *w.shape), x)
 
 
 def _outer_sum(a: Tensor, b: Tensor) -> Tensor:

@@ -1,0 +1,68 @@
+"""Optional fused CPU kernels for NP/HNP layers (``csrc/np_kernels.cpp``).
+
+Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
+into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source, the torch
+version and the CPU, so a cached build is never reused on another kind of machine. Where the
+build fails (no compiler) or ``NFOPT_NATIVE=0`` is set, layers use the pure-PyTorch path, which
+computes the same function (tested for equality).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "ops"]
+
+_log = logging.getLogger(__name__)
+_SRC = Path(__file__).with_name("csrc") / "np_kernels.cpp"
+_state: dict = {"tried": False, "ops": None, "error": None}
+
+
+def _cpu_key() -> bytes:
+    try:
+        with open("/proc/cpuinfo", "rb") as f:
+            return b"".join(line for line in f if line.startswith((b"model name", b"flags")))[:4096]
+    except OSError:
+        return os.uname().machine.encode()
+
+
+def ops():
+    """``torch.ops.nfopt_native`` or ``None`` when the kernels are unavailable."""
+    if os.environ.get("NFOPT_NATIVE", "1") == "0":
+        return None
+    if _state["tried"]:
+        return _state["ops"]
+    _state["tried"] = True
+    try:
+        from torch.utils.cpp_extension import load
+
+        src = _SRC.read_bytes()
+        key = hashlib.sha1(src + torch.__version__.encode() + _cpu_key()).hexdigest()[:12]
+        root = Path(os.environ.get("NFOPT_BUILD_DIR", Path.home() / ".cache" / "nfopt" / "native"))
+        build = root / key
+        build.mkdir(parents=True, exist_ok=True)
+        _log.info("nfopt: building fused CPU kernels in %s (once per machine)", build)
+        load(
+            name=f"nfopt_native_{key}",
+            sources=[str(_SRC)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build),
+            is_python_module=False,
+            verbose=False,
+        )
+        _state["ops"] = torch.ops.nfopt_native
+    except Exception as err:  # no compiler, no ninja, ...: fall back, say so once
+        _state["error"] = err
+        warnings.warn(f"nfopt: fused CPU kernels unavailable, using the PyTorch path ({err})", stacklevel=2)
+    return _state["ops"]
+
+
+def available() -> bool:
+    return ops() is not None
