@@ -4,6 +4,7 @@ kernels 1x1-3x3, channels 1-4)."""
 import random
 
 from hypothesis import strategies as st
+
 from nfopt.testing import random_spec
 
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
+from torch import nn
+
 from nfopt import NetworkSpec, WeightSpaceFeatures
 from nfopt.nn import NPLinear, NPPool
 from nfopt.testing import EquivarianceError, assert_equivariant, assert_invariant, random_spec
-from torch import nn
 
 SPEC = NetworkSpec.mlp([6, 5, 4, 3])
 

@@ -3,10 +3,10 @@ import itertools
 import pytest
 import torch
 from hypothesis import given
+
 from nfopt import NetworkSpec, WeightSpaceFeatures
 from nfopt.nn import HNPLinear, NPLinear, fused_backward
 from nfopt.testing import EquivarianceError, assert_equivariant, random_features
-
 from tests.strategies import channels, specs
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 from hypothesis import given
+
 from nfopt import NetworkSpec
 from nfopt.nn import ChannelLayerNorm, LearnedScale, NFActivation, NFDropout, Pointwise
 from nfopt.testing import assert_equivariant, random_features
-
 from tests.strategies import channels, specs
 
 

@@ -1,10 +1,10 @@
 import pytest
 import torch
 from hypothesis import given
+
 from nfopt import NetworkSpec
 from nfopt.nn import HNPPool, NPPool
 from nfopt.testing import EquivarianceError, assert_invariant, random_features
-
 from tests.strategies import channels, specs
 
 

@@ -3,9 +3,9 @@ import pickle
 import pytest
 import torch
 from hypothesis import given
-from nfopt import NetworkSpec, WeightSpaceFeatures
 from torch import nn
 
+from nfopt import NetworkSpec, WeightSpaceFeatures
 from tests.strategies import specs
 from tests.weightspace.test_spec import small_cnn
 

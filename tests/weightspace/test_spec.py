@@ -1,9 +1,9 @@
 import pytest
 import torch
 from hypothesis import given
-from nfopt import NetworkSpec, Permutation
 from torch import nn
 
+from nfopt import NetworkSpec, Permutation
 from tests.strategies import specs
 
 

@@ -200,7 +200,9 @@ class FusedEquivariantLinear(torch.autograd.Function):
         Z = rest.pop(0)
         z, P = ctx.z, ctx.P
         dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
-        L, native = plan.L, ctx.native
+        L = plan.L
+        # under torch.func (e.g. a vmapped jacobian) the native ops have no batching rule
+        native = None if any(_is_transformed(g) for g in grads) else ctx.native
 
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
         s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
@@ -241,27 +243,40 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dxs, dbs, dA = [], [], []
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
-            dct = dg[i][:, :, None] * (1.0 / mr)  # (B, F, 1): the global mean, via c_i
-            if dc[i] is not None:
-                dct = dct + dc[i]
-            dct = dct * (1.0 / mc)  # (B, F, m_r)
-            if A[i] is not None:
-                dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
-                dA.append(_outer_sum(dh, x.reshape(bsz, f, mr * mc)))  # (G, F)
-                dx = torch.add(dct[..., None], dr[i][:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
-                _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh)
+            dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
+            dA.append(_outer_sum(dh, x.reshape(bsz, f, mr * mc)) if A[i] is not None else None)  # (G, F)
+            if not ctx.needs_input_grad[2 + i]:  # e.g. the first layer's input: skip the big pass
+                dxs.append(None)
             else:
-                dA.append(None)
-                dx = dct[..., None]
-                if dr[i] is not None:
-                    dx = dx + dr[i][:, :, None] * (1.0 / mr)
-                dx = dx.expand(bsz, f, mr, mc).contiguous()
-            dxs.append(dx)
+                dct = dg[i][:, :, None] * (1.0 / mr)  # (B, F, 1): the global mean, via c_i
+                if dc[i] is not None:
+                    dct = dct + dc[i]
+                dct = dct * (1.0 / mc)  # (B, F, m_r)
+                if A[i] is not None:
+                    dx = torch.add(dct[..., None], dr[i][:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
+                    _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh)
+                else:
+                    dx = dct[..., None]
+                    if dr[i] is not None:
+                        dx = dx + dr[i][:, :, None] * (1.0 / mr)
+                    dx = dx.expand(bsz, f, mr, mc).contiguous()
+                dxs.append(dx)
             db = dbm[i][:, :, None] * (1.0 / mr)
             if db_direct[i] is not None:
                 db = db + db_direct[i]
             dbs.append(db.expand(bsz, db.shape[1], mr).contiguous())
         return (None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
+
+
+def _is_transformed(t: Tensor) -> bool:
+    """Inside a ``torch.func`` transform, or a legacy-vmapped backward (``is_grads_batched``)."""
+    f = torch._C._functorch
+    return (
+        torch._C._are_functorch_transforms_active()
+        or f.is_batchedtensor(t)
+        or f.is_functorch_wrapped_tensor(t)
+        or f.is_legacy_batchedtensor(t)
+    )
 
 
 def _native_for(xs):

@@ -2,8 +2,9 @@
 //
 // Layout: X (B, F, R, C) contiguous, channels-first. pool_sums returns the row sums and the
 // column sums of every (R, C) matrix in one read of X, where PyTorch needs two reductions.
-// (Fused per-entry GEMM kernels were measured here and lost to MKL's batched GEMM with a
-// broadcast-filled output, which the Python side uses.)
+// (Register-blocked kernels for the per-entry channel mixing and its weight gradient were
+// measured here too and did not beat MKL's batched GEMM into a broadcast-filled output, which
+// the Python side uses; see bench/layers.py.)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
