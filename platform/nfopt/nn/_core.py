@@ -299,10 +299,17 @@ def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
 
 
 def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_b a[b] @ b[b].T``: ``(B, O, N) x (B, D, N) -> (O, D)``. Per-batch GEMMs when their
-    ``(B, O, D)`` partial results are small; otherwise one GEMM over batch-major copies."""
+    """``sum_b a[b] @ b[b].T``: ``(B, O, N) x (B, D, N) -> (O, D)``, a reduction over the long
+    axis ``N``. Long ``N``: one GEMM per batch element accumulating in place (measured ~1.7x
+    faster than a batched GEMM here); large ``O x D``: one GEMM over batch-major copies;
+    otherwise a batched GEMM and a sum of the small partial products."""
     bsz, o, n = a.shape
     d = b.shape[1]
+    if n >= 4096:
+        acc = a[0] @ b[0].t()
+        for k in range(1, bsz):
+            acc.addmm_(a[k], b[k].t())
+        return acc
     if o * d <= 4 * n * (o + d):
         return torch.bmm(a, b.transpose(1, 2)).sum(0)
     return a.transpose(0, 1).reshape(o, bsz * n) @ b.transpose(0, 1).reshape(d, bsz * n).t()
