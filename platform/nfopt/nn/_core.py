@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -76,24 +77,40 @@ class Plan:
     def p_parts(self, level: int, out: bool = False) -> list[int]:
         """Feature sizes of ``P_level``'s parts: ``[c, b]`` of the incoming layer, ``[r]`` of the
         outgoing one (inputs), or the matching ``[κ, υ, ρ]`` output sizes (``out=True``)."""
-        parts = []
-        if level >= 1:
-            parts += [self.fw(level - 1, out), self.fb(level - 1, out)]
-        if level < self.L:
-            parts += [self.fw(level, out)]
-        return parts
+        return list(self._p_parts[out][level])
 
-    @property
+    @cached_property
+    def _p_parts(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+        def parts(level: int, out: bool) -> tuple[int, ...]:
+            p = (self.fw(level - 1, out), self.fb(level - 1, out)) if level >= 1 else ()
+            return p + ((self.fw(level, out),) if level < self.L else ())
+
+        return tuple(tuple(parts(lv, out) for lv in range(self.L + 1)) for out in (False, True))
+
+    @cached_property
     def dz(self) -> int:
-        return sum(self.fw(i) for i in range(self.L)) + sum(self.fb(i) for i in range(self.L))
+        return sum(self.z_in_parts())
+
+    def z_in_parts(self) -> list[int]:
+        return list(self._z_parts[0])
 
     def z_out_parts(self) -> list[int]:
-        return [self.fw(i, True) for i in range(self.L)] + [self.fb(i, True) for i in range(self.L)]
+        return list(self._z_parts[1])
+
+    @cached_property
+    def _z_parts(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        L = self.L
+        return tuple(
+            tuple(self.fw(i, out) for i in range(L)) + tuple(self.fb(i, out) for i in range(L)) for out in (False, True)
+        )
 
 
 def _mean(x: Tensor, dim: int) -> Tensor:
     n = x.shape[dim]
-    return x.squeeze(dim) if n == 1 else x.sum(dim) * (1.0 / n)  # sum*1/n: cheaper backward than mean
+    if n == 1:
+        return x.squeeze(dim)
+    # under autograd, sum * 1/n: mean's backward would materialise a full-size tensor
+    return x.sum(dim) * (1.0 / n) if torch.is_grad_enabled() else x.mean(dim)
 
 
 def _pool(plan: Plan, xs, bs, native=None):
@@ -222,7 +239,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dglob = torch.cat(dzt + dvt, dim=-1)  # (B, ΣG)
         dZ = z.t() @ dglob
         dbeta = dglob.sum(0)
-        dz = (dglob @ Z.t()).split([plan.fw(i) for i in range(L)] + [plan.fb(i) for i in range(L)], dim=-1)
+        dz = (dglob @ Z.t()).split(plan.z_in_parts(), dim=-1)
         dg, dbm = dz[:L], dz[L:]
 
         # 3. per-neuron terms
@@ -305,7 +322,7 @@ def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
     otherwise a batched GEMM and a sum of the small partial products."""
     bsz, o, n = a.shape
     d = b.shape[1]
-    if n >= 4096:
+    if n >= 2048:
         acc = a[0] @ b[0].t()
         for k in range(1, bsz):
             acc.addmm_(a[k], b[k].t())
