@@ -1,0 +1,168 @@
+"""Weight-space self-attention (the NFT paper's equivariant attention layer)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nfopt.nn._layout import fold_weight, unfold_weight
+from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
+
+__all__ = ["WeightSpaceAttention", "attention_fp32"]
+
+Tensor = torch.Tensor
+
+
+def attention_fp32(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+    """Scaled dot-product attention with scores and softmax in at least float32 (also under
+    autocast); the result has ``q``'s dtype. ``q: (..., T, E)``, ``k, v: (..., S, E)`` -> ``(..., T, E)``."""
+    dtype = q.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        q, k, v = q.to(work), k.to(work), v.to(work)
+        if q.shape[-2] * k.shape[-2] <= 128 * 128:  # short token sets: plain GEMMs beat the fused kernel
+            a = torch.softmax(q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5), dim=-1)
+            out = F.dropout(a, dropout_p) @ v if dropout_p else a @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return out.to(dtype)
+
+
+def _linear_init(out_f: int, in_f: int) -> tuple[nn.Parameter, nn.Parameter]:
+    bound = 1.0 / math.sqrt(in_f)
+    return (
+        nn.Parameter(torch.empty(out_f, in_f).uniform_(-bound, bound)),
+        nn.Parameter(torch.empty(out_f).uniform_(-bound, bound)),
+    )
+
+
+class WeightSpaceAttention(nn.Module):
+    r"""Multi-head self-attention over weight space, equivariant to permutations of every
+    neuron layer (no position information inside; add IO encodings before it for the
+    hidden-only symmetry of real networks).
+
+    Input/output: ``weights[i]: (B, C, n_i, n_{i-1}, *k_i)``, ``biases[i]: (B, C, n_i)``.
+    Per-entry projections (one per tensor; kernel positions folded into the entry's feature
+    ``k_i C``) give queries, keys and values with ``H`` heads of ``d = C / H`` channels. For each
+    neuron layer ``l`` the tokens are the columns of ``W_l``, the bias ``b_l`` and the rows of
+    ``W_{l+1}``: ``T_l = n_{l-1} + 1 + n_{l+1}`` tokens, each a ``(d, n_l)`` matrix over layer
+    ``l``'s neurons, attended with
+
+    .. math::  o_t = \sum_{t'} \mathrm{softmax}_{t'}\Big(\tfrac{1}{\sqrt{d n_l}}
+               \sum_{c, j \le n_l} q_t[c, j]\, k_{t'}[c, j]\Big)\, v_{t'}
+
+    Scores sum over layer ``l``'s neurons, so permuting them leaves the scores unchanged and
+    permutes the outputs alike; permuting layers ``l±1`` permutes tokens, to which attention is
+    equivariant. Each weight receives the outputs of both of its neuron layers. A global term
+    attends over the ``2L`` per-tensor means of ``q, k, v`` and is broadcast back. Output
+    projections map ``C`` back to ``k_i C`` per tensor. Scores and softmax run in float32.
+    """
+
+    def __init__(self, spec: NetworkSpec, channels: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if num_heads < 1 or channels % num_heads:
+            raise ValueError(f"channels={channels} must be a positive multiple of num_heads={num_heads}")
+        self.spec, self.channels, self.num_heads, self.dropout = spec, channels, num_heads, dropout
+        c = channels
+        self.w_qkv, self.w_qkv_bias = nn.ParameterList(), nn.ParameterList()
+        self.b_qkv, self.b_qkv_bias = nn.ParameterList(), nn.ParameterList()
+        self.w_out, self.w_out_bias = nn.ParameterList(), nn.ParameterList()
+        self.b_out, self.b_out_bias = nn.ParameterList(), nn.ParameterList()
+        for k in spec.kernel_sizes:
+            for (wl, bl), shape in (
+                ((self.w_qkv, self.w_qkv_bias), (3 * c, k * c)),
+                ((self.b_qkv, self.b_qkv_bias), (3 * c, c)),
+                ((self.w_out, self.w_out_bias), (k * c, c)),
+                ((self.b_out, self.b_out_bias), (c, c)),
+            ):
+                w, b = _linear_init(*shape)
+                wl.append(w)
+                bl.append(b)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        if x.channels != self.channels or x.spec.weight_shapes != self.spec.weight_shapes:
+            raise ValueError(f"WeightSpaceAttention({self.spec}, C={self.channels}) got {x!r}")
+        L, H, bsz, c = self.spec.num_layers, self.num_heads, x.batch_size, self.channels
+        d, bh = c // H, x.batch_size * self.num_heads
+        n = self.spec.neuron_sizes
+        drop = self.dropout if self.training else 0.0
+        # per-entry projections, each (B, C, n_i, n_{i-1}) / (B, C, n_i), heads split off C
+        qw, qb = [], []
+        for i, (w, b) in enumerate(x):
+            f = fold_weight(w, False, False).reshape(bsz, -1, n[i + 1] * n[i])  # (B, k C, N)
+            proj = [_affine(wt, bt, f) for wt, bt in zip(self.w_qkv[i].split(c), self.w_qkv_bias[i].split(c))]
+            qw.append([t.view(bsz, c, n[i + 1], n[i]) for t in proj])
+            qb.append([_affine(wt, bt, b) for wt, bt in zip(self.b_qkv[i].split(c), self.b_qkv_bias[i].split(c))])
+        cols: list = [None] * L  # attention output for W_i from its row layer: (B, C, n_i, n_{i-1})
+        rows: list = [None] * L  # ... from its column layer
+        bias_out: list = [None] * L
+        for level in range(L + 1):
+            e = d * n[level]
+            # feature-major token matrices (B*H, d*n_l, T): columns of W_l | b_l | rows of W_{l+1},
+            # gathered by one cat of (B*H, d, n_l, .) views
+            toks = []
+            for j in range(3):
+                parts = []
+                if level >= 1:
+                    parts += [qw[level - 1][j].view(bh, d, n[level], n[level - 1]), qb[level - 1][j].view(bh, d, -1, 1)]
+                if level < L:
+                    parts.append(qw[level][j].view(bh, d, n[level + 1], n[level]).transpose(2, 3))
+                toks.append(torch.cat(parts, dim=-1).view(bh, e, -1))
+            o = _attend_feature_major(*toks, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
+            # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
+            sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
+            outs = torch.split(o, sizes, dim=-1)
+            if level >= 1:
+                cols[level - 1] = outs[0].view(bsz, c, n[level], n[level - 1])  # views: no copies
+                bias_out[level - 1] = outs[1].view(bsz, c, n[level])
+            if level < L:
+                rows[level] = outs[-1].transpose(2, 3).view(bsz, c, n[level + 1], n[level])
+        # global term: attention over the 2L per-tensor means of q, k, v; (B, H, 2L, d) each
+        means = [
+            torch.stack(
+                [qw[i][j].sum((-2, -1)) * (1.0 / (n[i + 1] * n[i])) for i in range(L)]
+                + [qb[i][j].sum(-1) * (1.0 / n[i + 1]) for i in range(L)],
+                dim=1,
+            )
+            .view(bsz, 2 * L, H, d)
+            .transpose(1, 2)
+            for j in range(3)
+        ]
+        g = attention_fp32(*means, drop).transpose(1, 2).reshape(bsz, 2 * L, c)  # (B, 2L, C)
+        ws, bs = [], []
+        for i in range(L):
+            ow = cols[i] + rows[i] + g[:, i, :, None, None]  # (B, C, n_i, n_{i-1})
+            ob = bias_out[i] + g[:, L + i, :, None]  # (B, C, n_i)
+            hw = _affine(self.w_out[i], self.w_out_bias[i], ow.reshape(bsz, c, -1))
+            ws.append(unfold_weight(hw.view(bsz, -1, n[i + 1], n[i]), self.spec.weight_shapes[i], c, False, False))
+            bs.append(_affine(self.b_out[i], self.b_out_bias[i], ob))
+        return WeightSpaceFeatures(ws, bs)
+
+    def extra_repr(self) -> str:
+        return f"{self.spec}, channels={self.channels}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
+    """``w @ x[i] + b`` per batch element: ``(O, F), (O,), (B, F, N) -> (B, O, N)``."""
+    return torch.baddbmm(b[:, None].expand(x.shape[0], -1, x.shape[-1]), w.expand(x.shape[0], *w.shape), x)
+
+
+def _attend_feature_major(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
+    """Attention over the token (last) axis of feature-major ``(N, E, T)`` matrices, scores and
+    softmax in at least float32: ``softmax(q^T k / sqrt(E)) `` applied to ``v`` -> ``(N, E, T)``."""
+    dtype = q.dtype
+    work = torch.promote_types(dtype, torch.float32)
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.bmm(q.transpose(1, 2).to(work), k.to(work)) * (q.shape[1] ** -0.5)  # (N, T, T)
+        a = torch.softmax(scores, dim=-1)
+        if dropout_p:
+            a = F.dropout(a, dropout_p)
+        out = torch.bmm(v.to(work), a.transpose(1, 2))
+    return out.to(dtype)
