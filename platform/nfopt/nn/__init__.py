@@ -4,24 +4,41 @@ Equivariant: :class:`NPLinear` (all neuron permutations), :class:`HNPLinear` (hi
 per-entry :class:`Pointwise`, :class:`NFActivation`, :class:`NFDropout`,
 :class:`ChannelLayerNorm`, :class:`LearnedScale`. Invariant: :class:`NPPool`, :class:`HNPPool`.
 IO encodings: :class:`LearnedIOEmbedding`, :class:`FourierIOEncoding`.
+Transformers (NFT): :class:`WeightSpaceAttention`, :class:`NFTBlock`, :class:`NFTEncoder`,
+:func:`build_nft` with :class:`EquivariantHead` / :class:`InvariantHead`; Inr2Array:
+:class:`Inr2ArrayEncoder`, :class:`Inr2ArrayDecoder`, :class:`Inr2ArrayAutoencoder`.
 """
 
+from nfopt.nn.attention import WeightSpaceAttention, attention_fp32
 from nfopt.nn.encoding import FourierIOEncoding, LearnedIOEmbedding
+from nfopt.nn.inr2array import GaussianFourierFeatures, Inr2ArrayAutoencoder, Inr2ArrayDecoder, Inr2ArrayEncoder
 from nfopt.nn.linear import HNPLinear, NPLinear, fused_backward
+from nfopt.nn.nft import EquivariantHead, InvariantHead, NFTBlock, NFTEncoder, build_nft
 from nfopt.nn.pointwise import ChannelLayerNorm, LearnedScale, NFActivation, NFDropout, Pointwise
 from nfopt.nn.pool import HNPPool, NPPool
 
 __all__ = [
     "ChannelLayerNorm",
+    "EquivariantHead",
     "FourierIOEncoding",
+    "GaussianFourierFeatures",
     "HNPLinear",
     "HNPPool",
+    "Inr2ArrayAutoencoder",
+    "Inr2ArrayDecoder",
+    "Inr2ArrayEncoder",
+    "InvariantHead",
     "LearnedIOEmbedding",
     "LearnedScale",
     "NFActivation",
     "NFDropout",
+    "NFTBlock",
+    "NFTEncoder",
     "NPLinear",
     "NPPool",
     "Pointwise",
+    "WeightSpaceAttention",
+    "attention_fp32",
+    "build_nft",
     "fused_backward",
 ]
