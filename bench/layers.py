@@ -1,16 +1,18 @@
-"""Benchmark: nfopt NP/HNP layers against the reference ``nfn`` package, side by side.
+"""Benchmark: nfopt NP/HNP/attention layers against the reference ``nfn`` package, side by side.
 
 Stack: 3 equivariant linear layers, channels 1 -> 16 -> 16 -> 16, ReLU between, batch 32,
 forward + backward of ``loss = sum of mean squares of the outputs``. Configs: NP 64-32-32-10,
-HNP 64-32-32-10, NP 784-128-128-10. Timings are medians of interleaved runs in one process;
-peak memory is the resident-set high-water mark of one step in a fresh subprocess per side
-(above the process's resident set just before the step).
+HNP 64-32-32-10, NP 784-128-128-10; and one weight-space attention layer (NFT; 16 channels,
+4 heads, 16-channel inputs) against the reference ``NPAttention`` on 64-32-32-10. Timings are
+medians of interleaved runs in one process; peak memory is the resident-set high-water mark of
+one step in a fresh subprocess per side (above the process's resident set just before the step).
 
 Allocator: both sides run under the same glibc settings. By default the script re-executes
 itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (keeps large blocks instead of
 returning them to the OS and page-faulting them back on every step; see shared/PERFORMANCE.md);
 ``--default-malloc`` keeps glibc's defaults. The last line is
-``RESULT worst_speed_ratio=X worst_memory_ratio=Y``.
+``RESULT worst_speed_ratio=X worst_memory_ratio=Y nft_speed_ratio=Z`` (worst speed over the
+NP/HNP stacks, worst peak-memory ratio nfopt/nfn over all, speed ratio of the attention layer).
 
 Needs the ``bench`` extra (``nfn==0.1.2``, ``einops``).
 """
@@ -32,35 +34,48 @@ CONFIGS = {
     "NP 64-32-32-10": ("np", (64, 32, 32, 10)),
     "HNP 64-32-32-10": ("hnp", (64, 32, 32, 10)),
     "NP 784-128-128-10": ("np", (784, 128, 128, 10)),
+    "NFT attn 64-32-32-10": ("attn", (64, 32, 32, 10)),
 }
+ATTN_CHANNELS, ATTN_HEADS = 16, 4
 CHANNELS = (1, 16, 16, 16)
 BATCH = 32
 
 
 def build(impl: str, kind: str, widths: tuple[int, ...]):
-    """(step function, inputs) for one implementation; ``step()`` runs forward+backward."""
+    """(step function, parameter count) for one implementation; ``step()`` runs forward+backward.
+
+    ``kind="attn"``: one weight-space self-attention layer (16 channels, 4 heads) on 16-channel
+    inputs that require grad (ours: ``WeightSpaceAttention``, reference: ``NPAttention``)."""
     torch.manual_seed(0)
     shapes = [(widths[i + 1], widths[i]) for i in range(len(widths) - 1)]
-    ws = [torch.randn(BATCH, 1, *s) for s in shapes]
-    bs = [torch.randn(BATCH, 1, s[0]) for s in shapes]
+    c0 = ATTN_CHANNELS if kind == "attn" else 1
+    ws = [torch.randn(BATCH, c0, *s, requires_grad=kind == "attn") for s in shapes]
+    bs = [torch.randn(BATCH, c0, s[0], requires_grad=kind == "attn") for s in shapes]
     if impl == "nfn":
         from nfn.common import NetworkSpec as RefSpec
         from nfn.common import WeightSpaceFeatures as RefFeatures
         from nfn.common.data import ArraySpec
         from nfn.layers import HNPLinear as RefHNP
+        from nfn.layers import NPAttention as RefAttn
         from nfn.layers import NPLinear as RefNP
 
         spec = RefSpec([ArraySpec(s) for s in shapes], [ArraySpec((s[0],)) for s in shapes])
-        cls = RefNP if kind == "np" else RefHNP
-        layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
+        if kind == "attn":
+            layers = torch.nn.ModuleList([RefAttn(spec, ATTN_CHANNELS, num_heads=ATTN_HEADS)])
+        else:
+            cls = RefNP if kind == "np" else RefHNP
+            layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
         x = RefFeatures(ws, bs)
     else:
         from nfopt import NetworkSpec, WeightSpaceFeatures
-        from nfopt.nn import HNPLinear, NPLinear
+        from nfopt.nn import HNPLinear, NPLinear, WeightSpaceAttention
 
         spec = NetworkSpec(tuple(shapes))
-        cls = NPLinear if kind == "np" else HNPLinear
-        layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
+        if kind == "attn":
+            layers = torch.nn.ModuleList([WeightSpaceAttention(spec, ATTN_CHANNELS, ATTN_HEADS)])
+        else:
+            cls = NPLinear if kind == "np" else HNPLinear
+            layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
         x = WeightSpaceFeatures(ws, bs)
 
     def step() -> None:
@@ -71,7 +86,7 @@ def build(impl: str, kind: str, widths: tuple[int, ...]):
                 h = h.map(torch.relu)
         loss = sum(t.square().mean() for t in (*h.weights, *h.biases))
         loss.backward()
-        for p in layers.parameters():
+        for p in (*layers.parameters(), *ws, *bs):
             p.grad = None
 
     n_params = sum(p.numel() for p in layers.parameters())
@@ -126,7 +141,7 @@ def main() -> None:
         f"{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
     )
     print(header)
-    speed, memory = [], []
+    speed, memory, nft = [], [], []
     for name in args.configs:
         steps, params = {}, {}
         for impl in ("nfn", "nfopt"):
@@ -144,7 +159,7 @@ def main() -> None:
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         peaks = {impl: measure_peak(impl, name) for impl in ("nfn", "nfopt")}
         ratio, mem_ratio = med["nfn"] / med["nfopt"], peaks["nfopt"] / max(peaks["nfn"], 1)
-        speed.append(ratio)
+        (nft if CONFIGS[name][0] == "attn" else speed).append(ratio)
         memory.append(mem_ratio)
         print(
             f"{name:<20}{med['nfn']:>10.1f}{med['nfopt']:>10.1f}{ratio:>9.2f}x"
@@ -152,7 +167,13 @@ def main() -> None:
             f"{params['nfn']:>11}/{params['nfopt']}",
             flush=True,
         )
-    print(f"RESULT worst_speed_ratio={min(speed):.2f} worst_memory_ratio={max(memory):.2f}")
+    fields = []
+    if speed:
+        fields.append(f"worst_speed_ratio={min(speed):.2f}")
+    fields.append(f"worst_memory_ratio={max(memory):.2f}")
+    if nft:
+        fields.append(f"nft_speed_ratio={min(nft):.2f}")
+    print("RESULT " + " ".join(fields))
 
 
 if __name__ == "__main__":
