@@ -39,6 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from nfopt.nn import _native
+from nfopt.nn._mix import functorch_active, outer_sum
 from nfopt.weightspace import NetworkSpec
 
 Tensor = torch.Tensor
@@ -219,7 +220,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
         L = plan.L
         # under torch.func (e.g. a vmapped jacobian) the native ops have no batching rule
-        native = None if any(_is_transformed(g) for g in grads) else ctx.native
+        native = None if functorch_active(*grads) else ctx.native
 
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
         s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
@@ -249,7 +250,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
                 continue
             douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + ([s_row[level]] if level < L else [])
             dout = torch.cat(douts, dim=1)  # (B, Σ out parts, n_level)
-            dQ[level] = _outer_sum(dout, P[level])
+            dQ[level] = outer_sum(dout, P[level])
             dp = _lmul(Q[level].t(), dout).split(plan.p_parts(level), dim=1)
             if level >= 1:
                 dc[level - 1], db_direct[level - 1] = dp[0], dp[1]
@@ -261,7 +262,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
             dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
-            dA.append(_outer_sum(dh, x.reshape(bsz, f, mr * mc)) if A[i] is not None else None)  # (G, F)
+            dA.append(outer_sum(dh, x.reshape(bsz, f, mr * mc)) if A[i] is not None else None)  # (G, F)
             if not ctx.needs_input_grad[2 + i]:  # e.g. the first layer's input: skip the big pass
                 dxs.append(None)
             else:
@@ -285,17 +286,6 @@ class FusedEquivariantLinear(torch.autograd.Function):
         return (None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
 
 
-def _is_transformed(t: Tensor) -> bool:
-    """Inside a ``torch.func`` transform, or a legacy-vmapped backward (``is_grads_batched``)."""
-    f = torch._C._functorch
-    return (
-        torch._C._are_functorch_transforms_active()
-        or f.is_batchedtensor(t)
-        or f.is_functorch_wrapped_tensor(t)
-        or f.is_legacy_batchedtensor(t)
-    )
-
-
 def _native_for(xs):
     """The fused CPU kernels when they apply to these inputs, else ``None``."""
     x = xs[0]
@@ -313,23 +303,6 @@ def _lmul(w: Tensor, x: Tensor) -> Tensor:
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
     """``out[b] += w @ x[b]`` in place (batched GEMM with beta=1)."""
     return out.baddbmm_(w.expand(x.shape[0], *w.shape), x)
-
-
-def _outer_sum(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_b a[b] @ b[b].T``: ``(B, O, N) x (B, D, N) -> (O, D)``, a reduction over the long
-    axis ``N``. Long ``N``: one GEMM per batch element accumulating in place (measured ~1.7x
-    faster than a batched GEMM here); large ``O x D``: one GEMM over batch-major copies;
-    otherwise a batched GEMM and a sum of the small partial products."""
-    bsz, o, n = a.shape
-    d = b.shape[1]
-    if n >= 2048:
-        acc = a[0] @ b[0].t()
-        for k in range(1, bsz):
-            acc.addmm_(a[k], b[k].t())
-        return acc
-    if o * d <= 4 * n * (o + d):
-        return torch.bmm(a, b.transpose(1, 2)).sum(0)
-    return a.transpose(0, 1).reshape(o, bsz * n) @ b.transpose(0, 1).reshape(d, bsz * n).t()
 
 
 def _sum(x: Tensor, dim: int) -> Tensor:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.nn._layout import fold_weight, unfold_weight
+from nfopt.nn._mix import channel_mix
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["WeightSpaceAttention", "attention_fp32"]
@@ -151,7 +152,7 @@ class WeightSpaceAttention(nn.Module):
 
 def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
     """``w @ x[i] + b`` per batch element: ``(O, F), (O,), (B, F, N) -> (B, O, N)``."""
-    return torch.baddbmm(b[:, None].expand(x.shape[0], -1, x.shape[-1]), w.expand(x.shape[0], *w.shape), x)
+    return channel_mix(x, w, b)
 
 
 def _attend_feature_major(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 
 from nfopt.nn import _core
 from nfopt.nn._layout import fold_bias, fold_weight, unfold_bias, unfold_weight
+from nfopt.nn._mix import functorch_active
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["HNPLinear", "NPLinear", "fused_backward"]
@@ -98,7 +99,7 @@ class _EquivariantLinear(nn.Module):
         fused = (
             _FUSED
             and torch.is_grad_enabled()
-            and not torch._C._are_functorch_transforms_active()
+            and not functorch_active(*xs, *params)
             and any(t.requires_grad for t in (*xs, *bs, *params))
         )
         if fused:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nfopt.nn._layout import fold_weight, unfold_weight
+from nfopt.nn._mix import channel_mix
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["ChannelLayerNorm", "LearnedScale", "NFActivation", "NFDropout", "Pointwise"]
@@ -32,9 +33,10 @@ class Pointwise(nn.Module):
         for i, (w, b) in enumerate(x):
             lin, blin = self.weight_maps[i], self.bias_maps[i]
             f = fold_weight(w, False, False)  # (B, F, n_r, n_c)
-            h = torch.einsum("gf,bfrc->bgrc", lin.weight, f) + lin.bias[:, None, None]
+            h = channel_mix(f.reshape(f.shape[0], f.shape[1], -1), lin.weight, lin.bias)  # (B, G, n_r n_c)
+            h = h.view(f.shape[0], -1, *f.shape[2:])
             ws.append(unfold_weight(h, tuple(w.shape[2:]), self.out_channels, False, False))
-            bs.append(torch.einsum("gf,bfn->bgn", blin.weight, b) + blin.bias[:, None])
+            bs.append(channel_mix(b, blin.weight, blin.bias))
         return WeightSpaceFeatures(ws, bs)
 
     def extra_repr(self) -> str:
