@@ -16,11 +16,12 @@ def test_public_api_is_explicit():
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
 
 
-def test_readme_example_runs():
-    """The README's API example is executed verbatim, so it cannot rot."""
+def test_readme_examples_run():
+    """The README's API examples are executed verbatim, so they cannot rot."""
     text = (ROOT / "README.md").read_text()
-    m = re.search(r"<!-- example -->\s*```python\n(.*?)```", text, re.S)
-    assert m, "README.md lost its '<!-- example -->' python block"
-    namespace: dict = {}
-    exec(compile(m.group(1), "README.md", "exec"), namespace)
-    assert namespace["err"] < 1e-5
+    blocks = re.findall(r"<!-- example -->\s*```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 2, "README.md lost its '<!-- example -->' python blocks"
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+        assert namespace["err"] < 1e-4
