@@ -1,0 +1,134 @@
+"""`Population`: P inner networks of one architecture, parameters stacked on a leading axis and
+stepped together with ``torch.func`` (``functional_call`` + ``vmap`` + ``grad``)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures, parse_module
+
+__all__ = ["Population"]
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+
+_LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+
+
+class Population:
+    """``P`` networks sharing ``template``'s architecture; ``params[name]: (P, *shape)``.
+
+    Parameters are plain tensors (not leaves of a module), so optimizers can update them
+    functionally; :meth:`features` views them as ``WeightSpaceFeatures`` with ``B=P, C=1``
+    without copying (bias-free layers read as zeros).
+    """
+
+    def __init__(self, template: nn.Module, params: Params, loss: str = "cross_entropy") -> None:
+        if loss not in _LOSSES:
+            raise ValueError(f"loss={loss!r}: use one of {sorted(_LOSSES)}")
+        sizes = {t.shape[0] for t in params.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"params disagree on the population size: {sorted(sizes)}")
+        self.template = copy.deepcopy(template).to("meta")  # structure only; params live in self.params
+        self.params = params
+        self.loss = loss
+        self._layers = [name for name, _ in parse_module(template)]
+        self.spec = NetworkSpec.from_module(template)
+
+    @classmethod
+    def from_modules(cls, modules: Sequence[nn.Module], loss: str = "cross_entropy") -> Population:
+        """Stack the parameters of same-shaped modules (copies them)."""
+        params, _ = stack_module_state(list(modules))
+        return cls(copy.deepcopy(modules[0]), {k: v.detach() for k, v in params.items()}, loss)
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def __len__(self) -> int:
+        return self.size
+
+    def replace(self, params: Params) -> Population:
+        """The same population with new parameters (no copies)."""
+        out = copy.copy(self)
+        out.params = params
+        return out
+
+    # ------------------------------------------------------------------ weight space
+    def features(self) -> WeightSpaceFeatures:
+        """Views of the parameters as ``(P, 1, ...)`` weight-space features."""
+        ws, bs = [], []
+        for name in self._layers:
+            w = self.params[f"{name}.weight"]
+            ws.append(w.unsqueeze(1))
+            b = self.params.get(f"{name}.bias")
+            bs.append(b.unsqueeze(1) if b is not None else w.new_zeros(w.shape[0], 1, w.shape[1]))
+        return WeightSpaceFeatures(ws, bs)
+
+    def params_from_features(self, feats: WeightSpaceFeatures) -> Params:
+        """Inverse of :meth:`features` (views of ``feats``; bias slots of bias-free layers dropped)."""
+        if feats.channels != 1 or feats.batch_size != self.size or len(feats) != len(self._layers):
+            raise ValueError(f"features {feats!r} do not fit a population of {self.size} x {self.spec}")
+        params = dict(self.params)
+        for name, (w, b) in zip(self._layers, feats):
+            params[f"{name}.weight"] = w[:, 0]
+            if f"{name}.bias" in params:
+                params[f"{name}.bias"] = b[:, 0]
+        return params
+
+    def to_modules(self) -> list[nn.Module]:
+        """``P`` real modules carrying copies of the parameters."""
+        mods = []
+        for k in range(self.size):
+            m = copy.deepcopy(self.template).to_empty(device=next(iter(self.params.values())).device)
+            m.load_state_dict({n: p[k] for n, p in self.params.items()})
+            mods.append(m)
+        return mods
+
+    # ------------------------------------------------------------------ compute
+    def _member_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        return _LOSSES[self.loss](functional_call(self.template, params, (x,)), y)
+
+    def forward(self, x: Tensor, shared: bool = False) -> Tensor:
+        """Outputs of every member: ``x`` is ``(P, N, ...)`` per member, or ``(N, ...)`` with
+        ``shared=True``; returns ``(P, N, out)``."""
+        fn = lambda p, xb: functional_call(self.template, p, (xb,))  # noqa: E731
+        return vmap(fn, in_dims=(0, None if shared else 0))(self.params, x)
+
+    def loss_and_grad(self, x: Tensor, y: Tensor, params: Params | None = None) -> tuple[Tensor, Params]:
+        """Per-member minibatch loss ``(P,)`` and gradients (stacked like ``params``) in one call;
+        ``x: (P, batch, ...)``, ``y: (P, batch, ...)``."""
+        grads, loss = vmap(grad_and_value(self._member_loss))(self.params if params is None else params, x, y)
+        return loss, grads
+
+    def sample_batch(
+        self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """An independent random minibatch for every member: ``(P, batch_size, ...)``."""
+        idx = torch.randint(len(x), (self.size, batch_size), generator=generator, device=x.device)
+        return x[idx], y[idx]
+
+    @torch.no_grad()
+    def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 2048) -> dict[str, Tensor]:
+        """Mean loss and (for classification) accuracy of every member on shared data: ``(P,)``."""
+        total_loss = torch.zeros(self.size)
+        correct = torch.zeros(self.size)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+            out = self.forward(xb, shared=True)  # (P, b, out)
+            if self.loss == "cross_entropy":
+                lp = F.cross_entropy(out.flatten(0, 1), yb.repeat(self.size), reduction="none")
+                total_loss += lp.view(self.size, -1).sum(1)
+                correct += (out.argmax(-1) == yb).float().sum(1)
+            else:
+                total_loss += F.mse_loss(out, yb.expand_as(out), reduction="none").flatten(1).mean(1) * len(xb)
+        result = {"loss": total_loss / len(x)}
+        if self.loss == "cross_entropy":
+            result["accuracy"] = correct / len(x)
+        return result

@@ -1,0 +1,185 @@
+"""Task-family and suite specs (YAML validated by pydantic; unknown keys rejected)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "CNNSpec",
+    "DatasetSpec",
+    "MLPSpec",
+    "SuiteSpec",
+    "SuiteTask",
+    "TaskFamilySpec",
+    "TaskSpecError",
+    "load_suite",
+    "load_task_family",
+    "tasks_dir",
+]
+
+Activation = Literal["relu", "tanh", "gelu", "sigmoid", "elu", "silu", "leaky_relu"]
+
+
+def _to_range(v):
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (list, tuple)) and len(v) == 2:
+        return tuple(v)
+    raise ValueError("expected an integer or a [min, max] pair")
+
+
+def _to_list(v):
+    return [v] if isinstance(v, str) else v
+
+
+IntRange = Annotated[tuple[int, int], BeforeValidator(_to_range)]
+Activations = Annotated[list[Activation], BeforeValidator(_to_list), Field(min_length=1)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(r: tuple[int, int], name: str, low: int = 1) -> None:
+    if r[0] > r[1] or r[0] < low:
+        raise ValueError(f"{name}={list(r)}: need {low} <= min <= max")
+
+
+class DatasetSpec(_Strict):
+    """Which data: a name from :data:`nfopt.data.DATASETS`, an image ``size`` (8, 14, 28, ...),
+    a training subset, and loader ``options`` (e.g. ``n_in`` for teacher-student)."""
+
+    name: Literal["digits", "fashion_mnist", "mnist", "cifar10", "mnist1d", "teacher_student"]
+    size: int | None = Field(default=None, gt=0)
+    num_train: int | None = Field(default=None, gt=0)
+    options: dict[str, int | float | str] = Field(default_factory=dict)
+
+
+class MLPSpec(_Strict):
+    """An MLP family: ``hidden_layers`` and ``width`` ranges, activations to choose from."""
+
+    kind: Literal["mlp"]
+    hidden_layers: IntRange = (1, 1)
+    width: IntRange = (32, 32)
+    activation: Activations = ["relu"]
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        _check_range(self.hidden_layers, "hidden_layers", low=0)
+        _check_range(self.width, "width")
+        return self
+
+
+class CNNSpec(_Strict):
+    """A small CNN family: ``conv_layers`` convolutions of ``channels`` (same padding), global
+    average pooling, then a linear classifier."""
+
+    kind: Literal["cnn"]
+    conv_layers: IntRange = (2, 2)
+    channels: IntRange = (16, 16)
+    kernel_size: int = Field(default=3, gt=0)
+    activation: Activations = ["relu"]
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        _check_range(self.conv_layers, "conv_layers")
+        _check_range(self.channels, "channels")
+        return self
+
+
+class TaskFamilySpec(_Strict):
+    """A family of inner training problems; :meth:`nfopt.tasks.TaskFamily.sample` draws one."""
+
+    name: str
+    description: str = ""
+    dataset: DatasetSpec
+    model: Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
+    batch_size: int = Field(gt=0)
+    loss: Literal["cross_entropy", "mse"] = "cross_entropy"
+    horizon: IntRange = (100, 100)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        _check_range(self.horizon, "horizon")
+        regression = self.dataset.name == "teacher_student"
+        if regression and self.loss != "mse":
+            raise ValueError("loss: the teacher_student dataset is regression; use loss: mse")
+        if not regression and self.loss == "mse":
+            raise ValueError(f"loss: {self.dataset.name} is classification; use loss: cross_entropy")
+        if self.model.kind == "cnn" and self.dataset.name in ("mnist1d", "teacher_student"):
+            raise ValueError(f"model.kind: cnn needs an image dataset, not {self.dataset.name}")
+        return self
+
+
+class SuiteTask(TaskFamilySpec):
+    """One concrete task of a suite: a family spec (usually with single values) and a seed."""
+
+    seed: int = 0
+
+
+class SuiteSpec(_Strict):
+    """A held-out suite: named concrete tasks."""
+
+    name: str
+    description: str = ""
+    tasks: list[SuiteTask] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self):
+        names = [t.name for t in self.tasks]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"tasks: duplicate names {sorted(dup)}")
+        return self
+
+
+class TaskSpecError(ValueError):
+    """A task or suite file that does not validate; the message names the file and the fields."""
+
+
+def tasks_dir() -> Path:
+    """``$NFOPT_TASKS_DIR``, else ``./tasks``, else the repository's ``tasks/`` beside the package."""
+    env = os.environ.get("NFOPT_TASKS_DIR")
+    if env:
+        return Path(env)
+    if Path("tasks").is_dir():
+        return Path("tasks")
+    return Path(__file__).resolve().parents[3] / "tasks"
+
+
+def _resolve(ref: str | Path, sub: str = "") -> Path:
+    p = Path(ref)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return tasks_dir() / sub / f"{ref}.yaml"
+
+
+def _load(path: Path, model: type[BaseModel]):
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise TaskSpecError(f"{path}: no such task file (tasks live in {tasks_dir()})") from err
+    except yaml.YAMLError as err:
+        raise TaskSpecError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+        raise TaskSpecError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_task_family(ref: str | Path) -> TaskFamilySpec:
+    """Read ``tasks/<ref>.yaml`` (or a path) into a validated :class:`TaskFamilySpec`."""
+    return _load(_resolve(ref), TaskFamilySpec)
+
+
+def load_suite(ref: str | Path) -> SuiteSpec:
+    """Read ``tasks/suites/<ref>.yaml`` (or a path) into a validated :class:`SuiteSpec`."""
+    return _load(_resolve(ref, "suites"), SuiteSpec)
