@@ -32,15 +32,16 @@ def main() -> None:
     modules = pop.to_modules()
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in modules]
     adam = Adam(lr=1e-3)
-    state = {"params": pop.params, "opt": adam.init(pop.params)}
+    state = {"params": pop.params, "opt": adam.init(pop.spec, len(pop))}
     gen = torch.Generator().manual_seed(0)
     batches = [pop.sample_batch(data.x_train, data.y_train, task.batch_size, gen) for _ in range(args.steps)]
 
     def population_steps() -> None:
         params, ostate = state["params"], state["opt"]
         for xb, yb in batches:
-            _, grads = pop.loss_and_grad(xb, yb, params)
-            params, ostate = adam.update(params, grads, ostate)
+            loss, grads = pop.loss_and_grad(xb, yb, params)
+            new, ostate = adam.update(None, ostate, pop.features(params), pop.features(grads), loss)
+            params = pop.params_from_features(new)
         state["params"], state["opt"] = params, ostate
 
     def module_loop_steps() -> None:

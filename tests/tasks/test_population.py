@@ -69,11 +69,12 @@ def test_functional_optimizers_equal_torch_optim(opt_name):
         )
     d = task.dataset
     gen = torch.Generator().manual_seed(0)
-    params, state = pop.params, opt.init(pop.params)
+    params, state = pop.params, opt.init(pop.spec, len(pop))
     for _ in range(5):
         xb, yb = pop.sample_batch(d.x_train, d.y_train, 32, gen)
-        _, grads = pop.loss_and_grad(xb, yb, params)
-        params, state = opt.update(params, grads, state)
+        loss, grads = pop.loss_and_grad(xb, yb, params)
+        new, state = opt.update(None, state, pop.features(params), pop.features(grads), loss)
+        params = pop.params_from_features(new)
         for k, (m, o) in enumerate(zip(mods, torch_opts)):
             o.zero_grad()
             task.loss_fn(m(xb[k]), yb[k]).backward()
@@ -88,12 +89,13 @@ def test_per_member_learning_rates_and_training_reduces_loss():
     pop = task.population(2)
     opt = Adam(lr=torch.tensor([0.0, 1e-2]))
     d = task.dataset
-    params, state = pop.params, opt.init(pop.params)
+    params, state = pop.params, opt.init(pop.spec, len(pop))
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):
         xb, yb = pop.sample_batch(d.x_train, d.y_train, 64, gen)
-        _, grads = pop.loss_and_grad(xb, yb, params)
-        params, state = opt.update(params, grads, state)
+        loss, grads = pop.loss_and_grad(xb, yb, params)
+        new, state = opt.update(None, state, pop.features(params), pop.features(grads), loss)
+        params = pop.params_from_features(new)
     assert torch.equal(params["1.weight"][0], pop.params["1.weight"][0])  # lr 0: unchanged
     after = pop.replace(params).evaluate(d.x_test, d.y_test)
     before = pop.evaluate(d.x_test, d.y_test)
@@ -110,3 +112,17 @@ def test_population_validation():
     bad["1.bias"] = bad["1.bias"][:1]
     with pytest.raises(ValueError, match="population size"):
         Population(task.build_model(), bad)
+
+
+def test_mlp_fast_path_equals_vmap_path():
+    task = TaskFamily.load("mnist1d_mlp").sample(2)
+    pop = task.population(3, seed=5)
+    d = task.dataset
+    xb, yb = pop.sample_batch(d.x_train, d.y_train, 8, torch.Generator().manual_seed(1))
+    assert pop._mlp
+    fast = pop.loss_and_grad(xb, yb)
+    pop._mlp = False
+    slow = pop.loss_and_grad(xb, yb)
+    assert torch.allclose(fast[0], slow[0], atol=1e-6)
+    for k in fast[1]:
+        assert torch.allclose(fast[1][k], slow[1][k], atol=1e-6), k

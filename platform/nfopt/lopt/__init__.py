@@ -1,5 +1,30 @@
-"""Optimizers for inner networks: hand-designed baselines (learned optimizers land here next)."""
+"""Optimizers for inner networks: learned update rules over NFN/NFT/MLP meta-models, hand-designed
+baselines behind the same functional protocol, and a drop-in ``torch.optim.Optimizer``."""
 
 from nfopt.lopt.baselines import SGD, Adam
+from nfopt.lopt.features import FeatureConfig, build_features
+from nfopt.lopt.io import TrainedOptimizer, load_optimizer, save_optimizer
+from nfopt.lopt.metamodels import NFNMetaModel, NFTMetaModel, PerParamMLP, build_meta_model
+from nfopt.lopt.optimizer import LearnedOptimizer, weight_space_layout
+from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
+from nfopt.lopt.rules import LearnedUpdateRule
 
-__all__ = ["SGD", "Adam"]
+__all__ = [
+    "SGD",
+    "Adam",
+    "FeatureConfig",
+    "LearnedOptimizer",
+    "LearnedUpdateRule",
+    "NFNMetaModel",
+    "NFTMetaModel",
+    "PerParamMLP",
+    "TrainedOptimizer",
+    "UpdateRule",
+    "build_features",
+    "build_meta_model",
+    "flatten_state",
+    "load_optimizer",
+    "save_optimizer",
+    "unflatten_state",
+    "weight_space_layout",
+]

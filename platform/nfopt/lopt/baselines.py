@@ -1,7 +1,9 @@
-"""Hand-designed optimizers over stacked parameter dicts (leading population axis), purely
-functional: ``state = opt.init(params)``; ``params, state = opt.update(params, grads, state)``.
+"""Hand-designed optimizers behind the learned-optimizer protocol (see :mod:`nfopt.lopt.protocol`):
+``state = opt.init(spec, population)``; ``params, state = opt.update(theta, state, params, grads, loss)``
+over ``(P, 1, ...)`` weight-space features; numerically equal to ``torch.optim``'s.
 
-``lr`` may be a float or a ``(P,)`` tensor (one learning rate per population member)."""
+``lr`` may be a float or a ``(P,)`` tensor (one learning rate per population member); ``theta``
+(meta-parameters) is unused by hand-designed rules and may be ``None``."""
 
 from __future__ import annotations
 
@@ -9,60 +11,74 @@ from dataclasses import dataclass
 
 import torch
 
+from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
+
 __all__ = ["SGD", "Adam"]
 
 Tensor = torch.Tensor
-Params = dict[str, Tensor]
+WSF = WeightSpaceFeatures
 
 
-def _per_member(lr: float | Tensor, t: Tensor) -> float | Tensor:
+def _lr(lr: float | Tensor, like: WSF):
+    """``lr`` broadcast per population member, as features-compatible scalars or tensors."""
     if isinstance(lr, Tensor) and lr.ndim == 1:
-        return lr.view(-1, *([1] * (t.ndim - 1))).to(t)
+        return WSF(
+            [lr.view(-1, *([1] * (w.ndim - 1))).to(w) for w in like.weights],
+            [lr.view(-1, 1, 1).to(b) for b in like.biases],
+        )
     return lr
+
+
+def _pack(ts: list[Tensor]) -> WSF:
+    """``[W_1, b_1, ..., W_L, b_L]`` -> features."""
+    return WSF(ts[0::2], ts[1::2])
 
 
 @dataclass(frozen=True)
 class Adam:
-    """Adam (Kingma & Ba) with bias correction."""
+    """Adam (Kingma & Ba) with bias correction, as ``torch.optim.Adam``."""
 
     lr: float | Tensor = 1e-3
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
 
-    def init(self, params: Params) -> dict:
-        return {
-            "step": 0,
-            "m": {k: torch.zeros_like(v) for k, v in params.items()},
-            "v": {k: torch.zeros_like(v) for k, v in params.items()},
-        }
+    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict:
+        z = WSF.zeros(spec, population, 1, dtype=dtype, device=device)
+        return {"step": torch.zeros((), dtype=torch.long), "m": z, "v": z.clone()}
 
-    def update(self, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
-        keys = list(params)
-        g = [grads[k] for k in keys]
-        m = torch._foreach_add(torch._foreach_mul([state["m"][k] for k in keys], self.b1), g, alpha=1 - self.b1)
-        v = torch._foreach_add(
-            torch._foreach_mul([state["v"][k] for k in keys], self.b2), torch._foreach_mul(g, g), alpha=1 - self.b2
-        )
+    def update(self, theta, state: dict, params: WSF, grads: WSF, loss=None) -> tuple[WSF, dict]:
         step = state["step"] + 1
-        c1, c2 = 1 - self.b1**step, 1 - self.b2**step
+        g = list(grads.tensors())  # _foreach ops: one kernel launch per op for all tensors
+        m = torch._foreach_add(torch._foreach_mul(list(state["m"].tensors()), self.b1), g, alpha=1 - self.b1)
+        v = torch._foreach_mul(list(state["v"].tensors()), self.b2)
+        torch._foreach_addcmul_(v, g, g, value=1 - self.b2)
+        c1, c2 = 1 - self.b1 ** step.item(), 1 - self.b2 ** step.item()
         denom = torch._foreach_add(torch._foreach_sqrt(torch._foreach_div(v, c2)), self.eps)
-        upd = torch._foreach_div(torch._foreach_div(m, c1), denom)
-        new = {k: params[k] - _per_member(self.lr, u) * u for k, u in zip(keys, upd)}
-        return new, {"step": step, "m": dict(zip(keys, m)), "v": dict(zip(keys, v))}
+        direction = torch._foreach_div(torch._foreach_div(m, c1), denom)
+        lr = _lr(self.lr, params)
+        upd = (
+            torch._foreach_mul(direction, list(lr.tensors()))
+            if isinstance(lr, WSF)
+            else torch._foreach_mul(direction, lr)
+        )
+        new = torch._foreach_sub(list(params.tensors()), upd)
+        return _pack(new), {"step": step, "m": _pack(m), "v": _pack(v)}
 
 
 @dataclass(frozen=True)
 class SGD:
-    """SGD with (heavy-ball) momentum."""
+    """SGD with heavy-ball momentum, as ``torch.optim.SGD`` (``buf = μ buf + g``)."""
 
     lr: float | Tensor = 1e-2
     momentum: float = 0.9
 
-    def init(self, params: Params) -> dict:
-        return {"step": 0, "m": {k: torch.zeros_like(v) for k, v in params.items()}}
+    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict:
+        return {
+            "step": torch.zeros((), dtype=torch.long),
+            "m": WSF.zeros(spec, population, 1, dtype=dtype, device=device),
+        }
 
-    def update(self, params: Params, grads: Params, state: dict) -> tuple[Params, dict]:
-        m = {k: self.momentum * state["m"][k] + grads[k] for k in params}
-        new = {k: params[k] - _per_member(self.lr, m[k]) * m[k] for k in params}
-        return new, {"step": state["step"] + 1, "m": m}
+    def update(self, theta, state: dict, params: WSF, grads: WSF, loss=None) -> tuple[WSF, dict]:
+        m = state["m"] * self.momentum + grads if state["step"].item() > 0 else grads
+        return params - m * _lr(self.lr, params), {"step": state["step"] + 1, "m": m}

@@ -7,6 +7,9 @@ IO encodings: :class:`LearnedIOEmbedding`, :class:`FourierIOEncoding`.
 Transformers (NFT): :class:`WeightSpaceAttention`, :class:`NFTBlock`, :class:`NFTEncoder`,
 :func:`build_nft` with :class:`EquivariantHead` / :class:`InvariantHead`; Inr2Array:
 :class:`Inr2ArrayEncoder`, :class:`Inr2ArrayDecoder`, :class:`Inr2ArrayAutoencoder`.
+Architecture-agnostic (one instance for any depth/width/kernel; for learned optimizers):
+:class:`SharedNPLinear`, :class:`SharedPointwise`, :class:`SharedChannelNorm`,
+:class:`SharedWeightSpaceAttention`.
 """
 
 from nfopt.nn.attention import WeightSpaceAttention, attention_fp32
@@ -16,6 +19,13 @@ from nfopt.nn.linear import HNPLinear, NPLinear, fused_backward
 from nfopt.nn.nft import EquivariantHead, InvariantHead, NFTBlock, NFTEncoder, build_nft
 from nfopt.nn.pointwise import ChannelLayerNorm, LearnedScale, NFActivation, NFDropout, Pointwise
 from nfopt.nn.pool import HNPPool, NPPool
+from nfopt.nn.shared import (
+    SharedChannelNorm,
+    SharedNPLinear,
+    SharedPointwise,
+    SharedWeightSpaceAttention,
+    layer_roles,
+)
 
 __all__ = [
     "ChannelLayerNorm",
@@ -37,8 +47,13 @@ __all__ = [
     "NPLinear",
     "NPPool",
     "Pointwise",
+    "SharedChannelNorm",
+    "SharedNPLinear",
+    "SharedPointwise",
+    "SharedWeightSpaceAttention",
     "WeightSpaceAttention",
     "attention_fp32",
     "build_nft",
     "fused_backward",
+    "layer_roles",
 ]

@@ -12,7 +12,7 @@ from nfopt.nn._layout import fold_weight, unfold_weight
 from nfopt.nn._mix import channel_mix
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["WeightSpaceAttention", "attention_fp32"]
+__all__ = ["WeightSpaceAttention", "attend_weight_space", "attention_fp32"]
 
 Tensor = torch.Tensor
 
@@ -91,7 +91,6 @@ class WeightSpaceAttention(nn.Module):
         if x.channels != self.channels or x.spec.weight_shapes != self.spec.weight_shapes:
             raise ValueError(f"WeightSpaceAttention({self.spec}, C={self.channels}) got {x!r}")
         L, H, bsz, c = self.spec.num_layers, self.num_heads, x.batch_size, self.channels
-        d, bh = c // H, x.batch_size * self.num_heads
         n = self.spec.neuron_sizes
         drop = self.dropout if self.training else 0.0
         # per-entry projections, each (B, C, n_i, n_{i-1}) / (B, C, n_i), heads split off C
@@ -101,46 +100,10 @@ class WeightSpaceAttention(nn.Module):
             proj = [_affine(wt, bt, f) for wt, bt in zip(self.w_qkv[i].split(c), self.w_qkv_bias[i].split(c))]
             qw.append([t.view(bsz, c, n[i + 1], n[i]) for t in proj])
             qb.append([_affine(wt, bt, b) for wt, bt in zip(self.b_qkv[i].split(c), self.b_qkv_bias[i].split(c))])
-        cols: list = [None] * L  # attention output for W_i from its row layer: (B, C, n_i, n_{i-1})
-        rows: list = [None] * L  # ... from its column layer
-        bias_out: list = [None] * L
-        for level in range(L + 1):
-            e = d * n[level]
-            # feature-major token matrices (B*H, d*n_l, T): columns of W_l | b_l | rows of W_{l+1},
-            # gathered by one cat of (B*H, d, n_l, .) views
-            toks = []
-            for j in range(3):
-                parts = []
-                if level >= 1:
-                    parts += [qw[level - 1][j].view(bh, d, n[level], n[level - 1]), qb[level - 1][j].view(bh, d, -1, 1)]
-                if level < L:
-                    parts.append(qw[level][j].view(bh, d, n[level + 1], n[level]).transpose(2, 3))
-                toks.append(torch.cat(parts, dim=-1).view(bh, e, -1))
-            o = _attend_feature_major(*toks, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
-            # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
-            sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
-            outs = torch.split(o, sizes, dim=-1)
-            if level >= 1:
-                cols[level - 1] = outs[0].view(bsz, c, n[level], n[level - 1])  # views: no copies
-                bias_out[level - 1] = outs[1].view(bsz, c, n[level])
-            if level < L:
-                rows[level] = outs[-1].transpose(2, 3).view(bsz, c, n[level + 1], n[level])
-        # global term: attention over the 2L per-tensor means of q, k, v; (B, H, 2L, d) each
-        means = [
-            torch.stack(
-                [qw[i][j].sum((-2, -1)) * (1.0 / (n[i + 1] * n[i])) for i in range(L)]
-                + [qb[i][j].sum(-1) * (1.0 / n[i + 1]) for i in range(L)],
-                dim=1,
-            )
-            .view(bsz, 2 * L, H, d)
-            .transpose(1, 2)
-            for j in range(3)
-        ]
-        g = attention_fp32(*means, drop).transpose(1, 2).reshape(bsz, 2 * L, c)  # (B, 2L, C)
+        out_w, out_b = attend_weight_space(qw, qb, H, drop)
         ws, bs = [], []
         for i in range(L):
-            ow = cols[i] + rows[i] + g[:, i, :, None, None]  # (B, C, n_i, n_{i-1})
-            ob = bias_out[i] + g[:, L + i, :, None]  # (B, C, n_i)
+            ow, ob = out_w[i], out_b[i]  # (B, C, n_i, n_{i-1}), (B, C, n_i)
             hw = _affine(self.w_out[i], self.w_out_bias[i], ow.reshape(bsz, c, -1))
             ws.append(unfold_weight(hw.view(bsz, -1, n[i + 1], n[i]), self.spec.weight_shapes[i], c, False, False))
             bs.append(_affine(self.b_out[i], self.b_out_bias[i], ob))
@@ -148,6 +111,59 @@ class WeightSpaceAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec}, channels={self.channels}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0.0) -> tuple[list, list]:
+    """The attention of :class:`WeightSpaceAttention` on projected queries, keys and values.
+
+    ``qw[i] = [q, k, v]`` each ``(B, C, n_i, n_{i-1})`` and ``qb[i] = [q, k, v]`` each
+    ``(B, C, n_i)``, heads split off ``C``. Returns the attended weights and biases in the same
+    shapes: per neuron layer attention over its tokens, plus the global term over the ``2L``
+    per-tensor means, summed.
+    """
+    L, H = len(qw), num_heads
+    bsz, c = qw[0][0].shape[:2]
+    d, bh, drop = c // H, bsz * H, dropout_p
+    n = [qw[0][0].shape[3]] + [w[0].shape[2] for w in qw]
+    cols: list = [None] * L  # attention output for W_i from its row layer: (B, C, n_i, n_{i-1})
+    rows: list = [None] * L  # ... from its column layer
+    bias_out: list = [None] * L
+    for level in range(L + 1):
+        e = d * n[level]
+        # feature-major token matrices (B*H, d*n_l, T): columns of W_l | b_l | rows of W_{l+1},
+        # gathered by one cat of (B*H, d, n_l, .) views
+        toks = []
+        for j in range(3):
+            parts = []
+            if level >= 1:
+                parts += [qw[level - 1][j].view(bh, d, n[level], n[level - 1]), qb[level - 1][j].view(bh, d, -1, 1)]
+            if level < L:
+                parts.append(qw[level][j].view(bh, d, n[level + 1], n[level]).transpose(2, 3))
+            toks.append(torch.cat(parts, dim=-1).view(bh, e, -1))
+        o = _attend_feature_major(*toks, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
+        # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
+        sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
+        outs = torch.split(o, sizes, dim=-1)
+        if level >= 1:
+            cols[level - 1] = outs[0].view(bsz, c, n[level], n[level - 1])  # views: no copies
+            bias_out[level - 1] = outs[1].view(bsz, c, n[level])
+        if level < L:
+            rows[level] = outs[-1].transpose(2, 3).view(bsz, c, n[level + 1], n[level])
+    # global term: attention over the 2L per-tensor means of q, k, v; (B, H, 2L, d) each
+    means = [
+        torch.stack(
+            [qw[i][j].sum((-2, -1)) * (1.0 / (n[i + 1] * n[i])) for i in range(L)]
+            + [qb[i][j].sum(-1) * (1.0 / n[i + 1]) for i in range(L)],
+            dim=1,
+        )
+        .view(bsz, 2 * L, H, d)
+        .transpose(1, 2)
+        for j in range(3)
+    ]
+    g = attention_fp32(*means, drop).transpose(1, 2).reshape(bsz, 2 * L, c)  # (B, 2L, C)
+    out_w = [cols[i] + rows[i] + g[:, i, :, None, None] for i in range(L)]
+    out_b = [bias_out[i] + g[:, L + i, :, None] for i in range(L)]
+    return out_w, out_b
 
 
 def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:

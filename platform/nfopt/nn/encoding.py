@@ -47,11 +47,13 @@ class FourierIOEncoding(nn.Module):
     (``kind="sinusoidal"``) or drawn once from ``N(0, scale²)`` (``kind="gaussian"``, Gaussian
     Fourier features). One group of ``2 * num_bands`` channels encodes the input neuron (on the
     columns of ``W_1``), another the output neuron (rows of ``W_L`` and ``b_L``); zeros elsewhere.
+    Sizes are read from the input, so one instance serves every architecture (``spec`` may be
+    ``None``).
     """
 
     def __init__(
         self,
-        spec: NetworkSpec,
+        spec: NetworkSpec | None,
         in_channels: int,
         num_bands: int = 4,
         kind: str = "sinusoidal",
@@ -83,7 +85,7 @@ class FourierIOEncoding(nn.Module):
         return torch.cat([ang.sin(), ang.cos()], dim=0)  # (2 * num_bands, n)
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        n_in, n_out = self.spec.io_sizes
+        n_in, n_out = x.weights[0].shape[3], x.weights[-1].shape[2]
         e = 2 * self.num_bands
         dt, dev = x.dtype, x.device
         enc_in, enc_out = self._encode(n_in, dt, dev), self._encode(n_out, dt, dev)

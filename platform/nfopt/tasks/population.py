@@ -19,6 +19,22 @@ Tensor = torch.Tensor
 Params = dict[str, Tensor]
 
 _LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
+# elementwise, parameter-free modules the batched-MLP fast path applies as they are
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.ELU, nn.SiLU, nn.LeakyReLU, nn.Identity, nn.Softplus)
+
+
+def _is_plain_mlp(m: nn.Module) -> bool:
+    from nfopt.inr import Sine
+
+    if not isinstance(m, nn.Sequential) or not m:
+        return False
+    ok = (nn.Linear, nn.Flatten, Sine, *_ELEMENTWISE)
+    return all(isinstance(c, ok) for c in m) and isinstance(m[0], (nn.Flatten, nn.Linear))
+
+
+def _apply_elementwise(m: nn.Module, h: Tensor) -> Tensor:
+    """Run a parameter-free elementwise module held on the meta device on real data."""
+    return m.forward(h)
 
 
 class Population:
@@ -40,6 +56,7 @@ class Population:
         self.loss = loss
         self._layers = [name for name, _ in parse_module(template)]
         self.spec = NetworkSpec.from_module(template)
+        self._mlp = _is_plain_mlp(template)
 
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module], loss: str = "cross_entropy") -> Population:
@@ -61,13 +78,15 @@ class Population:
         return out
 
     # ------------------------------------------------------------------ weight space
-    def features(self) -> WeightSpaceFeatures:
-        """Views of the parameters as ``(P, 1, ...)`` weight-space features."""
+    def features(self, tensors: Params | None = None) -> WeightSpaceFeatures:
+        """Views of the parameters (or of ``tensors`` stacked like them, e.g. gradients) as
+        ``(P, 1, ...)`` weight-space features; bias-free layers read as zeros."""
+        tensors = self.params if tensors is None else tensors
         ws, bs = [], []
         for name in self._layers:
-            w = self.params[f"{name}.weight"]
+            w = tensors[f"{name}.weight"]
             ws.append(w.unsqueeze(1))
-            b = self.params.get(f"{name}.bias")
+            b = tensors.get(f"{name}.bias")
             bs.append(b.unsqueeze(1) if b is not None else w.new_zeros(w.shape[0], 1, w.shape[1]))
         return WeightSpaceFeatures(ws, bs)
 
@@ -103,9 +122,38 @@ class Population:
 
     def loss_and_grad(self, x: Tensor, y: Tensor, params: Params | None = None) -> tuple[Tensor, Params]:
         """Per-member minibatch loss ``(P,)`` and gradients (stacked like ``params``) in one call;
-        ``x: (P, batch, ...)``, ``y: (P, batch, ...)``."""
-        grads, loss = vmap(grad_and_value(self._member_loss))(self.params if params is None else params, x, y)
+        ``x: (P, batch, ...)``, ``y: (P, batch, ...)``.
+
+        Plain MLPs (``Sequential`` of Flatten/Linear/elementwise activations) whose parameters do
+        not require grad take a batched-GEMM fast path (the members are independent, so the
+        gradient of the summed loss is every member's gradient); everything else, and calls that
+        must stay differentiable in ``params``, use ``vmap(grad)``."""
+        params = self.params if params is None else params
+        if self._mlp and not any(p.requires_grad for p in params.values()) and not torch.is_inference_mode_enabled():
+            return self._mlp_loss_and_grad(x, y, params)
+        grads, loss = vmap(grad_and_value(self._member_loss))(params, x, y)
         return loss, grads
+
+    def _mlp_loss_and_grad(self, x: Tensor, y: Tensor, params: Params) -> tuple[Tensor, Params]:
+        with torch.enable_grad():
+            ps = {k: v.detach().requires_grad_() for k, v in params.items()}
+            out = self._mlp_forward(ps, x)  # (P, batch, out)
+            if self.loss == "cross_entropy":
+                per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+            else:
+                per = F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+            grads = torch.autograd.grad(per.sum(), list(ps.values()))
+        return per.detach(), dict(zip(ps, grads))
+
+    def _mlp_forward(self, params: Params, x: Tensor) -> Tensor:
+        h = x.flatten(2) if x.ndim > 3 else x  # (P, batch, features)
+        for name, m in self.template.named_children():
+            if isinstance(m, nn.Linear):
+                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
+                h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+            elif not isinstance(m, nn.Flatten):
+                h = _apply_elementwise(m, h)
+        return h
 
     def sample_batch(
         self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None

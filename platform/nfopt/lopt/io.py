@@ -1,0 +1,67 @@
+"""Saving and loading learned optimizers as one ``weights_only``-loadable file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nfopt.lopt.optimizer import LearnedOptimizer
+from nfopt.lopt.rules import LearnedUpdateRule
+
+__all__ = ["FORMAT", "TrainedOptimizer", "load_optimizer", "save_optimizer"]
+
+FORMAT = "nfopt.learned_optimizer/1"
+
+
+def save_optimizer(rule: LearnedUpdateRule, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write config + weights (+ JSON-able ``metadata``) atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "config": rule.config(),
+        "state_dict": {k: v.detach().cpu() for k, v in rule.state_dict().items()},
+        "metadata": dict(metadata or {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class TrainedOptimizer:
+    """A loaded learned optimizer: ``opt = trained(model.parameters())`` gives a
+    :class:`~nfopt.lopt.LearnedOptimizer`; ``trained.rule`` is the functional update rule."""
+
+    def __init__(self, rule: LearnedUpdateRule, metadata: dict | None = None) -> None:
+        self.rule, self.metadata = rule, dict(metadata or {})
+
+    def __call__(self, params) -> LearnedOptimizer:
+        return LearnedOptimizer(params, self.rule)
+
+    def __repr__(self) -> str:
+        return f"TrainedOptimizer({self.rule.kind!r}, metadata={self.metadata})"
+
+
+def load_optimizer(path: str | Path) -> TrainedOptimizer:
+    """Load a file written by :func:`save_optimizer` (``torch.load(weights_only=True)``)."""
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable nfopt learned-optimizer file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: format {got!r} is not {FORMAT!r}; save with nfopt.lopt.save_optimizer")
+    rule = LearnedUpdateRule.from_config(payload["config"])
+    rule.load_state_dict(payload["state_dict"])
+    return TrainedOptimizer(rule.eval(), payload.get("metadata"))

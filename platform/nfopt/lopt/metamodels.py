@@ -1,0 +1,109 @@
+"""Meta-models of learned optimizers: ``(P, F, ...)`` features -> ``(P, 2, ...)`` outputs
+(direction, magnitude), for any MLP/CNN architecture. The output head starts at zero, so an
+untrained learned optimizer follows its hand-designed direction exactly."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from nfopt.nn import (
+    FourierIOEncoding,
+    NFActivation,
+    SharedChannelNorm,
+    SharedNPLinear,
+    SharedPointwise,
+    SharedWeightSpaceAttention,
+)
+from nfopt.weightspace import WeightSpaceFeatures
+
+__all__ = ["META_MODELS", "NFNMetaModel", "NFTMetaModel", "PerParamMLP", "build_meta_model"]
+
+
+class PerParamMLP(nn.Module):
+    """The per-parameter MLP (a Deep-Set over entries): the same MLP on every scalar's features,
+    with separate maps for weights and biases. Equivariant to every permutation."""
+
+    def __init__(self, in_features: int, hidden: int = 32, layers: int = 2) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        c = in_features
+        for _ in range(layers):
+            mods += [SharedPointwise(c, hidden), NFActivation()]
+            c = hidden
+        mods.append(SharedPointwise(c, 2, zero_init=True))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return self.net(x)
+
+
+class NFNMetaModel(nn.Module):
+    """NFN meta-model: ``layers`` shared NP layers with ReLU between. ``kind="np"`` is equivariant
+    to every neuron permutation; ``kind="hnp"`` first appends sinusoidal IO-position channels
+    (width-agnostic), so it tells input/output neurons apart and is equivariant to hidden ones."""
+
+    def __init__(self, in_features: int, channels: int = 16, layers: int = 3, kind: str = "np") -> None:
+        super().__init__()
+        if kind not in ("np", "hnp"):
+            raise ValueError(f"kind={kind!r}: use 'np' or 'hnp'")
+        mods: list[nn.Module] = []
+        c = in_features
+        if kind == "hnp":
+            enc = FourierIOEncoding(None, c, num_bands=2)
+            mods.append(enc)
+            c = enc.out_channels
+        for _ in range(layers - 1):
+            mods += [SharedNPLinear(c, channels), NFActivation()]
+            c = channels
+        mods.append(SharedNPLinear(c, 2, zero_init=True))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return self.net(x)
+
+
+class NFTMetaModel(nn.Module):
+    """NFT meta-model: IO-position channels, a shared per-entry projection, ``blocks`` pre-norm
+    blocks of shared weight-space attention and a GELU feed-forward, then a zero-initialised head.
+    Equivariant to hidden-neuron permutations."""
+
+    def __init__(self, in_features: int, channels: int = 16, blocks: int = 2, heads: int = 4) -> None:
+        super().__init__()
+        enc = FourierIOEncoding(None, in_features, num_bands=2)
+        self.enc, self.proj = enc, SharedPointwise(enc.out_channels, channels)
+        self.blocks = nn.ModuleList()
+        for _ in range(blocks):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "n1": SharedChannelNorm(channels),
+                        "attn": SharedWeightSpaceAttention(channels, heads),
+                        "n2": SharedChannelNorm(channels),
+                        "ff": nn.Sequential(
+                            SharedPointwise(channels, 2 * channels),
+                            NFActivation(nn.functional.gelu),
+                            SharedPointwise(2 * channels, channels),
+                        ),
+                    }
+                )
+            )
+        self.out = nn.Sequential(SharedChannelNorm(channels), SharedPointwise(channels, 2, zero_init=True))
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        h = self.proj(self.enc(x))
+        for b in self.blocks:
+            h = h + b["attn"](b["n1"](h))
+            h = h + b["ff"](b["n2"](h))
+        return self.out(h)
+
+
+META_MODELS = {"mlp": PerParamMLP, "nfn_np": NFNMetaModel, "nfn_hnp": NFNMetaModel, "nft": NFTMetaModel}
+
+
+def build_meta_model(kind: str, in_features: int, **kwargs) -> nn.Module:
+    """``kind``: ``"mlp"`` (per-parameter), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``."""
+    if kind not in META_MODELS:
+        raise ValueError(f"meta-model kind={kind!r}: choose one of {sorted(META_MODELS)}")
+    if kind in ("nfn_np", "nfn_hnp"):
+        kwargs = {**kwargs, "kind": kind[4:]}
+    return META_MODELS[kind](in_features, **kwargs)

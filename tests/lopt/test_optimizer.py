@@ -1,0 +1,140 @@
+import pytest
+import torch
+from torch import nn
+
+import nfopt
+from nfopt import WeightSpaceFeatures
+from nfopt.lopt import SGD, Adam, LearnedOptimizer, LearnedUpdateRule, load_optimizer, save_optimizer
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 8, bias=False), nn.ReLU(), nn.Linear(8, 3))
+
+
+def cnn(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def data(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(32, 6, generator=g) if isinstance(model[0], nn.Linear) else torch.randn(32, 1, 6, 6, generator=g)
+    return x, torch.randint(0, 3, (32,), generator=g)
+
+
+def train(model, opt, steps, seed=0):
+    x, y = data(model, seed)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def trained_rule(kind="nfn_np"):
+    torch.manual_seed(1)
+    rule = LearnedUpdateRule(kind, meta_model={"channels": 4} if kind != "mlp" else {"hidden": 8})
+    with torch.no_grad():
+        for p in rule.meta_model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return rule
+
+
+@pytest.mark.parametrize("make", [mlp, cnn])
+@pytest.mark.parametrize(
+    "rule, ref",
+    [
+        (Adam(lr=1e-2), lambda ps: torch.optim.Adam(ps, lr=1e-2)),
+        (SGD(lr=1e-2, momentum=0.9), lambda ps: torch.optim.SGD(ps, lr=1e-2, momentum=0.9)),
+    ],
+)
+def test_baselines_equal_torch_optim(make, rule, ref):
+    a, b = make(), make()
+    train(a, LearnedOptimizer(a.parameters(), rule), 6)
+    train(b, ref(b.parameters()), 6)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [mlp, cnn])
+def test_drop_in_equals_functional_update(make):
+    rule = trained_rule()
+    model = make()
+    opt = LearnedOptimizer(model.parameters(), rule)
+    x, y = data(model)
+    state = rule.init(opt.spec)
+    params = opt._features(lambda p: p.detach().clone())
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        grads = opt._features(lambda p: p.grad.clone())
+        params, state = rule.update(None, state, params, grads)
+        # bias slots of bias-free layers are never written back, so they stay zero
+        params = WeightSpaceFeatures(
+            params.weights, [b if has else torch.zeros_like(b) for b, has in zip(params.biases, opt.spec.has_bias)]
+        )
+        opt.step()
+        assert opt._features(lambda p: p.detach()).allclose(params, atol=1e-7)
+
+
+def test_bias_free_layer_is_never_given_a_bias():
+    model = mlp()
+    train(model, LearnedOptimizer(model.parameters(), trained_rule()), 3)
+    assert model[2].bias is None
+
+
+def test_state_dict_resumes_exactly():
+    rule = trained_rule("nft")
+    a = mlp()
+    opt_a = LearnedOptimizer(a.parameters(), rule)
+    train(a, opt_a, 6)
+    b = mlp()
+    opt_b = LearnedOptimizer(b.parameters(), rule)
+    train(b, opt_b, 3)
+    saved_model, saved_opt = {k: v.clone() for k, v in b.state_dict().items()}, opt_b.state_dict()
+    c = mlp(seed=9)
+    c.load_state_dict(saved_model)
+    opt_c = LearnedOptimizer(c.parameters(), rule)
+    opt_c.load_state_dict(saved_opt)
+    train(c, opt_c, 3)
+    for p, q in zip(a.parameters(), c.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_unsupported_parameters_are_named():
+    bn = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 2))
+    with pytest.raises(ValueError, match=r"1\.weight with shape \(5,\)"):
+        LearnedOptimizer(bn.named_parameters(), Adam())
+    with pytest.raises(ValueError, match=r"#2"):
+        LearnedOptimizer(bn.parameters(), Adam())
+    bad = nn.Sequential(nn.Linear(4, 5), nn.Linear(6, 2))
+    with pytest.raises(ValueError, match=r"do not form an MLP/CNN weight space.*takes 6 inputs"):
+        LearnedOptimizer(bad.parameters(), Adam())
+
+
+def test_save_and_load(tmp_path):
+    rule = trained_rule("nfn_hnp")
+    path = save_optimizer(rule, tmp_path / "lopt.pt", metadata={"meta_steps": 3})
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "nfopt.learned_optimizer/1"
+    trained = nfopt.load_optimizer(path)
+    assert trained.metadata == {"meta_steps": 3}
+    a, b = mlp(), mlp()
+    train(a, LearnedOptimizer(a.parameters(), rule), 4)
+    train(b, trained(b.parameters()), 4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_optimizer(tmp_path / "junk.pt")
+    torch.save({"format": "other"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="format 'other'"):
+        load_optimizer(tmp_path / "other.pt")
+
+
+def test_untrained_learned_optimizer_trains_like_adam():
+    a, b = mlp(), mlp()
+    train(a, LearnedOptimizer(a.parameters(), LearnedUpdateRule("mlp", step_mult=1e-2, bound=100.0)), 20)
+    train(b, torch.optim.Adam(b.parameters(), lr=1e-2), 20)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-5)

@@ -1,0 +1,128 @@
+import pytest
+import torch
+
+from nfopt import NetworkSpec, WeightSpaceFeatures
+from nfopt.lopt import Adam, FeatureConfig, LearnedUpdateRule, build_features
+from nfopt.testing import random_spec
+
+KINDS = ["mlp", "nfn_np", "nfn_hnp", "nft"]
+SMALL = {
+    "mlp": {"hidden": 8},
+    "nfn_np": {"channels": 4},
+    "nfn_hnp": {"channels": 4},
+    "nft": {"channels": 4, "heads": 2},
+}
+
+
+def rule_of(kind: str, **kw) -> LearnedUpdateRule:
+    torch.manual_seed(0)
+    return LearnedUpdateRule(kind, meta_model=SMALL[kind], **kw)
+
+
+def inputs(spec: NetworkSpec, population: int = 2, seed: int = 0, scale: float = 1.0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    params = WeightSpaceFeatures.randn(spec, population, 1, generator=g, dtype=dtype)
+    grads = WeightSpaceFeatures.randn(spec, population, 1, generator=g, dtype=dtype) * scale
+    return params, grads
+
+
+def perturb_meta_model(rule: LearnedUpdateRule) -> None:
+    """Give the zero-initialised head non-zero weights so the learned term is active."""
+    with torch.no_grad():
+        for p in rule.meta_model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+
+
+def test_features_match_the_mlp_lopt_inputs():
+    cfg = FeatureConfig()
+    assert cfg.num_features == 19
+    spec = NetworkSpec.mlp([5, 4, 3])
+    params, grads = inputs(spec)
+    mom = WeightSpaceFeatures.zeros(spec, 2, len(cfg.decays))
+    f = build_features(params, grads, mom, torch.tensor(7), cfg)
+    assert f.channels == 19
+    w = f.weights[0]
+    ms = w[:, :2].square().mean((2, 3))  # g and p are second-moment normalised per tensor
+    assert torch.allclose(ms, torch.ones_like(ms), atol=1e-3)
+    assert torch.allclose(w[0, 8:, 0, 0], torch.tanh(7 / torch.tensor(cfg.timescales, dtype=w.dtype)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_rule_is_adam(kind):
+    rule = rule_of(kind, step_mult=1e-3)
+    spec = random_spec(3, conv=False)
+    params, grads = inputs(spec, 3)
+    state, astate = rule.init(spec, 3, dtype=torch.float64), Adam(lr=1e-3).init(spec, 3, dtype=torch.float64)
+    rule = rule.double()
+    for _ in range(3):
+        new, state = rule.update(None, state, params, grads)
+        ref, astate = Adam(lr=1e-3).update(None, astate, params, grads)
+        assert new.allclose(ref, rtol=0, atol=1e-7)  # equal up to the soft bound B tanh(s/B) ~ s
+        params, grads = new, grads * 0.5
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_rule_updates_many_architectures_equivariantly(kind):
+    rule = rule_of(kind).double()
+    perturb_meta_model(rule)
+    hidden_only = kind in ("nfn_hnp", "nft")
+    specs = [NetworkSpec.mlp([8] + [w] * d + [3]) for d, w in ((0, 8), (1, 128), (2, 16), (3, 32), (4, 8))]
+    specs.append(NetworkSpec(((6, 1, 3, 3), (5, 6, 3, 3), (4, 5))))  # a CNN
+    for spec in specs:
+        params, grads = inputs(spec, 2, seed=len(spec))
+        state = rule.init(spec, 2, dtype=torch.float64)
+        state, _ = state, None
+        new, state2 = rule.update(None, state, params, grads)
+        assert new.spec == spec and state2["mom"].channels == 6
+        perm = spec.sample_permutation(torch.Generator().manual_seed(1), hidden_only=hidden_only)
+        st_p = {"step": state["step"], "mom": state["mom"].permute(perm), "v": state["v"].permute(perm)}
+        new_p, _ = rule.update(None, st_p, params.permute(perm), grads.permute(perm))
+        assert new_p.allclose(new.permute(perm), atol=1e-10), spec
+        assert not new.allclose(params)  # it did update
+
+
+def test_updates_are_bounded_and_finite():
+    rule = rule_of("nfn_np", bound=0.05)
+    perturb_meta_model(rule)
+    spec = NetworkSpec.mlp([6, 5, 2])
+    params, grads = inputs(spec, 2, scale=1e6, dtype=torch.float32)
+    grads = WeightSpaceFeatures([grads.weights[0].clone().fill_(float("nan")), grads.weights[1]], grads.biases)
+    with torch.no_grad():
+        rule.log_step_scale.fill_(20.0)  # an absurd learned step scale
+    new, _ = rule.update(None, rule.init(spec, 2), params, grads)
+    diff = max((a - b).abs().max().item() for a, b in zip(new.tensors(), params.tensors()))
+    assert diff <= 0.05 + 1e-6
+    assert all(torch.isfinite(t).all() for t in new.tensors())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_update_is_differentiable_in_theta_and_vmappable(kind):
+    rule = rule_of(kind)
+    perturb_meta_model(rule)
+    spec = NetworkSpec.mlp([4, 3, 2])
+    params, grads = inputs(spec, 2, dtype=torch.float32)
+    theta = {k: v.detach() for k, v in rule.named_parameters()}
+    state = rule.init(spec, 2)
+
+    def after(th):
+        new, _ = rule.update(th, state, params, grads)
+        return sum(t.square().sum() for t in new.tensors())
+
+    g = torch.func.grad(after)(theta)
+    assert all(torch.isfinite(v).all() for v in g.values())
+    assert g["log_step_scale"].abs() > 0
+    # ES-style: a batch of perturbed thetas in one vmapped call
+    eps = {k: 0.01 * torch.randn(3, *v.shape) for k, v in theta.items()}
+    batched = torch.func.vmap(after)({k: theta[k] + eps[k] for k in theta})
+    assert batched.shape == (3,)
+    assert torch.allclose(batched[0], after({k: theta[k] + eps[k][0] for k in theta}), rtol=1e-4)
+
+
+def test_config_round_trip_and_validation():
+    rule = rule_of("nft")
+    again = LearnedUpdateRule.from_config(rule.config())
+    assert again.config() == rule.config()
+    with pytest.raises(ValueError, match="kind='bad'"):
+        LearnedUpdateRule("bad")
+    with pytest.raises(ValueError, match="hand="):
+        LearnedUpdateRule("mlp", hand="rmsprop")
