@@ -39,12 +39,12 @@ def test_features_match_the_mlp_lopt_inputs():
     spec = NetworkSpec.mlp([5, 4, 3])
     params, grads = inputs(spec)
     mom = WeightSpaceFeatures.zeros(spec, 2, len(cfg.decays))
-    f = build_features(params, grads, mom, torch.tensor(7), cfg)
-    assert f.channels == 19
+    f, glob = build_features(params, grads, mom, torch.tensor(7), cfg)
+    assert f.channels + glob.shape[1] == 19 and glob.shape == (2, 11)
     w = f.weights[0]
     ms = w[:, :2].square().mean((2, 3))  # g and p are second-moment normalised per tensor
     assert torch.allclose(ms, torch.ones_like(ms), atol=1e-3)
-    assert torch.allclose(w[0, 8:, 0, 0], torch.tanh(7 / torch.tensor(cfg.timescales, dtype=w.dtype)))
+    assert torch.allclose(glob[0], torch.tanh(7 / torch.tensor(cfg.timescales, dtype=w.dtype)))
 
 
 @pytest.mark.parametrize("kind", KINDS)

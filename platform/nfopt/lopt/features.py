@@ -2,9 +2,12 @@
 
 The feature set of the per-parameter MLP learned optimizer of Metz et al. (learned_optimization's
 ``MLPLOpt``, 19 inputs): the gradient, the parameter and momenta at decays 0.1 ... 0.9999, each
-normalised by its second moment over the tensor (per network and channel), followed by
-``tanh(t / s)`` of the step count ``t`` over timescales ``s = 1, 3, 10, ..., 1e5`` broadcast to
-every entry. Per-tensor normalisation and broadcast constants commute with neuron permutations.
+normalised by its second moment over the tensor (per network and channel) — 8 per-entry
+channels — and ``tanh(t / s)`` of the step count ``t`` over timescales ``s = 1, 3, 10, ..., 1e5``,
+11 values that are the same for every entry. Those are kept as a ``(P, 11)`` global vector that
+meta-models add after their first (linear) layer: the same function as broadcasting them as 11
+more channels into it, at 8/19 of the per-entry cost. Per-tensor normalisation and constants
+commute with neuron permutations.
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ class FeatureConfig:
 
     @property
     def num_features(self) -> int:
-        """Channels of :func:`build_features` (19 with the defaults)."""
-        return 2 + len(self.decays) + len(self.timescales)
+        """Inputs per parameter (19 with the defaults): per-entry channels plus global values."""
+        return self.num_entry_features + self.num_global_features
+
+    @property
+    def num_entry_features(self) -> int:
+        return 2 + len(self.decays)
+
+    @property
+    def num_global_features(self) -> int:
+        return len(self.timescales)
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -60,21 +71,20 @@ def update_momenta(mom: WeightSpaceFeatures, grads: WeightSpaceFeatures, decays:
 
 def build_features(
     params: WeightSpaceFeatures, grads: WeightSpaceFeatures, mom: WeightSpaceFeatures, step: Tensor, cfg: FeatureConfig
-) -> WeightSpaceFeatures:
-    """``(B, 1, ...)`` parameters and gradients, ``(B, K, ...)`` momenta -> ``(B, F, ...)`` features
-    with ``F = cfg.num_features``: normalised ``[g, p, m_1..m_K]`` then time features."""
+) -> tuple[WeightSpaceFeatures, Tensor]:
+    """``(B, 1, ...)`` parameters and gradients, ``(B, K, ...)`` momenta -> per-entry features
+    ``(B, 2 + K, ...)`` (normalised ``[g, p, m_1..m_K]``) and global time features ``(B, T)``."""
     ts = torch.as_tensor(cfg.timescales, dtype=params.dtype, device=params.device)
-    time = torch.tanh(step.to(ts) / ts)  # (T,)
+    time = torch.tanh(step.to(ts) / ts).expand(params.batch_size, -1)  # (B, T)
 
     def one(p: Tensor, g: Tensor, m: Tensor) -> Tensor:
-        x = second_moment_normalize(torch.cat([g, p, m], dim=1), cfg.eps)
-        tf = time.view(1, -1, *([1] * (p.ndim - 2))).expand(p.shape[0], -1, *p.shape[2:])
-        return torch.cat([x, tf], dim=1)
+        return second_moment_normalize(torch.cat([g, p, m], dim=1), cfg.eps)
 
-    return WeightSpaceFeatures(
+    feats = WeightSpaceFeatures(
         [one(p, g, m) for p, g, m in zip(params.weights, grads.weights, mom.weights)],
         [one(p, g, m) for p, g, m in zip(params.biases, grads.biases, mom.biases)],
     )
+    return feats, time
 
 
 def zeros_like_spec(spec: NetworkSpec, population: int, channels: int, dtype, device) -> WeightSpaceFeatures:

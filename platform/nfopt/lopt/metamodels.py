@@ -1,15 +1,19 @@
-"""Meta-models of learned optimizers: ``(P, F, ...)`` features -> ``(P, 2, ...)`` outputs
-(direction, magnitude), for any MLP/CNN architecture. The output head starts at zero, so an
-untrained learned optimizer follows its hand-designed direction exactly."""
+"""Meta-models of learned optimizers: ``(P, F, ...)`` per-entry features and ``(P, T)`` global
+features -> ``(P, 2, ...)`` outputs (direction, magnitude), for any MLP/CNN architecture. The
+global features enter after the first linear layer (:class:`~nfopt.nn.SharedGlobalInput`). The
+output head starts at zero, so an untrained learned optimizer follows its hand-designed
+direction exactly."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from nfopt.nn import (
     FourierIOEncoding,
     NFActivation,
     SharedChannelNorm,
+    SharedGlobalInput,
     SharedNPLinear,
     SharedPointwise,
     SharedWeightSpaceAttention,
@@ -23,18 +27,19 @@ class PerParamMLP(nn.Module):
     """The per-parameter MLP (a Deep-Set over entries): the same MLP on every scalar's features,
     with separate maps for weights and biases. Equivariant to every permutation."""
 
-    def __init__(self, in_features: int, hidden: int = 32, layers: int = 2) -> None:
+    def __init__(self, in_features: int, global_features: int = 0, hidden: int = 32, layers: int = 2) -> None:
         super().__init__()
-        mods: list[nn.Module] = []
-        c = in_features
-        for _ in range(layers):
-            mods += [SharedPointwise(c, hidden), NFActivation()]
-            c = hidden
-        mods.append(SharedPointwise(c, 2, zero_init=True))
-        self.net = nn.Sequential(*mods)
+        self.first = SharedPointwise(in_features, hidden)
+        self.glob = SharedGlobalInput(global_features, hidden) if global_features else None
+        mods: list[nn.Module] = [NFActivation()]
+        for _ in range(layers - 1):
+            mods += [SharedPointwise(hidden, hidden), NFActivation()]
+        mods.append(SharedPointwise(hidden, 2, zero_init=True))
+        self.rest = nn.Sequential(*mods)
 
-    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        return self.net(x)
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
+        h = self.first(x)
+        return self.rest(self.glob(h, glob) if self.glob is not None else h)
 
 
 class NFNMetaModel(nn.Module):
@@ -42,24 +47,29 @@ class NFNMetaModel(nn.Module):
     to every neuron permutation; ``kind="hnp"`` first appends sinusoidal IO-position channels
     (width-agnostic), so it tells input/output neurons apart and is equivariant to hidden ones."""
 
-    def __init__(self, in_features: int, channels: int = 16, layers: int = 3, kind: str = "np") -> None:
+    def __init__(
+        self, in_features: int, global_features: int = 0, channels: int = 16, layers: int = 3, kind: str = "np"
+    ) -> None:
         super().__init__()
         if kind not in ("np", "hnp"):
             raise ValueError(f"kind={kind!r}: use 'np' or 'hnp'")
-        mods: list[nn.Module] = []
+        if layers < 2:
+            raise ValueError(f"layers={layers}: an NFN meta-model needs at least 2 layers")
         c = in_features
-        if kind == "hnp":
-            enc = FourierIOEncoding(None, c, num_bands=2)
-            mods.append(enc)
-            c = enc.out_channels
-        for _ in range(layers - 1):
-            mods += [SharedNPLinear(c, channels), NFActivation()]
-            c = channels
-        mods.append(SharedNPLinear(c, 2, zero_init=True))
-        self.net = nn.Sequential(*mods)
+        self.enc = FourierIOEncoding(None, c, num_bands=2) if kind == "hnp" else None
+        if self.enc is not None:
+            c = self.enc.out_channels
+        self.first = SharedNPLinear(c, channels)
+        self.glob = SharedGlobalInput(global_features, channels) if global_features else None
+        mods: list[nn.Module] = [NFActivation()]
+        for _ in range(layers - 2):
+            mods += [SharedNPLinear(channels, channels), NFActivation()]
+        mods.append(SharedNPLinear(channels, 2, zero_init=True))
+        self.rest = nn.Sequential(*mods)
 
-    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        return self.net(x)
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
+        h = self.first(self.enc(x) if self.enc is not None else x)
+        return self.rest(self.glob(h, glob) if self.glob is not None else h)
 
 
 class NFTMetaModel(nn.Module):
@@ -67,10 +77,13 @@ class NFTMetaModel(nn.Module):
     blocks of shared weight-space attention and a GELU feed-forward, then a zero-initialised head.
     Equivariant to hidden-neuron permutations."""
 
-    def __init__(self, in_features: int, channels: int = 16, blocks: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, in_features: int, global_features: int = 0, channels: int = 16, blocks: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         enc = FourierIOEncoding(None, in_features, num_bands=2)
         self.enc, self.proj = enc, SharedPointwise(enc.out_channels, channels)
+        self.glob = SharedGlobalInput(global_features, channels) if global_features else None
         self.blocks = nn.ModuleList()
         for _ in range(blocks):
             self.blocks.append(
@@ -89,8 +102,10 @@ class NFTMetaModel(nn.Module):
             )
         self.out = nn.Sequential(SharedChannelNorm(channels), SharedPointwise(channels, 2, zero_init=True))
 
-    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
         h = self.proj(self.enc(x))
+        if self.glob is not None:
+            h = self.glob(h, glob)
         for b in self.blocks:
             h = h + b["attn"](b["n1"](h))
             h = h + b["ff"](b["n2"](h))
@@ -100,10 +115,10 @@ class NFTMetaModel(nn.Module):
 META_MODELS = {"mlp": PerParamMLP, "nfn_np": NFNMetaModel, "nfn_hnp": NFNMetaModel, "nft": NFTMetaModel}
 
 
-def build_meta_model(kind: str, in_features: int, **kwargs) -> nn.Module:
+def build_meta_model(kind: str, in_features: int, global_features: int = 0, **kwargs) -> nn.Module:
     """``kind``: ``"mlp"`` (per-parameter), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``."""
     if kind not in META_MODELS:
         raise ValueError(f"meta-model kind={kind!r}: choose one of {sorted(META_MODELS)}")
     if kind in ("nfn_np", "nfn_hnp"):
         kwargs = {**kwargs, "kind": kind[4:]}
-    return META_MODELS[kind](in_features, **kwargs)
+    return META_MODELS[kind](in_features, global_features, **kwargs)

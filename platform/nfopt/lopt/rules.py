@@ -55,7 +55,9 @@ class LearnedUpdateRule(nn.Module):
         if 0.9 not in self.features.decays:
             raise ValueError("features.decays must include 0.9 (the hand-designed direction's momentum)")
         self.exp_mult, self.step_mult, self.bound, self.hand = exp_mult, step_mult, bound, hand
-        self.meta_model = build_meta_model(kind, self.features.num_features, **self.meta_kwargs)
+        self.meta_model = build_meta_model(
+            kind, self.features.num_entry_features, self.features.num_global_features, **self.meta_kwargs
+        )
         self.log_step_scale = nn.Parameter(torch.zeros(()))
         self.log_hand_scale = nn.Parameter(torch.zeros(()))
 
@@ -102,8 +104,8 @@ class LearnedUpdateRule(nn.Module):
         mom = update_momenta(state["mom"], grads, decays)
         v = state["v"] * 0.999 + grads * grads * 0.001
         step = state["step"] + 1
-        feats = build_features(params, grads, mom, state["step"], cfg)
-        out = self.meta_model(feats)  # (P, 2, ...)
+        feats, glob = build_features(params, grads, mom, state["step"], cfg)
+        out = self.meta_model(feats, glob)  # (P, 2, ...)
         hand = self._hand(mom, v, step, decays)
         scale = self.step_mult * torch.exp(self.log_step_scale)
         hand_scale = torch.exp(self.log_hand_scale)

@@ -21,6 +21,7 @@ from nfopt.nn.pointwise import ChannelLayerNorm, LearnedScale, NFActivation, NFD
 from nfopt.nn.pool import HNPPool, NPPool
 from nfopt.nn.shared import (
     SharedChannelNorm,
+    SharedGlobalInput,
     SharedNPLinear,
     SharedPointwise,
     SharedWeightSpaceAttention,
@@ -48,6 +49,7 @@ __all__ = [
     "NPPool",
     "Pointwise",
     "SharedChannelNorm",
+    "SharedGlobalInput",
     "SharedNPLinear",
     "SharedPointwise",
     "SharedWeightSpaceAttention",

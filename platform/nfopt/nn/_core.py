@@ -171,7 +171,7 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
             # broadcast-fill the output, then one batched GEMM accumulating into it (beta=1):
             # two passes over H instead of a GEMM plus two in-place broadcast adds
             h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
-            _lmul_(h.view(bsz, -1, mr * mc), A[i], x.reshape(bsz, f, mr * mc))
+            h = _lmul_(h.view(bsz, -1, mr * mc), A[i], x.reshape(bsz, f, mr * mc)).view(h.shape)
         elif row is not None:
             h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
         else:
@@ -182,10 +182,11 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
     return hs, us, z, P
 
 
-def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor):
+def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
     """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
-    same layout with ``c_out`` channels. Plain torch ops: differentiable to any order."""
-    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta)
+    same layout with ``c_out`` channels. Plain torch ops, differentiable to any order, unless
+    ``native`` kernels are passed (for inference only)."""
+    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native)
     return hs, us
 
 
@@ -272,7 +273,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
                 dct = dct * (1.0 / mc)  # (B, F, m_r)
                 if A[i] is not None:
                     dx = torch.add(dct[..., None], dr[i][:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
-                    _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh)
+                    dx = _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh).view(bsz, f, mr, mc)
                 else:
                     dx = dct[..., None]
                     if dr[i] is not None:
@@ -301,8 +302,10 @@ def _lmul(w: Tensor, x: Tensor) -> Tensor:
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
-    """``out[b] += w @ x[b]`` in place (batched GEMM with beta=1)."""
-    return out.baddbmm_(w.expand(x.shape[0], *w.shape), x)
+    """``out[b] + w @ x[b]``: in place (batched GEMM with beta=1), or out of place under
+    ``torch.func`` (in-place ``baddbmm_`` has no batching rule)."""
+    wx = w.expand(x.shape[0], *w.shape)
+    return torch.baddbmm(out, wx, x) if functorch_active(out, w, x) else out.baddbmm_(wx, x)
 
 
 def _sum(x: Tensor, dim: int) -> Tensor:

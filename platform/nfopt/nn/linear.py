@@ -13,7 +13,7 @@ from nfopt.nn._layout import fold_bias, fold_weight, unfold_bias, unfold_weight
 from nfopt.nn._mix import functorch_active
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["HNPLinear", "NPLinear", "fused_backward"]
+__all__ = ["HNPLinear", "NPLinear", "apply_plan", "fused_backward"]
 
 _FUSED = True
 
@@ -31,6 +31,36 @@ def fused_backward(enabled: bool):
         yield
     finally:
         _FUSED = old
+
+
+def apply_plan(plan: _core.Plan, x: WeightSpaceFeatures, A, Q, Z, beta, adjust=None) -> WeightSpaceFeatures:
+    """Run the equivariant linear map of ``plan`` with the given parameter matrices on ``x``:
+    fold to the kernels' layout, the fused-backward path when autograd needs it (plain ops
+    otherwise, and under ``torch.func``), unfold. ``adjust(xs, bs)`` may edit folded inputs."""
+    perm, spec, c = plan.perm, plan.spec, plan.c_out
+    xs = [fold_weight(w, not perm[i + 1], not perm[i]) for i, w in enumerate(x.weights)]
+    bs = [fold_bias(b, not perm[i + 1]) for i, b in enumerate(x.biases)]
+    if adjust is not None:
+        xs, bs = adjust(xs, bs)
+    params = [p for p in (*A, *Q, Z, beta) if p is not None]
+    fused = (
+        _FUSED
+        and torch.is_grad_enabled()
+        and not functorch_active(*xs, *params)
+        and any(t.requires_grad for t in (*xs, *bs, *params))
+    )
+    if fused:
+        out = _core.FusedEquivariantLinear.apply(plan, len(xs), *xs, *bs, *A, *Q, Z, beta)
+        hs, us = out[: len(xs)], out[len(xs) :]
+    else:
+        # plain ops; the one-pass native pooling only where no autograd/torch.func will see it
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *bs, *params))
+        native = None if needs_grad or functorch_active(*xs, *params) else _core._native_for(xs)
+        hs, us = _core.forward(plan, xs, bs, A, Q, Z, beta, native=native)
+    n = spec.neuron_sizes
+    ws = [unfold_weight(h, spec.weight_shapes[i], c, not perm[i + 1], not perm[i]) for i, h in enumerate(hs)]
+    bs_out = [unfold_bias(u, n[i + 1], c, not perm[i + 1]) for i, u in enumerate(us)]
+    return WeightSpaceFeatures(ws, bs_out)
 
 
 class _EquivariantLinear(nn.Module):
@@ -93,32 +123,9 @@ class _EquivariantLinear(nn.Module):
                     f"{self.spec} expects {self.spec.weight_shapes[i]}"
                 )
 
-    def _apply_folded(self, xs, bs):
-        A, Q, Z, beta = self._params()
-        params = [p for p in (*A, *Q, Z, beta) if p is not None]
-        fused = (
-            _FUSED
-            and torch.is_grad_enabled()
-            and not functorch_active(*xs, *params)
-            and any(t.requires_grad for t in (*xs, *bs, *params))
-        )
-        if fused:
-            out = _core.FusedEquivariantLinear.apply(self.plan, len(xs), *xs, *bs, *A, *Q, Z, beta)
-            n = len(xs)
-            return out[:n], out[n:]
-        return _core.forward(self.plan, xs, bs, A, Q, Z, beta)
-
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self._check(x)
-        perm, spec, c = self.plan.perm, self.spec, self.out_channels
-        xs = [fold_weight(w, not perm[i + 1], not perm[i]) for i, w in enumerate(x.weights)]
-        bs = [fold_bias(b, not perm[i + 1]) for i, b in enumerate(x.biases)]
-        xs, bs = self._adjust_inputs(xs, bs)
-        hs, us = self._apply_folded(xs, bs)
-        n = spec.neuron_sizes
-        ws = [unfold_weight(h, spec.weight_shapes[i], c, not perm[i + 1], not perm[i]) for i, h in enumerate(hs)]
-        bs_out = [unfold_bias(u, n[i + 1], c, not perm[i + 1]) for i, u in enumerate(us)]
-        return WeightSpaceFeatures(ws, bs_out)
+        return apply_plan(self.plan, x, *self._params(), adjust=self._adjust_inputs)
 
     def _adjust_inputs(self, xs, bs):
         return xs, bs
