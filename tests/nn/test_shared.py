@@ -1,0 +1,61 @@
+import torch
+from hypothesis import given, settings
+
+from nfopt import NetworkSpec
+from nfopt.nn import (
+    SharedChannelNorm,
+    SharedGlobalInput,
+    SharedNPLinear,
+    SharedPointwise,
+    SharedWeightSpaceAttention,
+    fused_backward,
+    layer_roles,
+)
+from nfopt.testing import assert_equivariant, random_features
+from tests.strategies import specs
+
+NP = SharedNPLinear(3, 4)
+ATT = SharedWeightSpaceAttention(4, 2)
+
+
+@given(specs())
+def test_one_instance_is_equivariant_on_every_architecture(spec):
+    assert_equivariant(NP, spec, 3, hidden_only=False)
+    assert_equivariant(SharedPointwise(3, 2), spec, 3)
+    assert_equivariant(SharedChannelNorm(3), spec, 3)
+
+
+@settings(max_examples=10)
+@given(specs(width=(1, 8)))
+def test_shared_attention_equivariant(spec):
+    assert_equivariant(ATT, spec, 4, hidden_only=False)
+
+
+@settings(max_examples=15)
+@given(specs())
+def test_shared_np_engine_equals_its_defining_formula(spec):
+    torch.manual_seed(0)
+    layer = SharedNPLinear(3, 2).double()
+    x = random_features(spec, 2, 3).map(lambda t: t.requires_grad_())
+    for fused in (True, False):
+        with fused_backward(fused):
+            a, b = layer(x), layer.forward_reference(x)
+            assert a.allclose(b, atol=1e-10)
+            ga = torch.autograd.grad(sum(t.square().sum() for t in a.tensors()), [*layer.parameters(), *x.tensors()])
+            gb = torch.autograd.grad(sum(t.square().sum() for t in b.tensors()), [*layer.parameters(), *x.tensors()])
+            assert all(torch.allclose(p, q, atol=1e-9) for p, q in zip(ga, gb))
+
+
+def test_roles_and_zero_init_and_global_input():
+    assert layer_roles(1) == [0] and layer_roles(4) == [1, 2, 2, 3]
+    spec = NetworkSpec.mlp([5, 4, 3, 2])
+    x = random_features(spec, 2, 3, dtype=torch.float32)
+    out = SharedNPLinear(3, 2, zero_init=True)(x)
+    assert all(torch.count_nonzero(t) == 0 for t in out.tensors())
+    g = SharedGlobalInput(4, 3)
+    glob = torch.randn(2, 4)
+    y = g(x, glob)
+    d0 = (y.weights[0] - x.weights[0])[:, :, 0, 0]
+    assert torch.allclose((y.weights[0] - x.weights[0]), d0[:, :, None, None].expand_as(x.weights[0]))
+    g64 = g.double()
+    assert_equivariant(lambda f: g64(f, glob.double()), spec, 3, hidden_only=False)
