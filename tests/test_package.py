@@ -21,7 +21,9 @@ def test_readme_examples_run():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"<!-- example -->\s*```python\n(.*?)```", text, re.S)
     assert len(blocks) >= 2, "README.md lost its '<!-- example -->' python blocks"
+    assert len(blocks) >= 3
     for block in blocks:
         namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
-        assert namespace["err"] < 1e-4
+        if "err" in namespace:  # the equivariance/invariance examples
+            assert namespace["err"] < 1e-4
