@@ -92,6 +92,25 @@ def _prepare(layer, spec, in_channels, batch_size, seed, inputs):
     return layer64, inputs, gen
 
 
+def _check(layer, spec, in_channels, hidden_only, num_permutations, batch_size, rtol, seed, inputs, equivariant):
+    layer64, x, gen = _prepare(layer, spec, in_channels, batch_size, seed, inputs)
+    worst = 0.0
+    with torch.no_grad():
+        y = layer64(x)
+        for _ in range(num_permutations):
+            perm = spec.sample_permutation(gen, hidden_only=hidden_only)
+            expected = y.permute(perm) if equivariant else y
+            worst = max(worst, max_relative_error(layer64(x.permute(perm)), expected))
+    if worst > rtol:
+        what = "equivariant" if equivariant else "invariant"
+        raise EquivarianceError(
+            f"{type(layer).__name__} is not {what} on {spec} "
+            f"({'hidden' if hidden_only else 'all'} neuron permutations): max relative error "
+            f"{worst:.3e} > rtol={rtol:.0e}"
+        )
+    return worst
+
+
 def assert_equivariant(
     layer: Callable[[WeightSpaceFeatures], WeightSpaceFeatures],
     spec: NetworkSpec,
@@ -110,21 +129,7 @@ def assert_equivariant(
     hidden layers only (HNP). The layer is deep-copied to float64 and put in eval mode.
     Returns the largest relative error; raises :class:`EquivarianceError` above ``rtol``.
     """
-    layer64, x, gen = _prepare(layer, spec, in_channels, batch_size, seed, inputs)
-    with torch.no_grad():
-        y = layer64(x)
-        worst = 0.0
-        for _ in range(num_permutations):
-            perm = spec.sample_permutation(gen, hidden_only=hidden_only)
-            err = max_relative_error(layer64(x.permute(perm)), y.permute(perm))
-            worst = max(worst, err)
-    if worst > rtol:
-        raise EquivarianceError(
-            f"{type(layer).__name__} is not equivariant on {spec} "
-            f"({'hidden' if hidden_only else 'all'} neuron permutations): max relative error "
-            f"{worst:.3e} > rtol={rtol:.0e}"
-        )
-    return worst
+    return _check(layer, spec, in_channels, hidden_only, num_permutations, batch_size, rtol, seed, inputs, True)
 
 
 def assert_invariant(
@@ -141,17 +146,4 @@ def assert_invariant(
 ) -> float:
     """Check ``layer(x.permute(σ)) == layer(x)`` in float64 for random ``σ`` (see
     :func:`assert_equivariant`). Returns the largest relative error."""
-    layer64, x, gen = _prepare(layer, spec, in_channels, batch_size, seed, inputs)
-    with torch.no_grad():
-        y = layer64(x)
-        worst = 0.0
-        for _ in range(num_permutations):
-            perm = spec.sample_permutation(gen, hidden_only=hidden_only)
-            worst = max(worst, max_relative_error(layer64(x.permute(perm)), y))
-    if worst > rtol:
-        raise EquivarianceError(
-            f"{type(layer).__name__} is not invariant on {spec} "
-            f"({'hidden' if hidden_only else 'all'} neuron permutations): max relative error "
-            f"{worst:.3e} > rtol={rtol:.0e}"
-        )
-    return worst
+    return _check(layer, spec, in_channels, hidden_only, num_permutations, batch_size, rtol, seed, inputs, False)
