@@ -1,0 +1,161 @@
+"""Workers (shards of inner tasks) and the learner (averages estimates, clips, steps θ).
+
+No Ray here: :class:`Worker` is a plain object and :class:`LocalPool` calls workers in process;
+:mod:`nfopt.cluster` runs the same workers as Ray actors behind the same pool interface.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from nfopt.meta.estimators import Estimator
+
+__all__ = ["Learner", "LocalPool", "Worker", "atomic_save"]
+
+Tensor = torch.Tensor
+Theta = dict[str, Tensor]
+
+
+class Worker:
+    """Owns ``num_tasks`` inner tasks (their states never leave it) and returns the average of
+    their meta-gradient estimates for a given θ."""
+
+    def __init__(self, make_problem: Callable, estimator: Estimator, num_tasks: int, seed: int) -> None:
+        self.problem = make_problem()
+        self.estimator = estimator
+        self.gen = torch.Generator().manual_seed(seed)
+        self.states = [
+            estimator.init(self.problem, int(torch.randint(2**31 - 1, (), generator=self.gen)))
+            for _ in range(num_tasks)
+        ]
+
+    def estimate(self, theta: Theta) -> tuple[Theta, int, dict]:
+        t0 = time.perf_counter()
+        total: Theta | None = None
+        losses, nonfinite, inner = [], 0, 0
+        for k, st in enumerate(self.states):
+            g, m, self.states[k] = self.estimator.estimate(self.problem, theta, st, self.gen)
+            total = g if total is None else {n: total[n] + g[n] for n in total}
+            losses.append(m["meta_loss"])
+            nonfinite += m["nonfinite"]
+            inner += m.get("inner_steps", 0)
+        n = len(self.states)
+        grad = {k: v / n for k, v in total.items()}
+        metrics = {
+            "meta_loss": sum(losses) / n,
+            "nonfinite": nonfinite,
+            "inner_steps": inner,
+            "compute_s": time.perf_counter() - t0,
+        }
+        return grad, n, metrics
+
+    def get_state(self) -> dict:
+        return {"gen": self.gen.get_state(), "states": self.states}
+
+    def set_state(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.states = state["states"]
+
+
+class LocalPool:
+    """Workers in this process (tests, debugging, ``nfopt run --no-ray``)."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    def estimate_all(self, theta: Theta) -> list[tuple[Theta, int, dict]]:
+        return [w.estimate(theta) for w in self.workers]
+
+    def get_states(self) -> list[dict]:
+        return [w.get_state() for w in self.workers]
+
+    def set_states(self, states: list[dict]) -> None:
+        for w, s in zip(self.workers, states):
+            w.set_state(s)
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+
+def atomic_save(obj, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the same directory, then rename: never a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class Learner:
+    """θ, an Adam meta-optimizer and the outer loop over a worker pool.
+
+    Each :meth:`step`: every worker's estimate (weighted by its number of tasks) is averaged,
+    the global norm is clipped to ``clip`` and Adam steps θ. Non-finite estimates are dropped
+    and counted.
+    """
+
+    def __init__(self, theta: Theta, pool, lr: float = 1e-3, clip: float = 1.0, seed: int = 0) -> None:
+        self.theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+        self.opt = torch.optim.Adam(self.theta.values(), lr=lr)
+        self.pool, self.clip, self.step_count = pool, clip, 0
+        torch.manual_seed(seed)
+
+    def current_theta(self) -> Theta:
+        return {k: v.detach() for k, v in self.theta.items()}
+
+    def step(self) -> dict:
+        t0 = time.perf_counter()
+        results = self.pool.estimate_all(self.current_theta())
+        results = [r for r in results if r is not None]
+        good = [r for r in results if all(torch.isfinite(g).all() for g in r[0].values())]
+        total_n = sum(n for _, n, _ in good)
+        metrics: dict = {"workers": len(results), "dropped_estimates": len(results) - len(good)}
+        if total_n:
+            grad = {k: sum(g[k] * n for g, n, _ in good) / total_n for k in self.theta}
+            norm = math.sqrt(sum(float(g.square().sum()) for g in grad.values()))
+            scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip else 1.0
+            for k, p in self.theta.items():
+                p.grad = (grad[k] * scale).to(p)
+            self.opt.step()
+            metrics["grad_norm"] = norm
+            metrics["meta_loss"] = sum(m["meta_loss"] * n for _, n, m in good) / total_n
+        metrics["nonfinite"] = sum(m["nonfinite"] for _, _, m in results)
+        metrics["inner_steps"] = sum(m.get("inner_steps", 0) for _, _, m in results)
+        compute = max((m["compute_s"] for _, _, m in results), default=0.0)
+        metrics["step_s"] = time.perf_counter() - t0
+        metrics["overhead"] = max(0.0, metrics["step_s"] - compute) / max(metrics["step_s"], 1e-9)
+        self.step_count += 1
+        return metrics
+
+    def state_dict(self, with_workers: bool = True) -> dict:
+        return {
+            "theta": self.current_theta(),
+            "opt": self.opt.state_dict(),
+            "step": self.step_count,
+            "torch_rng": torch.get_rng_state(),
+            "workers": self.pool.get_states() if with_workers else None,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        with torch.no_grad():
+            for k, v in sd["theta"].items():
+                self.theta[k].copy_(v)
+        self.opt.load_state_dict(sd["opt"])
+        self.step_count = sd["step"]
+        torch.set_rng_state(sd["torch_rng"])
+        if sd.get("workers") is not None:
+            self.pool.set_states(sd["workers"])

@@ -1,0 +1,173 @@
+"""Inner problems for meta-training: what an estimator unrolls.
+
+An inner problem is stateless; its *state* (inner parameters, optimizer state, step count,
+horizon, minibatch seed) is a dict the estimator keeps, so antithetic branches can start from
+the same state and persistent estimators can keep several. ``unroll(theta, state, steps)``
+returns the meta-loss of ``steps`` inner steps, the new state and info; it is differentiable in
+``theta`` when ``theta`` requires grad, and draws its minibatches from the state alone, so two
+calls from one state see the same data (common random numbers for antithetic estimates).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from nfopt.lopt.rules import LearnedUpdateRule
+from nfopt.tasks import TaskFamily
+
+__all__ = ["InnerProblem", "QuadraticProblem", "TaskProblem"]
+
+Tensor = torch.Tensor
+Theta = dict[str, Tensor]
+
+
+class InnerProblem(Protocol):
+    def init_state(self, seed: int) -> dict: ...
+
+    def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]: ...
+
+
+@dataclass
+class QuadraticProblem:
+    """``x <- x - exp(theta["log_lr"]) * (grad f(x) + noise)`` on ``f(x) = ½ Σ a_i x_i²``; the
+    meta-loss is the mean of ``f`` over the unroll. Small enough for exact meta-gradients
+    (tests), with optional gradient noise so estimators see stochastic inner steps."""
+
+    dim: int = 8
+    noise: float = 0.0
+    horizon: int = 1_000_000
+
+    def init_state(self, seed: int) -> dict:
+        g = torch.Generator().manual_seed(seed)
+        return {
+            "x": torch.randn(self.dim, generator=g, dtype=torch.float64),
+            "a": torch.linspace(0.5, 2.0, self.dim, dtype=torch.float64),
+            "step": 0,
+            "seed": seed,
+        }
+
+    def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
+        x, a = state["x"], state["a"]
+        lr = torch.exp(theta["log_lr"])
+        total = x.new_zeros(())
+        for k in range(steps):
+            g = a * x
+            if self.noise:
+                gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
+                g = g + self.noise * torch.randn(self.dim, generator=gen, dtype=x.dtype)
+            x = x - lr * g
+            total = total + 0.5 * (a * x * x).sum()
+        new = {**state, "x": x, "step": state["step"] + steps}
+        return total / steps, new, {"done": new["step"] >= self.horizon, "nonfinite": 0}
+
+
+def _tree_detach(state: dict) -> dict:
+    from nfopt.weightspace import WeightSpaceFeatures
+
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, Tensor):
+            out[k] = v.detach()
+        elif isinstance(v, WeightSpaceFeatures):
+            out[k] = v.detach()
+        elif isinstance(v, dict):
+            out[k] = _tree_detach(v)
+        else:
+            out[k] = v
+    return out
+
+
+class TaskProblem:
+    """Training a ``population`` of networks of a task drawn from ``family`` with a learned
+    update rule. State: the task seed, inner parameters (features), rule state, step, horizon,
+    per-member initial loss. The meta-loss is the mean over members and unroll steps of the
+    train minibatch loss divided by the member's initial loss (``meta_loss="mean"``) or the
+    same at the last step only (``"final"``); non-finite or huge values are clipped at
+    ``clip_loss`` and counted, and a task whose parameters become non-finite is marked done.
+
+    Horizons come from the task (``horizon="task"``), a constant, or log-uniformly between
+    ``horizon_range``; each new task starts at a random offset so tasks are not in lockstep.
+    """
+
+    def __init__(
+        self,
+        family: TaskFamily,
+        rule: LearnedUpdateRule,
+        population: int = 4,
+        meta_loss: str = "mean",
+        horizon: str | int = "task",
+        horizon_range: tuple[int, int] | None = None,
+        clip_loss: float = 10.0,
+        offsets: bool = True,
+    ) -> None:
+        if meta_loss not in ("mean", "final"):
+            raise ValueError(f"meta_loss={meta_loss!r}: use 'mean' or 'final'")
+        self.family, self.rule, self.population = family, rule, population
+        self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
+        self.clip_loss, self.offsets = clip_loss, offsets
+        self._cache: dict[int, Any] = {}
+
+    def _task(self, seed: int):
+        if seed not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            task = self.family.sample(seed)
+            self._cache[seed] = (task, task.population(self.population, seed))
+        return self._cache[seed]
+
+    def _horizon(self, task, rng: torch.Generator) -> int:
+        if self.horizon == "task":
+            return task.horizon
+        if self.horizon == "loguniform":
+            lo, hi = self.horizon_range or self.family.spec.horizon
+            u = torch.rand((), generator=rng).item()
+            return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
+        return int(self.horizon)
+
+    def init_state(self, seed: int) -> dict:
+        task, pop = self._task(seed)
+        rng = torch.Generator().manual_seed(seed)
+        horizon = self._horizon(task, rng)
+        data = task.dataset
+        xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, rng)
+        loss0, _ = pop.loss_and_grad(xb, yb)
+        start = int(torch.randint(horizon, (), generator=rng)) if self.offsets else 0
+        return {
+            "seed": seed,
+            "params": pop.features().detach(),
+            "rule": self.rule.init(pop.spec, self.population),
+            "step": 0,
+            "start": start,  # the offset only shortens this task's first episode
+            "horizon": horizon,
+            "loss0": loss0.detach().clamp_min(1e-8),
+        }
+
+    def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
+        task, pop = self._task(state["seed"])
+        data = task.dataset
+        params, rstate = state["params"], state["rule"]
+        losses, nonfinite = [], 0
+        for k in range(steps):
+            gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
+            xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, gen)
+            p = pop.params_from_features(params)
+            loss, grads = pop.loss_and_grad(xb, yb, p)
+            norm = loss / state["loss0"]
+            bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
+            nonfinite += int(bad.sum())
+            losses.append(torch.where(bad, torch.full_like(norm, self.clip_loss), norm).mean())
+            params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
+        meta = torch.stack(losses).mean() if self.meta_loss == "mean" else losses[-1]
+        step = state["step"] + steps
+        finite = all(torch.isfinite(t).all() for t in params.tensors())
+        new = {**state, "params": params, "rule": rstate, "step": step}
+        done = (not finite) or step + state["start"] >= state["horizon"]
+        return meta, new, {"done": done, "nonfinite": nonfinite, "inner_steps": steps * self.population}
+
+    @staticmethod
+    def detach(state: dict) -> dict:
+        return _tree_detach(state)
