@@ -3,9 +3,22 @@
 from nfopt.weightspace import NetworkSpec, Permutation, WeightSpaceFeatures
 
 
+def load_optimizer(path_or_uri):
+    """A trained learned optimizer from a file or an MLflow artifact URI
+    (``runs:/<run_id>/learned_optimizer.pt``); call it on ``model.parameters()``."""
+    from nfopt import lopt
+
+    ref = str(path_or_uri)
+    if ref.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
+        from nfopt.track import download_artifact
+
+        ref = download_artifact(ref)
+    return lopt.load_optimizer(ref)
+
+
 def __getattr__(name: str):
     # learned-optimizer entry points, imported on first use (keeps `import nfopt` light)
-    if name in ("LearnedOptimizer", "load_optimizer", "save_optimizer"):
+    if name in ("LearnedOptimizer", "save_optimizer"):
         from nfopt import lopt
 
         return getattr(lopt, name)

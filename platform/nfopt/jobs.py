@@ -1,0 +1,147 @@
+"""Job specs (``jobs/*.yaml``): what ``nfopt run`` meta-trains, where, and how it is tracked.
+
+Validated by pydantic: unknown keys are errors, and every error names the file and the field
+and says what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = ["JobSpec", "JobSpecError", "load_job"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetaModelSpec(_Strict):
+    """The learned optimizer: meta-model ``kind`` and size, and the update rule's scales."""
+
+    kind: Literal["mlp", "nfn_np", "nfn_hnp", "nft"] = "nfn_np"
+    channels: int | None = Field(default=None, gt=0, description="NFN/NFT channels")
+    layers: int | None = Field(default=None, ge=2, description="NFN layers")
+    hidden: int | None = Field(default=None, gt=0, description="per-parameter MLP width")
+    blocks: int | None = Field(default=None, gt=0, description="NFT blocks")
+    heads: int | None = Field(default=None, gt=0, description="NFT heads")
+    step_mult: float = Field(default=1e-2, gt=0, description="base learning rate of the rule")
+    exp_mult: float = Field(default=1e-3, gt=0)
+    bound: float = Field(default=0.1, gt=0, description="largest per-parameter step")
+    hand: Literal["adam", "momentum", "none"] = "adam"
+
+    @model_validator(mode="after")
+    def _fits_kind(self):
+        allowed = {"mlp": {"hidden"}, "nfn_np": {"channels", "layers"}, "nfn_hnp": {"channels", "layers"}}
+        allowed["nft"] = {"channels", "blocks", "heads"}
+        given = {k for k in ("channels", "layers", "hidden", "blocks", "heads") if getattr(self, k) is not None}
+        extra = given - allowed[self.kind]
+        if extra:
+            raise ValueError(
+                f"{sorted(extra)} do not apply to kind={self.kind!r}; it takes {sorted(allowed[self.kind])}"
+            )
+        return self
+
+    def meta_kwargs(self) -> dict:
+        return {k: getattr(self, k) for k in ("channels", "layers", "hidden", "blocks", "heads") if getattr(self, k)}
+
+
+class EstimatorSpec(_Strict):
+    kind: Literal["es", "pes", "tbptt"] = "pes"
+    sigma: float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES)")
+    unroll: int = Field(default=10, gt=0, description="inner steps per truncation")
+
+
+class InnerSpec(_Strict):
+    population: int = Field(default=4, gt=0, description="networks per task, trained together")
+    tasks_per_worker: int = Field(default=2, gt=0)
+    meta_loss: Literal["mean", "final"] = "mean"
+    horizon: Literal["task", "loguniform"] | int = "task"
+    horizon_range: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _horizon(self):
+        if isinstance(self.horizon, int) and self.horizon < 1:
+            raise ValueError("horizon must be 'task', 'loguniform' or a positive integer")
+        if self.horizon_range is not None and not 1 <= self.horizon_range[0] <= self.horizon_range[1]:
+            raise ValueError(f"horizon_range={list(self.horizon_range)}: need 1 <= min <= max")
+        return self
+
+
+class MetaOptimizerSpec(_Strict):
+    lr: float = Field(default=3e-3, gt=0)
+    clip: float = Field(default=1.0, ge=0, description="global meta-gradient norm clip (0: off)")
+
+
+class WorkersSpec(_Strict):
+    count: int = Field(default=1, ge=1)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    timeout_s: float = Field(default=300.0, gt=0, description="a worker slower than this is replaced")
+
+
+class CheckpointSpec(_Strict):
+    every: int = Field(default=50, gt=0, description="outer steps between checkpoints")
+    dir: str = Field(default="runs/{name}", description="'{name}' is replaced by the job name")
+
+
+class TrackingSpec(_Strict):
+    enabled: bool = True
+    uri: str | None = Field(default=None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    experiment: str = "nfopt"
+
+
+class EvaluateSpec(_Strict):
+    """After meta-training: compare on a held-out suite against Adam tuned per task (log grid,
+    separate tuning seeds) and against ``baselines`` meta-trained with the same budget."""
+
+    suite: str = Field(description="a suite in tasks/suites/ or a path")
+    seeds: int = Field(default=5, gt=0)
+    tuning_seeds: int = Field(default=3, gt=0)
+    adam_lrs: list[float] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
+    steps: int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
+    baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
+
+
+class JobSpec(_Strict):
+    """A meta-training job."""
+
+    name: str = Field(min_length=1)
+    task: str = Field(description="task family: a name in tasks/ or a path to its YAML")
+    meta_model: MetaModelSpec = MetaModelSpec()
+    estimator: EstimatorSpec = EstimatorSpec()
+    inner: InnerSpec = InnerSpec()
+    meta_optimizer: MetaOptimizerSpec = MetaOptimizerSpec()
+    outer_steps: int = Field(gt=0)
+    workers: WorkersSpec = WorkersSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    evaluate: EvaluateSpec | None = None
+    seed: int = 0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir.replace("{name}", self.name)).absolute()
+
+
+class JobSpecError(ValueError):
+    """A job file that does not validate; the message names the file, the fields and what is allowed."""
+
+
+def load_job(path: str | Path) -> JobSpec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError as err:
+        raise JobSpecError(f"{path}: no such job file") from err
+    except yaml.YAMLError as err:
+        raise JobSpecError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise JobSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+        raise JobSpecError(f"{path}: invalid job spec:\n  " + "\n  ".join(lines)) from None

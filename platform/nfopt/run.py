@@ -1,0 +1,184 @@
+"""Run a meta-training job: build the rule, the workers and the learner from a
+:class:`~nfopt.jobs.JobSpec`, loop with progress, checkpoint atomically, track in MLflow."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nfopt.jobs import JobSpec
+from nfopt.lopt import LearnedUpdateRule, save_optimizer
+from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker, atomic_save
+from nfopt.tasks import TaskFamily
+
+__all__ = ["RunResult", "build_rule", "run_job"]
+
+log = logging.getLogger(__name__)
+
+
+def build_rule(spec: JobSpec) -> LearnedUpdateRule:
+    m = spec.meta_model
+    torch.manual_seed(spec.seed)
+    return LearnedUpdateRule(
+        m.kind, meta_model=m.meta_kwargs(), step_mult=m.step_mult, exp_mult=m.exp_mult, bound=m.bound, hand=m.hand
+    )
+
+
+def _make_problem(spec_json: str) -> TaskProblem:
+    """Top-level (picklable) factory run inside each worker."""
+    spec = JobSpec.model_validate_json(spec_json)
+    torch.set_num_threads(max(1, int(spec.workers.num_cpus) or 1))
+    return TaskProblem(
+        TaskFamily.load(spec.task),
+        build_rule(spec),
+        population=spec.inner.population,
+        meta_loss=spec.inner.meta_loss,
+        horizon=spec.inner.horizon,
+        horizon_range=spec.inner.horizon_range,
+    )
+
+
+def _estimator(spec: JobSpec):
+    e = spec.estimator
+    cls = ESTIMATORS[e.kind]
+    return cls(unroll=e.unroll) if e.kind == "tbptt" else cls(sigma=e.sigma, unroll=e.unroll)
+
+
+@dataclass
+class RunResult:
+    steps: int
+    history: list[dict] = field(default_factory=list)
+    checkpoint: Path | None = None
+    optimizer_path: Path | None = None
+    run_id: str | None = None
+
+
+def _plot(history: list[dict], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover
+        return None
+    xs = [h["step"] for h in history if "meta_loss" in h]
+    ys = [h["meta_loss"] for h in history if "meta_loss" in h]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, ys)
+    ax.set_xlabel("outer step")
+    ax.set_ylabel("meta-loss (train loss / initial loss)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run_job(
+    spec: JobSpec,
+    resume: bool = False,
+    use_ray: bool = True,
+    address: str | None = None,
+    progress: bool = True,
+    max_steps: int | None = None,
+) -> RunResult:
+    """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``;
+    ``max_steps`` stops early (the run can be resumed). Returns the history and output paths."""
+    rule = build_rule(spec)
+    theta = {k: v.detach() for k, v in rule.named_parameters()}
+    make_problem = functools.partial(_make_problem, spec.model_dump_json())
+    estimator = _estimator(spec)
+    w = spec.workers
+    if use_ray:
+        from nfopt.cluster import RayPool, init_ray
+
+        init_ray(address)
+        pool = RayPool(
+            make_problem,
+            estimator,
+            w.count,
+            spec.inner.tasks_per_worker,
+            spec.seed,
+            w.num_cpus,
+            w.num_gpus,
+            w.timeout_s,
+        )
+    else:
+        pool = LocalPool(
+            [Worker(make_problem, estimator, spec.inner.tasks_per_worker, spec.seed * 1000 + k) for k in range(w.count)]
+        )
+    learner = Learner(theta, pool, spec.meta_optimizer.lr, spec.meta_optimizer.clip, spec.seed)
+    ckdir = spec.checkpoint_dir
+    latest = ckdir / "latest.pt"
+    run_id = None
+    if resume:
+        if not latest.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {latest}; run without --resume to start")
+        ck = torch.load(latest, weights_only=False)
+        learner.load_state_dict(ck["learner"])
+        run_id = ck.get("run_id")
+    tracker = None
+    if spec.tracking.enabled:
+        from nfopt.track import Tracker
+
+        tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, spec.name, spec.model_dump(), run_id=run_id)
+        run_id = tracker.run_id
+    result = RunResult(steps=learner.step_count, run_id=run_id)
+    end = spec.outer_steps if max_steps is None else min(spec.outer_steps, learner.step_count + max_steps)
+    status = "FAILED"
+
+    def checkpoint() -> Path:
+        return atomic_save(
+            {"learner": learner.state_dict(), "job": spec.model_dump(), "run_id": run_id, "format": "nfopt.run/1"},
+            latest,
+        )
+
+    try:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task(spec.name, total=spec.outer_steps, completed=learner.step_count, loss="")
+            while learner.step_count < end:
+                t0 = time.perf_counter()
+                m = learner.step()
+                m["step"] = learner.step_count
+                m["inner_steps_per_s"] = m["inner_steps"] / max(time.perf_counter() - t0, 1e-9)
+                result.history.append(m)
+                if tracker:
+                    tracker.log_metrics({**m, "live_workers": pool.size}, step=learner.step_count)
+                bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
+                if learner.step_count % spec.checkpoint.every == 0:
+                    result.checkpoint = checkpoint()
+        result.checkpoint = checkpoint()
+        rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})
+        result.optimizer_path = save_optimizer(
+            rule, ckdir / "learned_optimizer.pt", metadata={"job": spec.name, "outer_steps": learner.step_count}
+        )
+        (ckdir / "job.json").write_text(json.dumps(spec.model_dump(), indent=2))
+        curve = _plot(result.history, ckdir / "meta_loss.png") if result.history else None
+        if tracker:
+            for p in (result.checkpoint, result.optimizer_path, ckdir / "job.json", curve):
+                if p is not None:
+                    tracker.log_artifact(p)
+        status = "FINISHED"
+    finally:
+        result.steps = learner.step_count
+        if tracker:
+            tracker.end(status)
+        if use_ray:
+            pool.shutdown()
+    return result
