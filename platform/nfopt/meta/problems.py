@@ -87,7 +87,8 @@ class TaskProblem:
     per-member initial loss. The meta-loss is the mean over members and unroll steps of the
     train minibatch loss divided by the member's initial loss (``meta_loss="mean"``) or the
     same at the last step only (``"final"``); non-finite or huge values are clipped at
-    ``clip_loss`` and counted, and a task whose parameters become non-finite is marked done.
+    ``clip_loss`` and counted, and a task with a non-finite loss or parameters is marked done
+    (its estimator resets it).
 
     Horizons come from the task (``horizon="task"``), a constant, or log-uniformly between
     ``horizon_range``; each new task starts at a random offset so tasks are not in lockstep.
@@ -150,13 +151,14 @@ class TaskProblem:
         task, pop = self._task(state["seed"])
         data = task.dataset
         params, rstate = state["params"], state["rule"]
-        losses, nonfinite = [], 0
+        losses, nonfinite, diverged = [], 0, False
         for k in range(steps):
             gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
             xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, gen)
             p = pop.params_from_features(params)
             loss, grads = pop.loss_and_grad(xb, yb, p)
             norm = loss / state["loss0"]
+            diverged = diverged or not bool(torch.isfinite(norm).all())
             bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
             nonfinite += int(bad.sum())
             losses.append(torch.where(bad, torch.full_like(norm, self.clip_loss), norm).mean())
@@ -165,7 +167,7 @@ class TaskProblem:
         step = state["step"] + steps
         finite = all(torch.isfinite(t).all() for t in params.tensors())
         new = {**state, "params": params, "rule": rstate, "step": step}
-        done = (not finite) or step + state["start"] >= state["horizon"]
+        done = diverged or (not finite) or step + state["start"] >= state["horizon"]
         return meta, new, {"done": done, "nonfinite": nonfinite, "inner_steps": steps * self.population}
 
     @staticmethod

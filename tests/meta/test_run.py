@@ -1,0 +1,73 @@
+"""The learner and the run loop without Ray: resume equality, non-finite handling, the CLI."""
+
+import math
+
+import torch
+
+from nfopt.cli import main
+from nfopt.jobs import JobSpec
+from nfopt.lopt import LearnedUpdateRule
+from nfopt.meta import Learner, LocalPool, TaskProblem, TruncatedBackprop, Worker
+from nfopt.run import run_job
+from nfopt.tasks import TaskFamily
+
+
+def tiny_spec(tmp_path, **over) -> JobSpec:
+    raw = {
+        "name": "tiny",
+        "task": "digits_mlp",
+        "outer_steps": 4,
+        "meta_model": {"kind": "nfn_np", "channels": 4, "layers": 2},
+        "estimator": {"kind": "tbptt", "unroll": 2},
+        "inner": {"population": 2, "tasks_per_worker": 1},
+        "workers": {"count": 2},
+        "checkpoint": {"every": 1, "dir": str(tmp_path / "runs" / "{name}")},
+        "tracking": {"enabled": False},
+    }
+    raw.update(over)
+    return JobSpec.model_validate(raw)
+
+
+def test_stop_and_resume_gives_the_uninterrupted_theta(tmp_path):
+    full = run_job(tiny_spec(tmp_path / "a"), use_ray=False, progress=False)
+    part = run_job(tiny_spec(tmp_path / "b"), use_ray=False, progress=False, max_steps=2)
+    assert part.steps == 2
+    rest = run_job(tiny_spec(tmp_path / "b"), resume=True, use_ray=False, progress=False)
+    assert rest.steps == 4
+    a = torch.load(full.checkpoint, weights_only=False)["learner"]["theta"]
+    b = torch.load(rest.checkpoint, weights_only=False)["learner"]["theta"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert full.optimizer_path.exists() and (full.optimizer_path.parent / "meta_loss.png").exists()
+
+
+def test_nonfinite_inner_training_resets_the_task_and_theta_stays_finite():
+    fam = TaskFamily.load("digits_mlp")
+    rule = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2})
+    prob = TaskProblem(fam, rule, population=2, offsets=False)
+    est = TruncatedBackprop(unroll=3)
+    worker = Worker(lambda: prob, est, num_tasks=1, seed=0)
+    inner = worker.states[0]["inner"]
+    inner["params"] = inner["params"].map(lambda t: t.clone().fill_(float("nan")))  # a diverged task
+    seed_before = inner["seed"]
+    learner = Learner({k: v.detach() for k, v in rule.named_parameters()}, LocalPool([worker]), lr=1e-2)
+    m = learner.step()
+    assert m["nonfinite"] > 0
+    assert worker.states[0]["inner"]["seed"] != seed_before and worker.states[0]["inner"]["step"] == 0
+    assert all(torch.isfinite(v).all() for v in learner.current_theta().values())
+    assert math.isfinite(m.get("meta_loss", 0.0))
+
+
+def test_cli_exit_codes(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntask: digits_mlp\nouter_steps: -1\n")
+    assert main(["run", str(bad), "--no-ray"]) == 2
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        "name: cli\ntask: digits_mlp\nouter_steps: 2\nmeta_model: {kind: mlp, hidden: 4}\n"
+        "estimator: {kind: pes, unroll: 2}\ninner: {population: 2, tasks_per_worker: 1}\n"
+        f"checkpoint: {{every: 1, dir: '{tmp_path}/runs/{{name}}'}}\ntracking: {{enabled: false}}\n"
+    )
+    assert main(["run", str(good), "--no-ray", "--resume"]) == 3  # nothing to resume yet
+    assert main(["run", str(good), "--no-ray"]) == 0
+    assert "nfopt run cli" in capsys.readouterr().out

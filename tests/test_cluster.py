@@ -1,0 +1,71 @@
+"""Ray: one shared local session for every test here."""
+
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from nfopt.cluster import RayPool, init_ray  # noqa: E402
+from nfopt.meta import PES, QuadraticProblem  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def make_problem():
+    return QuadraticProblem(dim=4, noise=0.1)
+
+
+def test_pool_survives_a_killed_worker(ray_session):
+    pool = RayPool(make_problem, PES(unroll=3), count=2, tasks_per_worker=2, seed=0, num_cpus=0.5, timeout_s=60)
+    theta = {"log_lr": torch.tensor(-2.0, dtype=torch.float64)}
+    assert len(pool.estimate_all(theta)) == 2
+    ray.kill(pool.workers[0], no_restart=True)
+    results = pool.estimate_all(theta)  # the survivor's estimate; the dead worker is replaced
+    assert len(results) == 1 and pool.replaced == 1
+    assert len(pool.estimate_all(theta)) == 2  # the replacement works
+    pool.shutdown()
+
+
+def test_stuck_worker_is_bounded_by_the_timeout(ray_session):
+    class Slow(QuadraticProblem):
+        def unroll(self, theta, state, steps):
+            import time
+
+            time.sleep(5)
+            return super().unroll(theta, state, steps)
+
+    pool = RayPool(Slow, PES(unroll=1), count=1, tasks_per_worker=1, seed=1, num_cpus=0.5, timeout_s=1.0)
+    assert pool.estimate_all({"log_lr": torch.tensor(-2.0, dtype=torch.float64)}) == []
+    assert pool.replaced == 1
+    pool.shutdown()
+
+
+def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monkeypatch):
+    import nfopt
+    from nfopt.jobs import JobSpec
+    from nfopt.run import run_job
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = JobSpec.model_validate(
+        {
+            "name": "raytest",
+            "task": "digits_mlp",
+            "outer_steps": 3,
+            "meta_model": {"kind": "mlp", "hidden": 4},
+            "estimator": {"kind": "pes", "unroll": 2},
+            "inner": {"population": 2, "tasks_per_worker": 1},
+            "workers": {"count": 2, "num_cpus": 0.5},
+            "checkpoint": {"every": 2, "dir": str(tmp_path / "runs/{name}")},
+            "tracking": {"enabled": True, "uri": uri, "experiment": "test"},
+        }
+    )
+    result = run_job(spec, use_ray=True, progress=False)
+    assert result.steps == 3 and result.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    trained = nfopt.load_optimizer(f"runs:/{result.run_id}/learned_optimizer.pt")
+    assert trained.rule.kind == "mlp"
