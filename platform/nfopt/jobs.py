@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nfopt._files import load_yaml_model
 
 __all__ = ["JobSpec", "JobSpecError", "load_job"]
 
@@ -131,17 +132,4 @@ class JobSpecError(ValueError):
 
 
 def load_job(path: str | Path) -> JobSpec:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise JobSpecError(f"{path}: no such job file") from err
-    except yaml.YAMLError as err:
-        raise JobSpecError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise JobSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return JobSpec.model_validate(raw)
-    except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
-        raise JobSpecError(f"{path}: invalid job spec:\n  " + "\n  ".join(lines)) from None
+    return load_yaml_model(Path(path), JobSpec, JobSpecError, "job")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from nfopt._files import atomic_save
 from nfopt.lopt.optimizer import LearnedOptimizer
 from nfopt.lopt.rules import LearnedUpdateRule
 
@@ -18,23 +17,13 @@ FORMAT = "nfopt.learned_optimizer/1"
 
 def save_optimizer(rule: LearnedUpdateRule, path: str | Path, metadata: dict | None = None) -> Path:
     """Write config + weights (+ JSON-able ``metadata``) atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "config": rule.config(),
         "state_dict": {k: v.detach().cpu() for k, v in rule.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_save(payload, path)
 
 
 class TrainedOptimizer:

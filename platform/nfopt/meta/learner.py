@@ -7,14 +7,12 @@ No Ray here: :class:`Worker` is a plain object and :class:`LocalPool` calls work
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
 
 __all__ = ["Learner", "LocalPool", "Worker", "atomic_save"]
@@ -83,21 +81,6 @@ class LocalPool:
     @property
     def size(self) -> int:
         return len(self.workers)
-
-
-def atomic_save(obj, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same directory, then rename: never a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 class Learner:

@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from nfopt._files import load_yaml_model
 
 __all__ = [
     "CNNSpec",
@@ -160,19 +161,7 @@ def _resolve(ref: str | Path, sub: str = "") -> Path:
 
 
 def _load(path: Path, model: type[BaseModel]):
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise TaskSpecError(f"{path}: no such task file (tasks live in {tasks_dir()})") from err
-    except yaml.YAMLError as err:
-        raise TaskSpecError(f"{path}: not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise TaskSpecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
-        raise TaskSpecError(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from None
+    return load_yaml_model(path, model, TaskSpecError, "task", f" (tasks live in {tasks_dir()})")
 
 
 def load_task_family(ref: str | Path) -> TaskFamilySpec:
