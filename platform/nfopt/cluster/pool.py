@@ -14,9 +14,12 @@ import ray
 
 from nfopt.meta.learner import Worker
 
-__all__ = ["RayPool", "init_ray"]
+__all__ = ["PopulationWorker", "RayPool", "init_ray"]
 
 log = logging.getLogger(__name__)
+
+#: A :class:`nfopt.meta.Worker` (a shard of inner tasks and their persistent state) as a Ray actor.
+PopulationWorker = ray.remote(Worker)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
@@ -50,7 +53,7 @@ class RayPool:
         timeout_s: float = 300.0,
     ) -> None:
         self._args = (make_problem, estimator, tasks_per_worker)
-        self._cls = ray.remote(Worker).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
+        self._cls = PopulationWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
         self.timeout_s, self.seed, self.replaced = timeout_s, seed, 0
         self.workers = [self._spawn(seed * 1000 + k) for k in range(count)]
 
