@@ -27,3 +27,16 @@ def test_readme_examples_run():
         exec(compile(block, "README.md", "exec"), namespace)
         if "err" in namespace:  # the equivariance/invariance examples
             assert namespace["err"] < 1e-4
+
+
+def test_importing_everything_starts_no_ray_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import nfopt, nfopt.nn, nfopt.lopt, nfopt.tasks, nfopt.meta\n"
+        "import nfopt.cluster, nfopt.track, nfopt.run, nfopt.cli\n"
+        "import ray, os; assert not ray.is_initialized(); print(sorted(os.listdir('.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
