@@ -69,3 +69,33 @@ def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     trained = nfopt.load_optimizer(f"runs:/{result.run_id}/learned_optimizer.pt")
     assert trained.rule.kind == "mlp"
+
+
+def test_a_run_survives_a_worker_killed_mid_run(ray_session, tmp_path):
+    from nfopt.jobs import JobSpec
+    from nfopt.run import run_job
+
+    spec = JobSpec.model_validate(
+        {
+            "name": "killed",
+            "task": "digits_mlp",
+            "outer_steps": 4,
+            "meta_model": {"kind": "mlp", "hidden": 4},
+            "estimator": {"kind": "pes", "unroll": 2},
+            "inner": {"population": 2, "tasks_per_worker": 1},
+            "workers": {"count": 2, "num_cpus": 0.5, "timeout_s": 60},
+            "checkpoint": {"every": 10, "dir": str(tmp_path / "runs/{name}")},
+            "tracking": {"enabled": False},
+        }
+    )
+    seen = []
+
+    def kill_after_first(learner, pool, metrics):
+        seen.append(metrics["workers"])
+        if learner.step_count == 1:
+            ray.kill(pool.workers[1], no_restart=True)
+
+    result = run_job(spec, use_ray=True, progress=False, on_step=kill_after_first)
+    assert result.steps == 4
+    assert seen[0] == 2 and seen[1] == 1 and seen[-1] == 2  # survivors carried step 2, then replaced
+    assert all(torch.isfinite(torch.tensor(h["meta_loss"])) for h in result.history)

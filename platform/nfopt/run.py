@@ -87,9 +87,11 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     max_steps: int | None = None,
+    on_step=None,
 ) -> RunResult:
     """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``;
-    ``max_steps`` stops early (the run can be resumed). Returns the history and output paths."""
+    ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
+    called after every outer step. Returns the history and output paths."""
     rule = build_rule(spec)
     theta = {k: v.detach() for k, v in rule.named_parameters()}
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
@@ -158,6 +160,8 @@ def run_job(
                 m["step"] = learner.step_count
                 m["inner_steps_per_s"] = m["inner_steps"] / max(time.perf_counter() - t0, 1e-9)
                 result.history.append(m)
+                if on_step is not None:
+                    on_step(learner, pool, m)
                 if tracker:
                     tracker.log_metrics({**m, "live_workers": pool.size}, step=learner.step_count)
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
