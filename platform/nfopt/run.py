@@ -34,6 +34,7 @@ def _make_problem(spec_json: str) -> TaskProblem:
     """Top-level (picklable) factory run inside each worker."""
     spec = JobSpec.model_validate_json(spec_json)
     torch.set_num_threads(max(1, int(spec.workers.num_cpus) or 1))
+    device = "cuda" if spec.workers.num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return TaskProblem(
         TaskFamily.load(spec.task),
         build_rule(spec),
@@ -41,6 +42,7 @@ def _make_problem(spec_json: str) -> TaskProblem:
         meta_loss=spec.inner.meta_loss,
         horizon=spec.inner.horizon,
         horizon_range=spec.inner.horizon_range,
+        device=device,
     )
 
 

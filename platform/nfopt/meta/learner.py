@@ -45,7 +45,7 @@ class Worker:
             nonfinite += m["nonfinite"]
             inner += m.get("inner_steps", 0)
         n = len(self.states)
-        grad = {k: v / n for k, v in total.items()}
+        grad = {k: (v / n).cpu() for k, v in total.items()}  # estimates travel on the CPU
         metrics = {
             "meta_loss": sum(losses) / n,
             "nonfinite": nonfinite,

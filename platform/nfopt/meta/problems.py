@@ -104,21 +104,35 @@ class TaskProblem:
         horizon_range: tuple[int, int] | None = None,
         clip_loss: float = 10.0,
         offsets: bool = True,
+        device: str | torch.device = "cpu",
     ) -> None:
         if meta_loss not in ("mean", "final"):
             raise ValueError(f"meta_loss={meta_loss!r}: use 'mean' or 'final'")
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
         self.clip_loss, self.offsets = clip_loss, offsets
+        self.device = torch.device(device)
+        self.rule.to(self.device)  # buffers; θ arrives with every unroll
         self._cache: dict[int, Any] = {}
+        self._data: dict[int, tuple[Tensor, Tensor]] = {}
 
     def _task(self, seed: int):
         if seed not in self._cache:
             if len(self._cache) > 64:
                 self._cache.clear()
             task = self.family.sample(seed)
-            self._cache[seed] = (task, task.population(self.population, seed))
+            pop = task.population(self.population, seed)
+            pop = pop.replace({k: v.to(self.device) for k, v in pop.params.items()})
+            self._cache[seed] = (task, pop)
         return self._cache[seed]
+
+    def _train_data(self, task) -> tuple[Tensor, Tensor]:
+        """The task's training set on this problem's device (one copy per dataset)."""
+        key = id(task.dataset)
+        if key not in self._data:
+            d = task.dataset
+            self._data[key] = (d.x_train.to(self.device), d.y_train.to(self.device))
+        return self._data[key]
 
     def _horizon(self, task, rng: torch.Generator) -> int:
         if self.horizon == "task":
@@ -133,14 +147,14 @@ class TaskProblem:
         task, pop = self._task(seed)
         rng = torch.Generator().manual_seed(seed)
         horizon = self._horizon(task, rng)
-        data = task.dataset
-        xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, rng)
+        x_train, y_train = self._train_data(task)
+        xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, rng)
         loss0, _ = pop.loss_and_grad(xb, yb)
         start = int(torch.randint(horizon, (), generator=rng)) if self.offsets else 0
         return {
             "seed": seed,
             "params": pop.features().detach(),
-            "rule": self.rule.init(pop.spec, self.population),
+            "rule": self.rule.init(pop.spec, self.population, device=self.device),
             "step": 0,
             "start": start,  # the offset only shortens this task's first episode
             "horizon": horizon,
@@ -149,12 +163,13 @@ class TaskProblem:
 
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
         task, pop = self._task(state["seed"])
-        data = task.dataset
+        x_train, y_train = self._train_data(task)
+        theta = {k: v.to(self.device) for k, v in theta.items()}
         params, rstate = state["params"], state["rule"]
         losses, nonfinite, diverged = [], 0, False
         for k in range(steps):
             gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
-            xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, gen)
+            xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
             p = pop.params_from_features(params)
             loss, grads = pop.loss_and_grad(xb, yb, p)
             norm = loss / state["loss0"]

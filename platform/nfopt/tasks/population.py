@@ -159,14 +159,16 @@ class Population:
         self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """An independent random minibatch for every member: ``(P, batch_size, ...)``."""
-        idx = torch.randint(len(x), (self.size, batch_size), generator=generator, device=x.device)
+        idx = torch.randint(len(x), (self.size, batch_size), generator=generator)  # CPU: same draws on any device
+        idx = idx.to(x.device)
         return x[idx], y[idx]
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 2048) -> dict[str, Tensor]:
         """Mean loss and (for classification) accuracy of every member on shared data: ``(P,)``."""
-        total_loss = torch.zeros(self.size)
-        correct = torch.zeros(self.size)
+        dev = next(iter(self.params.values())).device
+        total_loss = torch.zeros(self.size, device=dev)
+        correct = torch.zeros(self.size, device=dev)
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size], y[i : i + batch_size]
             out = self.forward(xb, shared=True)  # (P, b, out)
