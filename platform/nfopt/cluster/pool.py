@@ -69,11 +69,11 @@ class RayPool:
         ref = ray.put(theta)
         futures = {w.estimate.remote(ref): k for k, w in enumerate(self.workers)}
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=self.timeout_s)
-        results = []
+        results = {}
         for f in ready:
             k = futures[f]
             try:
-                results.append(ray.get(f))
+                results[k] = ray.get(f)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                 log.warning("worker %d failed (%s); replacing it with fresh tasks", k, type(err).__name__)
                 self._replace(k)
@@ -82,7 +82,7 @@ class RayPool:
             log.warning("worker %d exceeded %.0fs; killing and replacing it", k, self.timeout_s)
             ray.kill(self.workers[k], no_restart=True)
             self._replace(k)
-        return results
+        return [results[k] for k in sorted(results)]  # worker order: the average is reproducible
 
     def _replace(self, k: int) -> None:
         self.replaced += 1
