@@ -65,22 +65,6 @@ class QuadraticProblem:
         return total / steps, new, {"done": new["step"] >= self.horizon, "nonfinite": 0}
 
 
-def _tree_detach(state: dict) -> dict:
-    from nfopt.weightspace import WeightSpaceFeatures
-
-    out = {}
-    for k, v in state.items():
-        if isinstance(v, Tensor):
-            out[k] = v.detach()
-        elif isinstance(v, WeightSpaceFeatures):
-            out[k] = v.detach()
-        elif isinstance(v, dict):
-            out[k] = _tree_detach(v)
-        else:
-            out[k] = v
-    return out
-
-
 class TaskProblem:
     """Training a ``population`` of networks of a task drawn from ``family`` with a learned
     update rule. State: the task seed, inner parameters (features), rule state, step, horizon,
@@ -184,7 +168,3 @@ class TaskProblem:
         new = {**state, "params": params, "rule": rstate, "step": step}
         done = diverged or (not finite) or step + state["start"] >= state["horizon"]
         return meta, new, {"done": done, "nonfinite": nonfinite, "inner_steps": steps * self.population}
-
-    @staticmethod
-    def detach(state: dict) -> dict:
-        return _tree_detach(state)
