@@ -66,14 +66,23 @@ class RayPool:
         return len(self.workers)
 
     def estimate_all(self, theta) -> list:
-        ref = ray.put(theta)
-        futures = {w.estimate.remote(ref): k for k, w in enumerate(self.workers)}
+        import torch
+
+        layout = [(k, tuple(v.shape)) for k, v in theta.items()]
+        ref = ray.put(torch.cat([v.detach().reshape(-1) for v in theta.values()]).cpu().numpy())
+        futures = {w.estimate_flat.remote(ref, layout): k for k, w in enumerate(self.workers)}
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=self.timeout_s)
         results = {}
         for f in ready:
             k = futures[f]
             try:
-                results[k] = ray.get(f)
+                flat, n, metrics = ray.get(f)
+                t, grad, offset = torch.from_numpy(flat.copy()), {}, 0  # Ray hands out read-only buffers
+                for name, shape in layout:
+                    size = t[offset:].new_empty(shape).numel()
+                    grad[name] = t[offset : offset + size].view(shape)
+                    offset += size
+                results[k] = (grad, n, metrics)
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                 log.warning("worker %d failed (%s); replacing it with fresh tasks", k, type(err).__name__)
                 self._replace(k)

@@ -54,6 +54,20 @@ class Worker:
         }
         return grad, n, metrics
 
+    def estimate_flat(self, flat, layout: list[tuple[str, tuple[int, ...]]]):
+        """:meth:`estimate` with θ and the estimate as one flat numpy array each (what travels
+        between processes: one buffer instead of one pickled tensor per parameter)."""
+        import numpy as np
+
+        theta, offset = {}, 0
+        t = torch.from_numpy(np.array(flat))  # a writable copy of the (read-only) shared buffer
+        for name, shape in layout:
+            n = int(np.prod(shape)) if shape else 1
+            theta[name] = t[offset : offset + n].view(shape)
+            offset += n
+        grad, n, metrics = self.estimate(theta)
+        return torch.cat([grad[k].reshape(-1) for k, _ in layout]).numpy(), n, metrics
+
     def get_state(self) -> dict:
         return {"gen": self.gen.get_state(), "states": self.states}
 
