@@ -1,8 +1,9 @@
 """The ``nfopt`` command.
 
 Exit codes: 0 success; 2 bad arguments or an invalid job file (the message names the field);
-3 a missing checkpoint or data; 1 a failure during the run; 130 interrupted (a checkpoint up to
-the last completed outer step remains, so ``--resume`` continues).
+3 a missing checkpoint, sweep or data; 4 an unreachable cluster; 1 a failure during the run (or
+a followed job that did not succeed); 130 interrupted (a checkpoint up to the last completed
+outer step remains, so ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -100,6 +101,91 @@ def _evaluate(spec, result, args) -> None:
     Console().print(table)
 
 
+def _tune(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from nfopt.jobs import JobSpecError, load_job
+
+    console = Console(stderr=True)
+    try:
+        spec = load_job(args.job)
+    except JobSpecError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    if spec.search is None:
+        console.print(f"[red]error:[/red] {args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
+        return 2
+    from nfopt.cluster import init_ray
+    from nfopt.cluster.tune import run_sweep
+
+    init_ray(args.address)
+    try:
+        result = run_sweep(spec, Path(args.job), resume=args.resume)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    table = Table(title=f"nfopt tune {spec.name}: trials")
+    cols = list(result.rows[0]) if result.rows else []
+    for c in cols:
+        table.add_column(str(c))
+    for r in sorted(result.rows, key=lambda r: r.get(spec.search.metric, float("inf"))):
+        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()])
+    Console().print(table)
+    Console().print(
+        f"best: {result.best}\nbest job: {result.best_job}\nbest learned optimizer: {result.best_optimizer}"
+    )
+    return 0
+
+
+def _submit(args) -> int:
+    from rich.console import Console
+
+    from nfopt.cluster.submit import ClusterUnreachableError, client, submit
+
+    console = Console(stderr=True)
+    try:
+        job_id = submit(args.address, args.job, tune=args.tune)
+    except ClusterUnreachableError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 4
+    print(job_id)
+    if args.follow:
+        import asyncio
+
+        async def tail() -> None:
+            async for lines in client(args.address).tail_job_logs(job_id):
+                print(lines, end="")
+
+        asyncio.run(tail())
+        status = client(args.address).get_job_status(job_id)
+        print(f"job {job_id}: {status}")
+        return 0 if str(status).endswith("SUCCEEDED") else 1
+    return 0
+
+
+def _jobs(args) -> int:
+    from rich.console import Console
+
+    from nfopt.cluster.submit import ClusterUnreachableError, client
+
+    try:
+        c = client(args.address)
+    except ClusterUnreachableError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}")
+        return 4
+    if args.action == "list":
+        for info in c.list_jobs():
+            print(f"{info.submission_id}\t{info.status}\t{info.entrypoint}")
+    elif args.action == "logs":
+        print(c.get_job_logs(args.id), end="")
+    else:
+        print(c.stop_job(args.id))
+    return 0
+
+
 def _ui(args) -> int:
     import subprocess
 
@@ -131,6 +217,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-ray", action="store_true", help="run the workers in this process (debugging)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many outer steps (resumable)")
     run.set_defaults(fn=_run)
+    tn = sub.add_parser("tune", help="run the job's `search` section as a Ray Tune sweep (ASHA)")
+    tn.add_argument("job")
+    tn.add_argument("--resume", action="store_true", help="restore an interrupted sweep (Tuner.restore)")
+    tn.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
+    tn.set_defaults(fn=_tune)
+    sb = sub.add_parser("submit", help="submit `nfopt run` (or `tune`) to a Ray cluster via the Jobs API")
+    sb.add_argument("job")
+    sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HOST:8265")
+    sb.add_argument("--tune", action="store_true", help="submit `nfopt tune` instead of `nfopt run`")
+    sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    sb.set_defaults(fn=_submit)
+    jb = sub.add_parser("jobs", help="list, show logs of, or stop submitted jobs")
+    jb.add_argument("action", choices=["list", "logs", "stop"])
+    jb.add_argument("id", nargs="?", default=None)
+    jb.add_argument("--address", required=True)
+    jb.set_defaults(fn=_jobs)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
 
-__all__ = ["JobSpec", "JobSpecError", "load_job"]
+__all__ = ["JobSpec", "JobSpecError", "apply_overrides", "load_job"]
 
 
 class _Strict(BaseModel):
@@ -106,6 +106,34 @@ class EvaluateSpec(_Strict):
     baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
 
 
+class SearchSpec(_Strict):
+    """A Ray Tune sweep over job fields (``nfopt tune``): ``space`` maps dotted job fields to one
+    of ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [...]}``, ``{grid: [...]}``."""
+
+    space: dict[str, dict[Literal["loguniform", "uniform", "choice", "grid"], list]] = Field(min_length=1)
+    num_samples: int = Field(default=4, gt=0)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: str = "meta_loss"
+    grace_period: int = Field(default=2, gt=0, description="ASHA: outer steps before a trial may stop")
+    report_every: int = Field(default=1, gt=0, description="outer steps between reports (and checkpoints)")
+    max_concurrent: int | None = Field(default=None, gt=0)
+    storage_path: str = Field(default="runs/tune", description="made absolute; '{name}' allowed")
+
+    @model_validator(mode="after")
+    def _distributions(self):
+        for key, dist in self.space.items():
+            if len(dist) != 1:
+                raise ValueError(f"space.{key}: give exactly one of loguniform, uniform, choice, grid")
+            ((kind, values),) = dist.items()
+            if kind in ("loguniform", "uniform") and (len(values) != 2 or not values[0] < values[1]):
+                raise ValueError(f"space.{key}: {kind} needs [low, high] with low < high")
+            if kind == "loguniform" and values[0] <= 0:
+                raise ValueError(f"space.{key}: loguniform needs low > 0")
+            if kind in ("choice", "grid") and not values:
+                raise ValueError(f"space.{key}: {kind} needs at least one value")
+        return self
+
+
 class JobSpec(_Strict):
     """A meta-training job."""
 
@@ -120,6 +148,7 @@ class JobSpec(_Strict):
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
     evaluate: EvaluateSpec | None = None
+    search: SearchSpec | None = None
     seed: int = 0
 
     @property
@@ -129,6 +158,35 @@ class JobSpec(_Strict):
 
 class JobSpecError(ValueError):
     """A job file that does not validate; the message names the file, the fields and what is allowed."""
+
+
+_SIZE_FIELDS = ("channels", "layers", "hidden", "blocks", "heads")
+
+
+def apply_overrides(spec: JobSpec, overrides: dict) -> JobSpec:
+    """``spec`` with dotted fields replaced (``{"meta_optimizer.lr": 1e-3}``), validated. A new
+    ``meta_model.kind`` drops size fields the kind does not take."""
+    raw = spec.model_dump()
+    for key, value in overrides.items():
+        *path, leaf = key.split(".")
+        cur = raw
+        for part in path:
+            if not isinstance(cur.get(part), dict):
+                raise JobSpecError(f"search.space: {key!r} is not a job field")
+            cur = cur[part]
+        if leaf not in cur:
+            raise JobSpecError(f"search.space: {key!r} is not a job field")
+        cur[leaf] = value
+    kind = overrides.get("meta_model.kind")
+    if kind is not None and kind != spec.meta_model.kind:
+        allowed = {"mlp": {"hidden"}, "nft": {"channels", "blocks", "heads"}}.get(kind, {"channels", "layers"})
+        for f in _SIZE_FIELDS:
+            if f not in allowed and f"meta_model.{f}" not in overrides:
+                raw["meta_model"][f] = None
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as err:
+        raise JobSpecError(f"search override {overrides}: {err}") from None
 
 
 def load_job(path: str | Path) -> JobSpec:

@@ -162,13 +162,13 @@ def run_job(
                 m["step"] = learner.step_count
                 m["inner_steps_per_s"] = m["inner_steps"] / max(time.perf_counter() - t0, 1e-9)
                 result.history.append(m)
-                if on_step is not None:
+                if learner.step_count % spec.checkpoint.every == 0:
+                    result.checkpoint = checkpoint()
+                if on_step is not None:  # after the checkpoint, so a hook can ship it (Tune)
                     on_step(learner, pool, m)
                 if tracker:
                     tracker.log_metrics({**m, "live_workers": pool.size}, step=learner.step_count)
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
-                if learner.step_count % spec.checkpoint.every == 0:
-                    result.checkpoint = checkpoint()
         result.checkpoint = checkpoint()
         rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})
         result.optimizer_path = save_optimizer(

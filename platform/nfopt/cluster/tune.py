@@ -1,0 +1,161 @@
+"""``nfopt tune``: a job's ``search`` section as Ray Tune trials of the learner.
+
+Each trial is a function trainable running :func:`nfopt.run.run_job` on the job with the
+trial's overrides: it reports every ``report_every`` outer steps with a checkpoint
+(``tune.report(metrics, checkpoint=...)``), resumes from ``tune.get_checkpoint()``, asks for a
+placement group with one bundle for itself and one per population worker, and is one MLflow run
+under the sweep's experiment. ASHA stops weak trials early. At the end: a table of trials, the
+best configuration as a runnable job file, and its learned optimizer exported (and logged).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from nfopt.jobs import JobSpec, apply_overrides
+
+__all__ = ["TuneResult", "run_sweep"]
+
+
+def _space(search) -> dict:
+    out = {}
+    for key, dist in search.space.items():
+        ((kind, values),) = dist.items()
+        out[key] = {
+            "loguniform": lambda v: tune.loguniform(*v),
+            "uniform": lambda v: tune.uniform(*v),
+            "choice": tune.choice,
+            "grid": tune.grid_search,
+        }[kind](values)
+    return out
+
+
+def _trial_spec(base_json: str, overrides: dict, trial_dir: Path, experiment: str) -> JobSpec:
+    base = JobSpec.model_validate_json(base_json)
+    spec = apply_overrides(base, overrides)
+    every = base.search.report_every
+    return spec.model_copy(
+        update={
+            "name": f"{base.name}-{trial_dir.name}",
+            "search": None,
+            "evaluate": None,
+            "checkpoint": spec.checkpoint.model_copy(update={"every": every, "dir": str(trial_dir / "ckpt")}),
+            "tracking": spec.tracking.model_copy(update={"experiment": experiment}),
+        }
+    )
+
+
+def _trainable(config: dict) -> None:
+    from nfopt.run import run_job
+
+    ctx = tune.get_context()
+    trial_dir = Path(ctx.get_trial_dir())
+    overrides = {k: v for k, v in config.items() if k not in ("_base", "_experiment")}
+    spec = _trial_spec(config["_base"], overrides, trial_dir, config["_experiment"])
+    ckdir = spec.checkpoint_dir
+    resume = False
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            ckdir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(Path(d) / "latest.pt", ckdir / "latest.pt")
+        resume = True
+    every = spec.checkpoint.every
+
+    def report(learner, pool, m) -> None:
+        metrics = {k: float(v) for k, v in m.items() if isinstance(v, int | float) and math.isfinite(float(v))}
+        if learner.step_count % every == 0 or learner.step_count == spec.outer_steps:
+            with tempfile.TemporaryDirectory() as d:
+                shutil.copy(ckdir / "latest.pt", Path(d) / "latest.pt")
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    run_job(spec, resume=resume, use_ray=True, progress=False, on_step=report)
+
+
+class TuneResult:
+    def __init__(self, rows: list[dict], best: dict, best_job: Path, best_optimizer: Path | None, path: str):
+        self.rows, self.best, self.best_job, self.best_optimizer, self.experiment_path = (
+            rows,
+            best,
+            best_job,
+            best_optimizer,
+            path,
+        )
+
+
+def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult:
+    """Run (or with ``resume`` restore) the sweep of ``spec.search``; Ray must be initialised."""
+    search = spec.search
+    storage = Path(search.storage_path.replace("{name}", spec.name)).absolute()
+    experiment = f"{spec.name}-sweep"
+    w = spec.workers
+    bundles = [{"CPU": 0.5}] + [{"CPU": max(w.num_cpus, 0.1), "GPU": w.num_gpus}] * w.count
+    trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles))
+    exp_dir = storage / experiment
+    if resume:
+        if not tune.Tuner.can_restore(str(exp_dir)):
+            raise FileNotFoundError(f"--resume: no restorable sweep at {exp_dir}")
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        scheduler = (
+            ASHAScheduler(time_attr="training_iteration", max_t=spec.outer_steps, grace_period=search.grace_period)
+            if search.scheduler == "asha"
+            else FIFOScheduler()
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**_space(search), "_base": spec.model_dump_json(), "_experiment": experiment},
+            tune_config=tune.TuneConfig(
+                metric=search.metric,
+                mode="min",
+                scheduler=scheduler,
+                num_samples=search.num_samples,
+                max_concurrent_trials=search.max_concurrent,
+            ),
+            run_config=tune.RunConfig(name=experiment, storage_path=str(storage), verbose=0),
+        )
+    grid = tuner.fit()
+    rows = []
+    for r in grid:
+        cfg = {k: v for k, v in (r.config or {}).items() if not k.startswith("_")}
+        rows.append(
+            {
+                "trial": Path(r.path).name if r.path else "?",
+                **cfg,
+                search.metric: (r.metrics or {}).get(search.metric, float("nan")),
+                "steps": (r.metrics or {}).get("training_iteration", 0),
+                "error": bool(r.error),
+            }
+        )
+    best = grid.get_best_result(metric=search.metric, mode="min")
+    overrides = {k: v for k, v in best.config.items() if not k.startswith("_")}
+    best_spec = apply_overrides(spec, overrides).model_copy(update={"search": None, "name": f"{spec.name}-best"})
+    out = storage / experiment
+    best_job = out / "best_job.yaml"
+    best_job.write_text(yaml.safe_dump(best_spec.model_dump(mode="json"), sort_keys=False))
+    best_opt = None
+    if best.checkpoint is not None:
+        from nfopt.lopt import save_optimizer
+        from nfopt.run import build_rule
+
+        with best.checkpoint.as_directory() as d:
+            ck = torch.load(Path(d) / "latest.pt", weights_only=False)
+        rule = build_rule(best_spec)
+        rule.load_state_dict({**rule.state_dict(), **ck["learner"]["theta"]})
+        best_opt = save_optimizer(rule, out / "best_learned_optimizer.pt", metadata={"sweep": experiment, **overrides})
+        if spec.tracking.enabled:
+            from nfopt.track import Tracker
+
+            t = Tracker(spec.tracking.uri, experiment, f"{experiment}-best", {"overrides": overrides})
+            t.log_artifact(best_job)
+            t.log_artifact(best_opt)
+            t.end()
+    return TuneResult(rows, overrides, best_job, best_opt, str(out))
