@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["Tracker", "default_tracking_uri", "download_artifact", "flatten"]
+__all__ = ["Tracker", "default_tracking_uri", "download_artifact", "ensure_experiment", "flatten"]
 
 
 def default_tracking_uri(uri: str | None = None) -> str:
@@ -24,6 +24,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
+
+
+def ensure_experiment(uri: str | None, experiment: str) -> None:
+    """Create the store's tables and the experiment once, before parallel writers (Tune trials)
+    would race to migrate a fresh sqlite database."""
+    import mlflow
+
+    mlflow.set_tracking_uri(default_tracking_uri(uri))
+    mlflow.set_experiment(experiment)
 
 
 class Tracker:

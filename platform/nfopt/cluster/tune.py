@@ -80,6 +80,16 @@ def _trainable(config: dict) -> None:
     run_job(spec, resume=resume, use_ray=True, progress=False, on_step=report)
 
 
+def _absolute(spec: JobSpec) -> JobSpec:
+    """The task file and the tracking URI as absolute references."""
+    from nfopt.tasks.spec import _resolve
+    from nfopt.track import default_tracking_uri
+
+    task = str(_resolve(spec.task).absolute())
+    tracking = spec.tracking.model_copy(update={"uri": default_tracking_uri(spec.tracking.uri)})
+    return spec.model_copy(update={"task": task, "tracking": tracking})
+
+
 class TuneResult:
     def __init__(self, rows: list[dict], best: dict, best_job: Path, best_optimizer: Path | None, path: str):
         self.rows, self.best, self.best_job, self.best_optimizer, self.experiment_path = (
@@ -93,6 +103,7 @@ class TuneResult:
 
 def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult:
     """Run (or with ``resume`` restore) the sweep of ``spec.search``; Ray must be initialised."""
+    spec = _absolute(spec)  # trials run in their own directories
     search = spec.search
     storage = Path(search.storage_path.replace("{name}", spec.name)).absolute()
     experiment = f"{spec.name}-sweep"
@@ -100,6 +111,10 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
     bundles = [{"CPU": 0.5}] + [{"CPU": max(w.num_cpus, 0.1), "GPU": w.num_gpus}] * w.count
     trainable = tune.with_resources(_trainable, tune.PlacementGroupFactory(bundles))
     exp_dir = storage / experiment
+    if spec.tracking.enabled:
+        from nfopt.track import ensure_experiment
+
+        ensure_experiment(spec.tracking.uri, experiment)
     if resume:
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise FileNotFoundError(f"--resume: no restorable sweep at {exp_dir}")
