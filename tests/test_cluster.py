@@ -7,6 +7,7 @@ ray = pytest.importorskip("ray")
 
 from nfopt.cluster import RayPool, init_ray  # noqa: E402
 from nfopt.meta import PES, QuadraticProblem  # noqa: E402
+from tests.helpers import tiny_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +48,10 @@ def test_stuck_worker_is_bounded_by_the_timeout(ray_session):
 
 def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monkeypatch):
     import nfopt
-    from nfopt.jobs import JobSpec
     from nfopt.run import run_job
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    spec = JobSpec.model_validate(
-        {
-            "name": "raytest",
-            "task": "digits_mlp",
-            "outer_steps": 3,
-            "meta_model": {"kind": "mlp", "hidden": 4},
-            "estimator": {"kind": "pes", "unroll": 2},
-            "inner": {"population": 2, "tasks_per_worker": 1},
-            "workers": {"count": 2, "num_cpus": 0.5},
-            "checkpoint": {"every": 2, "dir": str(tmp_path / "runs/{name}")},
-            "tracking": {"enabled": True, "uri": uri, "experiment": "test"},
-        }
-    )
+    spec = tiny_job(tmp_path, name="raytest", tracking={"enabled": True, "uri": uri, "experiment": "test"})
     result = run_job(spec, use_ray=True, progress=False)
     assert result.steps == 3 and result.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -72,22 +60,9 @@ def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monke
 
 
 def test_a_run_survives_a_worker_killed_mid_run(ray_session, tmp_path):
-    from nfopt.jobs import JobSpec
     from nfopt.run import run_job
 
-    spec = JobSpec.model_validate(
-        {
-            "name": "killed",
-            "task": "digits_mlp",
-            "outer_steps": 4,
-            "meta_model": {"kind": "mlp", "hidden": 4},
-            "estimator": {"kind": "pes", "unroll": 2},
-            "inner": {"population": 2, "tasks_per_worker": 1},
-            "workers": {"count": 2, "num_cpus": 0.5, "timeout_s": 60},
-            "checkpoint": {"every": 10, "dir": str(tmp_path / "runs/{name}")},
-            "tracking": {"enabled": False},
-        }
-    )
+    spec = tiny_job(tmp_path, name="killed", outer_steps=4, workers={"count": 2, "num_cpus": 0.5, "timeout_s": 60})
     seen = []
 
     def kill_after_first(learner, pool, metrics):

@@ -6,7 +6,8 @@ import yaml
 ray = pytest.importorskip("ray")
 
 from nfopt.cluster import init_ray  # noqa: E402
-from nfopt.jobs import JobSpec, load_job  # noqa: E402
+from nfopt.jobs import load_job  # noqa: E402
+from tests.helpers import tiny_job  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -20,27 +21,22 @@ def test_asha_sweep_exports_the_best_trial_and_restores(ray_session, tmp_path):
     from nfopt.cluster.tune import run_sweep
     from nfopt.lopt import load_optimizer
 
-    spec = JobSpec.model_validate(
-        {
-            "name": "sweep",
-            "task": "digits_mlp",
-            "outer_steps": 4,
-            "meta_model": {"kind": "mlp", "hidden": 4},
-            "estimator": {"kind": "pes", "unroll": 2},
-            "inner": {"population": 2, "tasks_per_worker": 1},
-            "workers": {"count": 1, "num_cpus": 0.25},
-            "tracking": {"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-            "search": {
-                "num_samples": 4,
-                "grace_period": 1,
-                "report_every": 2,
-                "storage_path": str(tmp_path / "tune"),
-                "space": {
-                    "meta_optimizer.lr": {"loguniform": [1e-4, 1e-2]},
-                    "estimator.sigma": {"choice": [0.01, 0.02]},
-                },
+    spec = tiny_job(
+        tmp_path,
+        name="sweep",
+        outer_steps=4,
+        workers={"count": 1, "num_cpus": 0.25},
+        tracking={"enabled": True, "uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        search={
+            "num_samples": 4,
+            "grace_period": 1,
+            "report_every": 2,
+            "storage_path": str(tmp_path / "tune"),
+            "space": {
+                "meta_optimizer.lr": {"loguniform": [1e-4, 1e-2]},
+                "estimator.sigma": {"choice": [0.01, 0.02]},
             },
-        }
+        },
     )
     result = run_sweep(spec, tmp_path / "job.yaml")
     assert len(result.rows) == 4 and not any(r["error"] for r in result.rows)

@@ -15,17 +15,26 @@ import sys
 __all__ = ["main"]
 
 
-def _run(args) -> int:
+def _load(args):
+    """``(spec, console)``; ``spec`` is ``None`` (error printed) when the job file is invalid."""
     from rich.console import Console
-    from rich.table import Table
 
     from nfopt.jobs import JobSpecError, load_job
 
     console = Console(stderr=True)
     try:
-        spec = load_job(args.job)
+        return load_job(args.job), console
     except JobSpecError as err:
         console.print(f"[red]error:[/red] {err}")
+        return None, console
+
+
+def _run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    spec, console = _load(args)
+    if spec is None:
         return 2
     from nfopt.run import run_job
 
@@ -107,13 +116,8 @@ def _tune(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from nfopt.jobs import JobSpecError, load_job
-
-    console = Console(stderr=True)
-    try:
-        spec = load_job(args.job)
-    except JobSpecError as err:
-        console.print(f"[red]error:[/red] {err}")
+    spec, console = _load(args)
+    if spec is None:
         return 2
     if spec.search is None:
         console.print(f"[red]error:[/red] {args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
