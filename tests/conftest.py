@@ -1,5 +1,6 @@
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -9,3 +10,15 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("nfopt")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """An embedded local Ray shared by the tests of a module, shut down after it (a session-wide
+    one would interfere with test_submit's separately started head)."""
+    ray = pytest.importorskip("ray")
+    from nfopt.cluster import init_ray
+
+    init_ray(num_cpus=2)
+    yield
+    ray.shutdown()

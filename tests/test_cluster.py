@@ -1,20 +1,13 @@
-"""Ray: one shared local session for every test here."""
+"""Ray pools and runs on the shared local Ray session (``ray_session`` in conftest)."""
 
 import pytest
 import torch
 
 ray = pytest.importorskip("ray")
 
-from nfopt.cluster import RayPool, init_ray  # noqa: E402
+from nfopt.cluster import RayPool  # noqa: E402
 from nfopt.meta import PES, QuadraticProblem  # noqa: E402
 from tests.helpers import tiny_job  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def make_problem():

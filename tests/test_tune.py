@@ -5,16 +5,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
-from nfopt.cluster import init_ray  # noqa: E402
 from nfopt.jobs import load_job  # noqa: E402
 from tests.helpers import tiny_job  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def test_asha_sweep_exports_the_best_trial_and_restores(ray_session, tmp_path):
