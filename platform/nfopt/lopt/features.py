@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
+from nfopt.weightspace import WeightSpaceFeatures
 
 __all__ = ["FeatureConfig", "build_features", "second_moment_normalize", "update_momenta"]
 
@@ -85,7 +85,3 @@ def build_features(
         [one(p, g, m) for p, g, m in zip(params.biases, grads.biases, mom.biases)],
     )
     return feats, time
-
-
-def zeros_like_spec(spec: NetworkSpec, population: int, channels: int, dtype, device) -> WeightSpaceFeatures:
-    return WeightSpaceFeatures.zeros(spec, population, channels, dtype=dtype, device=device)

@@ -58,9 +58,6 @@ class Plan:
     def L(self) -> int:
         return self.spec.num_layers
 
-    def m(self, level: int) -> int:
-        return self.spec.neuron_sizes[level] if self.perm[level] else 1
-
     def _fold(self, i: int, c: int) -> int:  # weight feature size of python layer i
         n = self.spec.neuron_sizes
         return self.spec.kernel_sizes[i] * c * (1 if self.perm[i + 1] else n[i + 1]) * (1 if self.perm[i] else n[i])

@@ -32,11 +32,6 @@ def _is_plain_mlp(m: nn.Module) -> bool:
     return all(isinstance(c, ok) for c in m) and isinstance(m[0], (nn.Flatten, nn.Linear))
 
 
-def _apply_elementwise(m: nn.Module, h: Tensor) -> Tensor:
-    """Run a parameter-free elementwise module held on the meta device on real data."""
-    return m.forward(h)
-
-
 class Population:
     """``P`` networks sharing ``template``'s architecture; ``params[name]: (P, *shape)``.
 
@@ -152,7 +147,7 @@ class Population:
                 w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
                 h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
             elif not isinstance(m, nn.Flatten):
-                h = _apply_elementwise(m, h)
+                h = m(h)  # parameter-free and elementwise: runs on real data though held on "meta"
         return h
 
     def sample_batch(
