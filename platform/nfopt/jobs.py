@@ -81,6 +81,11 @@ class WorkersSpec(_Strict):
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     timeout_s: float = Field(default=300.0, gt=0, description="a worker slower than this is replaced")
+    place_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="a new worker is waited for this long once; without room in the cluster the run goes on without it",
+    )
 
 
 class CheckpointSpec(_Strict):

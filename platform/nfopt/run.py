@@ -112,6 +112,7 @@ def run_job(
             w.num_cpus,
             w.num_gpus,
             w.timeout_s,
+            w.place_timeout_s,
         )
     else:
         pool = LocalPool(
@@ -167,7 +168,8 @@ def run_job(
                 if on_step is not None:  # after the checkpoint, so a hook can ship it (Tune)
                     on_step(learner, pool, m)
                 if tracker:
-                    tracker.log_metrics({**m, "live_workers": pool.size}, step=learner.step_count)
+                    live = getattr(pool, "placed", pool.size)
+                    tracker.log_metrics({**m, "live_workers": live}, step=learner.step_count)
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
         result.checkpoint = checkpoint()
         rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})

@@ -1,8 +1,13 @@
 """`RayPool`: :class:`nfopt.meta.Worker` shards as Ray actors behind the learner's pool interface.
 
-Per outer step θ is published once (``ray.put``) and every worker returns its estimate; a worker
-that died is replaced by a fresh one (new tasks) and the step goes on with the survivors; a
-worker slower than ``timeout_s`` is killed and replaced the same way. Both are logged.
+Per outer step θ is published once (``ray.put``) and every placed worker returns its estimate; a
+worker that died (its process, or its whole node) is replaced by a fresh one (new tasks) and the
+step goes on with the survivors; a worker slower than ``timeout_s`` is killed and replaced the
+same way. Both are logged.
+
+Placement is elastic: a new worker is waited for (up to ``place_timeout_s``) once, on the first step
+after it was created; if the cluster has no room for it by then (a node left and none replaced
+it), later steps go on without it and it joins as soon as Ray places it (a node came back).
 """
 
 from __future__ import annotations
@@ -51,15 +56,54 @@ class RayPool:
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
         timeout_s: float = 300.0,
+        place_timeout_s: float = 120.0,
     ) -> None:
         self._args = (make_problem, estimator, tasks_per_worker)
         self._cls = PopulationWorker.options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=0)
-        self.timeout_s, self.seed, self.replaced = timeout_s, seed, 0
-        self.workers = [self._spawn(seed * 1000 + k) for k in range(count)]
+        self.timeout_s, self.place_timeout_s, self.seed, self.replaced = timeout_s, place_timeout_s, seed, 0
+        self._unplaced: dict[int, ray.ObjectRef] = {}  # worker index -> readiness of an actor not yet up
+        self._waited: set[int] = set()  # unplaced workers a step already waited for
+        self.workers = [self._spawn(k, seed * 1000 + k) for k in range(count)]
 
-    def _spawn(self, seed: int):
+    def _spawn(self, k: int, seed: int):
         make_problem, estimator, tasks = self._args
-        return self._cls.remote(make_problem, estimator, tasks, seed)
+        actor = self._cls.remote(make_problem, estimator, tasks, seed)
+        self._unplaced[k] = actor.__ray_ready__.remote()
+        self._waited.discard(k)
+        return actor
+
+    def _placed(self) -> list[int]:
+        """Indices of workers whose actor is up; waits once (``place_timeout_s``) for newly created ones."""
+        if self._unplaced:
+            refs = {r: k for k, r in self._unplaced.items()}
+            fresh = any(k not in self._waited for k in self._unplaced)
+            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.place_timeout_s if fresh else 0)
+            self._waited.update(self._unplaced)
+            for r in done:
+                k = refs[r]
+                del self._unplaced[k]
+                try:
+                    ray.get(r)
+                except ray.exceptions.RayActorError:
+                    log.warning("worker %d died while starting; replacing it", k)
+                    self._replace(k)
+            waiting = sorted(k for k in self._unplaced)
+            if waiting:
+                log.warning("workers %s not placed yet (no room in the cluster); going on without them", waiting)
+        return [k for k in range(len(self.workers)) if k not in self._unplaced]
+
+    def wait_for_workers(self, timeout_s: float) -> int:
+        """Block until every worker is up or ``timeout_s`` passed; returns how many are up."""
+        if self._unplaced:
+            ray.wait(list(self._unplaced.values()), num_returns=len(self._unplaced), timeout=timeout_s)
+            self._waited.update(self._unplaced)  # waited for now: collect what is up without waiting again
+            self._placed()
+        return self.placed
+
+    @property
+    def placed(self) -> int:
+        """How many workers are up (without waiting)."""
+        return len(self.workers) - len(self._unplaced)
 
     @property
     def size(self) -> int:
@@ -70,7 +114,9 @@ class RayPool:
 
         layout = [(k, tuple(v.shape)) for k, v in theta.items()]
         ref = ray.put(torch.cat([v.detach().reshape(-1) for v in theta.values()]).cpu().numpy())
-        futures = {w.estimate_flat.remote(ref, layout): k for k, w in enumerate(self.workers)}
+        futures = {self.workers[k].estimate_flat.remote(ref, layout): k for k in self._placed()}
+        if not futures:
+            return []
         ready, pending = ray.wait(list(futures), num_returns=len(futures), timeout=self.timeout_s)
         results = {}
         for f in ready:
@@ -95,13 +141,16 @@ class RayPool:
 
     def _replace(self, k: int) -> None:
         self.replaced += 1
-        self.workers[k] = self._spawn(self.seed * 1000 + 500 + self.replaced)
+        self.workers[k] = self._spawn(k, self.seed * 1000 + 500 + self.replaced)
 
-    def get_states(self) -> list[dict]:
-        return ray.get([w.get_state.remote() for w in self.workers])
+    def get_states(self) -> list[dict | None]:
+        """Per-worker state; ``None`` for a worker not placed yet (it restarts fresh on resume)."""
+        placed = [k for k in range(len(self.workers)) if k not in self._unplaced]
+        states = dict(zip(placed, ray.get([self.workers[k].get_state.remote() for k in placed])))
+        return [states.get(k) for k in range(len(self.workers))]
 
-    def set_states(self, states: list[dict]) -> None:
-        ray.get([w.set_state.remote(s) for w, s in zip(self.workers, states)])
+    def set_states(self, states: list[dict | None]) -> None:
+        ray.get([w.set_state.remote(s) for w, s in zip(self.workers, states) if s is not None])
 
     def shutdown(self) -> None:
         for w in self.workers:

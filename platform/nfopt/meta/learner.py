@@ -90,7 +90,8 @@ class LocalPool:
 
     def set_states(self, states: list[dict]) -> None:
         for w, s in zip(self.workers, states):
-            w.set_state(s)
+            if s is not None:
+                w.set_state(s)
 
     @property
     def size(self) -> int:
