@@ -3,6 +3,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.helpers import TINY_SUITE
+
 settings.register_profile(
     "nfopt",
     max_examples=int(os.environ.get("NFOPT_HYPOTHESIS_EXAMPLES", "25")),
@@ -22,3 +24,11 @@ def ray_session():
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def tiny_suite(tmp_path):
+    """Path of a YAML file holding :data:`tests.helpers.TINY_SUITE`."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_SUITE)
+    return path

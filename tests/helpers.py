@@ -18,3 +18,22 @@ def tiny_job(tmp_path, **over) -> JobSpec:
     }
     raw.update(over)
     return JobSpec.model_validate(raw)
+
+
+#: A two-task suite (classification and regression) that evaluates in seconds.
+TINY_SUITE = """
+name: tiny
+description: two quick tasks
+tasks:
+  - name: digits_a
+    dataset: {name: digits, size: 8}
+    model: {kind: mlp, hidden_layers: 1, width: 8, activation: relu}
+    batch_size: 32
+    horizon: 30
+  - name: teacher
+    dataset: {name: teacher_student, options: {n_in: 4, n_hidden: 8, n_out: 2, noise: 0.1, seed: 3, num_train: 256}}
+    model: {kind: mlp, hidden_layers: 1, width: 8, activation: tanh}
+    batch_size: 32
+    loss: mse
+    horizon: 30
+"""

@@ -67,3 +67,19 @@ def test_a_run_survives_a_worker_killed_mid_run(ray_session, tmp_path):
     assert result.steps == 4
     assert seen[0] == 2 and seen[1] == 1 and seen[-1] == 2  # survivors carried step 2, then replaced
     assert all(torch.isfinite(torch.tensor(h["meta_loss"])) for h in result.history)
+
+
+def test_evaluation_as_ray_tasks_equals_the_in_process_one(ray_session, tiny_suite):
+    from nfopt.cluster.evaluate import evaluate_suite_ray
+    from nfopt.evaluation import EvalSettings, evaluate_suite
+    from nfopt.tasks import load_suite_tasks
+
+    tasks = load_suite_tasks(tiny_suite)
+    settings = EvalSettings(seeds=2, tuning_seeds=1, adam_lrs=(1e-2, 1e-1), sgd_lrs=(1e-1,), steps=8)
+    seen = []
+    remote = evaluate_suite_ray(tasks, {}, settings, num_cpus=0.5, progress=lambda d, n, name: seen.append(d))
+    local = evaluate_suite(tasks, {}, settings)
+    assert [t.task for t in remote] == [t.task for t in local] and seen == [1, 2]  # suite order kept
+    for a, b in zip(remote, local):
+        for ra, rb in zip(a.results, b.results):
+            assert ra.lr == rb.lr and ra.train_loss == pytest.approx(rb.train_loss, rel=1e-5)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -66,11 +67,10 @@ def _run(args) -> int:
 
 
 def _evaluate(spec, result, args) -> None:
-    """Meta-train the baselines with the same budget, then the held-out comparison table."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from nfopt.evaluate import evaluate_tasks
+    """Meta-train the baselines with the same budget, then the held-out report (in the run's
+    directory, logged to MLflow when the job tracks)."""
+    from nfopt.evaluation import EvalSettings
+    from nfopt.evaluation.driver import run_evaluation
     from nfopt.lopt import load_optimizer
     from nfopt.run import run_job
     from nfopt.tasks import load_suite_tasks
@@ -78,36 +78,94 @@ def _evaluate(spec, result, args) -> None:
     ev = spec.evaluate
     optimizers = {f"{spec.meta_model.kind} (learned)": load_optimizer(result.optimizer_path).rule}
     for kind in ev.baselines:
+        unset = dict.fromkeys(("channels", "layers", "hidden", "blocks", "heads"))
         base = spec.model_copy(
             update={
                 "name": f"{spec.name}_{kind}",
-                "meta_model": spec.meta_model.model_copy(
-                    update={
-                        "kind": kind,
-                        "channels": None,
-                        "layers": None,
-                        "hidden": None,
-                        "blocks": None,
-                        "heads": None,
-                    }
-                ),
+                "meta_model": spec.meta_model.model_copy(update={"kind": kind, **unset}),
                 "evaluate": None,
             }
         )
         r = run_job(base, resume=False, use_ray=not args.no_ray, address=args.address)
         optimizers[f"{kind} (learned, same budget)"] = load_optimizer(r.optimizer_path).rule
-    rows = evaluate_tasks(
-        optimizers, load_suite_tasks(ev.suite), ev.seeds, ev.tuning_seeds, tuple(ev.adam_lrs), ev.steps
+    settings = EvalSettings(
+        seeds=ev.seeds,
+        tuning_seeds=ev.tuning_seeds,
+        baselines=tuple(ev.tuned_baselines),
+        adam_lrs=tuple(ev.adam_lrs),
+        sgd_lrs=tuple(ev.sgd_lrs),
+        steps=ev.steps,
     )
-    table = Table(title=f"held-out suite {ev.suite}: final train loss (mean of {ev.seeds} seeds), test accuracy")
-    for col in ("task", "optimizer", "train loss", "test acc", "vs tuned Adam"):
-        table.add_column(col)
-    adam = {r.task: r.train_loss for r in rows if r.adam_lr is not None}
-    for r in rows:
-        versus = f"lr={r.adam_lr:g}" if r.adam_lr is not None else ("beats" if r.train_loss < adam[r.task] else "loses")
-        acc = "-" if r.test_accuracy is None else f"{r.test_accuracy:.3f}"
-        table.add_row(r.task, r.optimizer, f"{r.train_loss:.4f}", acc, versus)
-    Console().print(table)
+    tr = spec.tracking
+    run_evaluation(
+        load_suite_tasks(ev.suite),
+        optimizers,
+        settings,
+        Path(result.optimizer_path).parent / "evaluation",
+        title=f"{spec.name} on held-out suite {Path(ev.suite).stem}",
+        use_ray=not args.no_ray,
+        address=args.address,
+        tracking={"uri": tr.uri, "experiment": tr.experiment} if tr.enabled else None,
+    )
+
+
+def _evaluate_cmd(args) -> int:
+    from rich.console import Console
+
+    from nfopt.evaluation import EvalSettings
+    from nfopt.evaluation.driver import load_optimizers, run_evaluation
+    from nfopt.tasks import load_suite_tasks
+
+    console = Console(stderr=True)
+
+    def grid(text: str | None, name: str):
+        if text is None:
+            return None
+        try:
+            return tuple(float(x) for x in text.split(","))
+        except ValueError:
+            raise ValueError(f"--{name}: {text!r} is not comma-separated numbers, e.g. 1e-3,1e-2") from None
+
+    try:
+        tasks = load_suite_tasks(args.suite)
+        if args.tasks:
+            wanted = set(args.tasks.split(","))
+            missing = wanted - {t.name for t in tasks}
+            if missing:
+                raise ValueError(f"--tasks: {sorted(missing)} not in the suite; it has {[t.name for t in tasks]}")
+            tasks = [t for t in tasks if t.name in wanted]
+        extra = {
+            k: v
+            for k, v in (("adam_lrs", grid(args.adam_lrs, "adam-lrs")), ("sgd_lrs", grid(args.sgd_lrs, "sgd-lrs")))
+            if v
+        }
+        baselines = tuple(b for b in args.baselines.split(",") if b)
+        settings = EvalSettings(args.seeds, args.tuning_seeds, baselines, steps=args.steps, **extra)
+        optimizers = load_optimizers(args.optimizer or [])
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except ValueError as err:  # includes pydantic's ValidationError and malformed optimizer files
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    if not optimizers and not settings.baselines:
+        console.print("[red]error:[/red] nothing to evaluate: give --optimizer PATH (or keep the baselines)")
+        return 2
+    from pathlib import Path
+
+    out = Path(args.out or f"reports/{Path(args.suite).stem}")
+    run = run_evaluation(
+        tasks,
+        optimizers,
+        settings,
+        out,
+        title=f"held-out suite {Path(args.suite).stem}",
+        use_ray=not args.no_ray,
+        address=args.address,
+        tracking=None if args.no_track else {"uri": args.tracking_uri, "experiment": args.experiment},
+    )
+    console.print(f"report: {run.paths['report']}" + (f"  MLflow run: {run.run_id}" if run.run_id else ""))
+    return 0
 
 
 def _tune(args) -> int:
@@ -237,6 +295,23 @@ def main(argv: list[str] | None = None) -> int:
     jb.add_argument("id", nargs="?", default=None)
     jb.add_argument("--address", required=True)
     jb.set_defaults(fn=_jobs)
+    ev = sub.add_parser("evaluate", help="learned optimizers vs tuned Adam/SGD on a held-out suite")
+    ev.add_argument("--optimizer", action="append", help="PATH, runs:/<id>/learned_optimizer.pt or NAME=REF (repeat)")
+    ev.add_argument("--suite", required=True, help="a suite in tasks/suites/ or a path")
+    ev.add_argument("--seeds", type=int, default=5, help="evaluation seeds per task")
+    ev.add_argument("--tuning-seeds", type=int, default=3, help="separate seeds for tuning the baselines' lr")
+    ev.add_argument("--baselines", default="adam,sgd", help="tuned baselines, comma-separated (adam, sgd; '' none)")
+    ev.add_argument("--adam-lrs", default=None, help="Adam's lr grid, e.g. 1e-4,1e-3,1e-2")
+    ev.add_argument("--sgd-lrs", default=None, help="SGD-momentum's lr grid")
+    ev.add_argument("--steps", type=int, default=None, help="inner steps (default: each task's horizon)")
+    ev.add_argument("--tasks", default=None, help="only these tasks of the suite, comma-separated")
+    ev.add_argument("--out", default=None, help="report directory (default reports/<suite>)")
+    ev.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
+    ev.add_argument("--no-ray", action="store_true", help="evaluate the tasks one after another in this process")
+    ev.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+    ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    ev.add_argument("--experiment", default="nfopt-evaluate")
+    ev.set_defaults(fn=_evaluate_cmd)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

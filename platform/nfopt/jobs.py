@@ -106,7 +106,9 @@ class EvaluateSpec(_Strict):
     suite: str = Field(description="a suite in tasks/suites/ or a path")
     seeds: int = Field(default=5, gt=0)
     tuning_seeds: int = Field(default=3, gt=0)
-    adam_lrs: list[float] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
+    tuned_baselines: list[Literal["adam", "sgd"]] = Field(default=["adam", "sgd"], description="tuned per task")
+    adam_lrs: list[float] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
+    sgd_lrs: list[float] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1)
     steps: int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
     baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
 

@@ -56,7 +56,11 @@ class Tracker:
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        """Log a file, or every file under a directory."""
+        if Path(path).is_dir():
+            self.mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
     def end(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)

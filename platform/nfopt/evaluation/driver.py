@@ -1,0 +1,108 @@
+"""One entry point for ``nfopt evaluate`` and a job's ``evaluate`` section: load optimizers,
+run the protocol (Ray tasks or in-process) with a progress bar, write the report, log it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_suite
+from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_fraction, write_report
+
+__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation"]
+
+
+def load_optimizers(refs: list[str]) -> dict:
+    """``{name: update rule}`` from ``PATH``, ``runs:/<id>/learned_optimizer.pt`` or ``NAME=REF``
+    entries; unnamed ones are called ``<kind>:<job>`` from the file's metadata."""
+    import nfopt
+
+    out: dict = {}
+    for ref in refs:
+        name, _, target = ref.rpartition("=") if "=" in ref and not ref.startswith("runs:/") else ("", "", ref)
+        trained = nfopt.load_optimizer(target)
+        name = name or f"{trained.rule.kind}:{trained.metadata.get('job') or Path(target).stem}"
+        while name in out:
+            name += "'"
+        out[name] = trained.rule
+    return out
+
+
+@dataclass
+class EvaluationRun:
+    results: list[TaskResult]
+    rows: list[SummaryRow]
+    paths: dict[str, Path]
+    run_id: str | None = None
+
+
+def _metric_key(*parts: str) -> str:
+    return ".".join(re.sub(r"[^\w\-. :/]", "_", p).strip("_") for p in parts)
+
+
+def run_evaluation(
+    tasks: list,
+    optimizers: dict,
+    settings: EvalSettings,
+    out: str | Path,
+    *,
+    title: str = "nfopt evaluation",
+    use_ray: bool = True,
+    address: str | None = None,
+    num_cpus: float = 1.0,
+    tracking: dict | None = None,
+    progress: bool = True,
+    console=None,
+) -> EvaluationRun:
+    """Evaluate, print the table, write the report under ``out`` and (``tracking`` =
+    ``{"uri", "experiment"}``) log metrics and every output file to one MLflow run."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    console = console or Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]evaluate[/bold] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} tasks"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    ) as bar:
+        job = bar.add_task("", total=len(tasks))
+
+        def tick(done: int, total: int, name: str) -> None:
+            bar.update(job, completed=done, description=f"finished {name}")
+
+        if use_ray:
+            from nfopt.cluster import init_ray
+            from nfopt.cluster.evaluate import evaluate_suite_ray
+
+            init_ray(address)
+            results = evaluate_suite_ray(tasks, optimizers, settings, num_cpus=num_cpus, progress=tick)
+        else:
+            results = evaluate_suite(tasks, optimizers, settings, progress=tick)
+    paths = write_report(results, out, settings, title)
+    rows = summarize(results)
+    print_table(rows, title)
+    run = EvaluationRun(results, rows, paths)
+    if tracking is not None:
+        from nfopt.track import Tracker
+
+        params = {"tasks": [t.name for t in tasks], "optimizers": list(optimizers), **settings.__dict__}
+        tracker = Tracker(tracking.get("uri"), tracking.get("experiment", "nfopt"), title, params)
+        metrics = {}
+        for r in rows:
+            for key in ("train_loss", "test_loss", "test_accuracy", "ms_per_step", "speedup"):
+                if r[key] is not None:
+                    metrics[_metric_key(r["task"], r["optimizer"], key)] = r[key]
+        for name in {r["optimizer"] for r in rows if r["vs_ref"] in ("beats", "loses")}:
+            metrics[_metric_key(name, "beats_adam_fraction")] = win_fraction(rows, name)
+        tracker.log_metrics(metrics, step=0)
+        for p in paths.values():
+            tracker.log_artifact(p)
+        tracker.log_artifact(Path(out) / "curves", "curves")
+        run.run_id = tracker.run_id
+        tracker.end()
+    return run
