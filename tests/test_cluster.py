@@ -83,3 +83,15 @@ def test_evaluation_as_ray_tasks_equals_the_in_process_one(ray_session, tiny_sui
     for a, b in zip(remote, local):
         for ra, rb in zip(a.results, b.results):
             assert ra.lr == rb.lr and ra.train_loss == pytest.approx(rb.train_loss, rel=1e-5)
+
+
+def test_zoo_shards_as_ray_tasks_equal_the_in_process_build(ray_session, tmp_path):
+    from nfopt.zoo.spec import ZooSpec
+    from nfopt.zoo.store import build_zoo, load_zoo
+
+    raw = {"name": "z", "data": {"name": "digits"}, "runs": 4, "shard_size": 2, "epochs": 1, "steps_per_epoch": 3}
+    raw |= {"save_epochs": [1], "eval_examples": 50, "num_cpus": 0.5}
+    ray_zoo = load_zoo(build_zoo(ZooSpec(**raw, out=str(tmp_path / "ray")), progress=False))
+    local = load_zoo(build_zoo(ZooSpec(**raw, out=str(tmp_path / "local")), use_ray=False, progress=False))
+    assert torch.equal(ray_zoo.run, local.run)
+    torch.testing.assert_close(ray_zoo.params["4.weight"], local.params["4.weight"])

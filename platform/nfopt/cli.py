@@ -248,6 +248,43 @@ def _jobs(args) -> int:
     return 0
 
 
+def _zoo(args) -> int:
+    from rich.console import Console
+
+    from nfopt.zoo.spec import ExperimentSpecError, load_experiment
+
+    console = Console(stderr=True)
+    try:
+        spec = load_experiment(args.job)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except ExperimentSpecError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    try:
+        if spec.experiment == "zoo":
+            from nfopt.zoo.store import build_zoo
+
+            out = build_zoo(spec, use_ray=not args.no_ray, address=args.address)
+            console.print(f"zoo: {out} ({spec.runs} runs x {len(spec.save_epochs)} checkpoints)")
+        elif spec.experiment == "generalization":
+            from nfopt.zoo.generalization import run_generalization
+
+            run_generalization(spec)
+        else:
+            from nfopt.zoo.tickets import run_tickets
+
+            run_tickets(spec)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
+        return 130
+    return 0
+
+
 def _ui(args) -> int:
     import subprocess
 
@@ -312,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     ev.add_argument("--experiment", default="nfopt-evaluate")
     ev.set_defaults(fn=_evaluate_cmd)
+    zo = sub.add_parser(
+        "zoo", help="build a model zoo, or run a zoo experiment (generalization prediction, winning tickets)"
+    )
+    zo.add_argument("job", help="jobs/zoo_*.yaml (experiment: zoo | generalization | tickets)")
+    zo.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
+    zo.add_argument("--no-ray", action="store_true", help="train zoo shards one after another in this process")
+    zo.set_defaults(fn=_zoo)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

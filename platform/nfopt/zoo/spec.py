@@ -1,0 +1,176 @@
+"""Validated specs of the zoo experiments (YAML at the edges, plain arguments inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from nfopt._files import load_yaml_model
+
+__all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec", "load_experiment"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZooDataSpec(_Strict):
+    name: Literal["fashion_mnist", "mnist", "digits"] = "fashion_mnist"
+    size: int = Field(default=14, gt=0, description="image side (28 native for (Fashion-)MNIST, 8 for digits)")
+    root: str | None = Field(default=None, description="directory with IDX files (default: the usual places)")
+
+
+class Range(_Strict):
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.low > self.high:
+            raise ValueError(f"low={self.low} > high={self.high}: give low <= high")
+        return self
+
+
+class HyperSpace(_Strict):
+    """What each zoo member samples. Learning rates, weight decay and init scale log-uniformly;
+    dropout and the training fraction uniformly; activation and optimizer per shard."""
+
+    adam_lr: Range = Range(low=1e-4, high=1e-2)
+    sgd_lr: Range = Range(low=1e-3, high=2e-1)
+    weight_decay: Range = Range(low=1e-8, high=1e-2)
+    init_scale: Range = Range(low=0.3, high=3.0)
+    dropout: Range = Range(low=0.0, high=0.5)
+    train_fraction: Range = Range(low=0.1, high=1.0)
+    activations: list[Literal["relu", "tanh", "gelu", "sigmoid", "elu", "silu"]] = ["relu", "tanh"]
+    optimizers: list[Literal["adam", "sgd"]] = ["adam", "sgd"]
+
+    @model_validator(mode="after")
+    def _positive(self):
+        for name in ("adam_lr", "sgd_lr", "weight_decay", "init_scale"):
+            if getattr(self, name).low <= 0:
+                raise ValueError(f"{name}.low must be > 0 (sampled log-uniformly)")
+        if not 0 <= self.dropout.low <= self.dropout.high < 1:
+            raise ValueError("dropout must lie in [0, 1)")
+        if not 0 < self.train_fraction.low <= self.train_fraction.high <= 1:
+            raise ValueError("train_fraction must lie in (0, 1]")
+        return self
+
+
+class ZooSpec(_Strict):
+    """A zoo of small CNNs (the Small CNN Zoo's shape: ``conv_layers`` 3x3 stride-2 convolutions
+    of ``channels`` channels, global average pooling, a linear head) with sampled
+    hyperparameters, weights saved after each epoch in ``save_epochs`` (0 = initialisation)."""
+
+    experiment: Literal["zoo"] = "zoo"
+    name: str
+    data: ZooDataSpec = ZooDataSpec()
+    conv_layers: int = Field(default=3, ge=1)
+    channels: int = Field(default=16, gt=0)
+    runs: int = Field(default=256, gt=0, description="training runs (members); checkpoints = runs x len(save_epochs)")
+    shard_size: int = Field(default=16, gt=0, description="runs trained together as one population (one Ray task)")
+    epochs: int = Field(default=8, gt=0)
+    steps_per_epoch: int = Field(default=100, gt=0, description="minibatch steps per epoch (same for every run)")
+    save_epochs: list[int] = Field(default=[0, 1, 2, 3, 4, 5, 6, 7, 8])
+    batch_size: int = Field(default=64, gt=0)
+    eval_examples: int = Field(default=2000, gt=0, description="train/test examples for the saved accuracies")
+    space: HyperSpace = HyperSpace()
+    out: str = Field(default="zoos/{name}", description="'{name}' is replaced by the zoo name")
+    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per shard task")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _epochs(self):
+        bad = [e for e in self.save_epochs if not 0 <= e <= self.epochs]
+        if bad or not self.save_epochs:
+            raise ValueError(f"save_epochs={self.save_epochs}: need a non-empty list within [0, epochs={self.epochs}]")
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.replace("{name}", self.name)).absolute()
+
+    @property
+    def num_shards(self) -> int:
+        return -(-self.runs // self.shard_size)
+
+
+class GeneralizationSpec(_Strict):
+    """Predict a zoo member's test accuracy from its weights (invariant NFN-NP/HNP, NFT, STATNN)."""
+
+    experiment: Literal["generalization"] = "generalization"
+    name: str
+    zoo: str = Field(description="a zoo directory (written by `nfopt zoo`)")
+    predictors: list[Literal["nfn_np", "nfn_hnp", "nft", "statnn"]] = ["nfn_np", "nfn_hnp", "nft", "statnn"]
+    channels: int = Field(default=16, gt=0)
+    layers: int = Field(default=3, ge=1, description="equivariant layers (NFN) or blocks (NFT)")
+    epochs: int = Field(default=30, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of training runs held out")
+    min_epoch: int = Field(default=0, ge=0, description="use checkpoints saved at or after this epoch")
+    augment: bool = Field(default=True, description="random hidden-neuron permutations of training inputs")
+    out: str = "runs/{name}"
+    tracking: bool = True
+    tracking_uri: str | None = None
+    seed: int = 0
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.replace("{name}", self.name)).absolute()
+
+
+class TicketSpec(_Strict):
+    """Winning tickets: IMP masks of small MLPs, and an NFN trained to predict them from the
+    initialisation; compared by test accuracy of the masked network retrained from init."""
+
+    experiment: Literal["tickets"] = "tickets"
+    name: str
+    data: ZooDataSpec = ZooDataSpec(name="digits", size=8)
+    widths: list[int] = Field(default=[64, 64], min_length=1, description="hidden widths of the MLPs")
+    inits: int = Field(default=128, gt=1, description="initialisations (each gets its IMP mask)")
+    test_inits: int = Field(default=32, gt=0, description="of which held out to test the mask predictor")
+    sparsity: float = Field(default=0.95, gt=0, lt=1)
+    prune_rate: float = Field(default=0.2, gt=0, lt=1, description="fraction of remaining weights pruned per round")
+    train_steps: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=3e-3, gt=0)
+    channels: int = Field(default=16, gt=0)
+    layers: int = Field(default=3, ge=1)
+    nfn_epochs: int = Field(default=200, gt=0)
+    out: str = "runs/{name}"
+    tracking: bool = True
+    tracking_uri: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _split(self):
+        if self.test_inits >= self.inits:
+            raise ValueError(f"test_inits={self.test_inits} must be < inits={self.inits}")
+        return self
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.replace("{name}", self.name)).absolute()
+
+
+class ExperimentSpecError(ValueError):
+    pass
+
+
+_SPECS = {"zoo": ZooSpec, "generalization": GeneralizationSpec, "tickets": TicketSpec}
+
+
+def load_experiment(path: str | Path):
+    """A zoo / generalization / tickets spec, chosen by the file's ``experiment`` field."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such experiment file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    kind = raw.get("experiment") if isinstance(raw, dict) else None
+    if kind not in _SPECS:
+        raise ExperimentSpecError(f"{path}: field 'experiment' must be one of {sorted(_SPECS)}, got {kind!r}")
+    return load_yaml_model(path, _SPECS[kind], ExperimentSpecError, "experiment")

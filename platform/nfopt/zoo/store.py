@@ -1,0 +1,222 @@
+"""The zoo file format (version ``nfopt.zoo/1``), resumable builds and loading.
+
+A zoo is a directory::
+
+    zoo.json                 format, the ZooSpec, the architecture, parameter names, shard count
+    shards/shard_00000.pt    one per shard, written atomically once the shard is complete
+
+Each shard file is ``torch.load(..., weights_only=True)``-loadable: ``{"format", "shard",
+"runs": [hyperparameters per run], "epochs": [saved epochs], "params": {name: (R, E, ...)},
+"train_acc"/"test_acc"/"test_loss": (R, E)}`` where ``name`` is a parameter name of
+:func:`nfopt.zoo.train.build_cnn` (``"0.weight"``, ...). Runs are numbered globally and a shard's
+runs are a deterministic function of (seed, shard), so a build interrupted at any point
+resumes by training only the shards whose file is missing: nothing is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nfopt._files import atomic_save
+from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
+from nfopt.zoo.spec import ZooSpec
+from nfopt.zoo.train import build_cnn
+
+__all__ = ["FORMAT", "Zoo", "build_zoo", "load_zoo", "missing_shards", "write_shard"]
+
+FORMAT = "nfopt.zoo/1"
+log = logging.getLogger(__name__)
+
+
+def _shard_path(out: Path, shard: int) -> Path:
+    return out / "shards" / f"shard_{shard:05d}.pt"
+
+
+def _architecture(spec: ZooSpec, in_channels: int, num_classes: int) -> dict:
+    return {
+        "kind": "cnn",
+        "in_channels": in_channels,
+        "channels": spec.channels,
+        "conv_layers": spec.conv_layers,
+        "num_classes": num_classes,
+        "kernel": 3,
+        "stride": 2,
+    }
+
+
+def _write_manifest(spec: ZooSpec, in_channels: int, num_classes: int) -> None:
+    out = spec.out_dir
+    manifest = {
+        "format": FORMAT,
+        "spec": spec.model_dump(),
+        "architecture": _architecture(spec, in_channels, num_classes),
+    }
+    path = out / "zoo.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("spec") != manifest["spec"]:
+            raise ValueError(
+                f"{path}: holds a zoo built from a different spec; build into another `out` directory "
+                "or delete it to start over"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
+
+
+def write_shard(spec: ZooSpec, shard: int, result: dict) -> Path:
+    payload = {"format": FORMAT, "shard": shard, **result}
+    payload["epochs"] = list(result["epochs"])
+    return atomic_save(payload, _shard_path(spec.out_dir, shard))
+
+
+def _read_shard(path: Path) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable zoo shard ({err}); delete it and rebuild to retrain it") from err
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {payload.get('format')!r} is not {FORMAT!r}")
+    return payload
+
+
+def missing_shards(spec: ZooSpec) -> list[int]:
+    """Shards without a complete file (a torn or unreadable one counts as missing)."""
+    missing = []
+    for k in range(spec.num_shards):
+        path = _shard_path(spec.out_dir, k)
+        if not path.exists():
+            missing.append(k)
+            continue
+        try:
+            _read_shard(path)
+        except ValueError as err:
+            log.warning("%s; retraining shard %d", err, k)
+            missing.append(k)
+    return missing
+
+
+def build_zoo(spec: ZooSpec, use_ray: bool = True, address: str | None = None, progress: bool = True) -> Path:
+    """Train every missing shard (as Ray tasks, or in process) and write it; returns the zoo dir."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from nfopt.zoo.train import load_zoo_data, train_shard
+
+    data = load_zoo_data(spec)
+    _write_manifest(spec, data.input_shape[0], data.num_classes)
+    todo = missing_shards(spec)
+    done = spec.num_shards - len(todo)
+    with Progress(
+        TextColumn(f"[bold]zoo {spec.name}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} shards"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task("", total=spec.num_shards, completed=done)
+        if use_ray and todo:
+            from nfopt.cluster import init_ray
+            from nfopt.cluster.zoo import train_shards_ray
+
+            init_ray(address)
+            for shard, result in train_shards_ray(spec, todo):
+                write_shard(spec, shard, result)
+                bar.advance(task)
+        else:
+            for shard in todo:
+                write_shard(spec, shard, train_shard(spec, shard, data))
+                bar.advance(task)
+    return spec.out_dir
+
+
+@dataclass
+class Zoo:
+    """A loaded zoo: ``N = runs x saved epochs`` checkpoints, run-major.
+
+    ``params``: ``{name: (N, ...)}``; ``run``, ``epoch``: ``(N,)`` long; ``train_acc``,
+    ``test_acc``, ``test_loss``: ``(N,)``; ``hparams[run]``: that run's hyperparameters."""
+
+    spec: ZooSpec
+    architecture: dict
+    params: dict[str, torch.Tensor]
+    run: torch.Tensor
+    epoch: torch.Tensor
+    train_acc: torch.Tensor
+    test_acc: torch.Tensor
+    test_loss: torch.Tensor
+    hparams: dict[int, dict]
+
+    def __len__(self) -> int:
+        return len(self.run)
+
+    def module(self, i: int) -> torch.nn.Module:
+        """Checkpoint ``i`` as an ``nn.Sequential`` of :func:`~nfopt.zoo.train.build_cnn`."""
+        a = self.architecture
+        net = build_cnn(
+            a["in_channels"],
+            a["channels"],
+            a["conv_layers"],
+            a["num_classes"],
+            self.hparams[int(self.run[i])]["activation"],
+        )
+        net.load_state_dict({k: v[i] for k, v in self.params.items()})
+        return net
+
+    @property
+    def network_spec(self) -> NetworkSpec:
+        return NetworkSpec.from_module(self.module(0))
+
+    def features(self, index: torch.Tensor) -> WeightSpaceFeatures:
+        """Checkpoints ``index`` as one-channel weight-space features ``(len(index), 1, ...)``."""
+        names = list(self.params)
+        ws = [self.params[n][index].unsqueeze(1) for n in names[0::2]]
+        bs = [self.params[n][index].unsqueeze(1) for n in names[1::2]]
+        return WeightSpaceFeatures(ws, bs)
+
+    def split(self, test_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checkpoint indices ``(train, test)`` split by *training run*: every checkpoint of a
+        run lands on the same side, so no test run was seen at another epoch."""
+        runs = torch.unique(self.run)
+        perm = runs[torch.randperm(len(runs), generator=torch.Generator().manual_seed(seed))]
+        n_test = max(1, round(test_fraction * len(runs)))
+        test_runs = perm[:n_test]
+        is_test = torch.isin(self.run, test_runs)
+        return (~is_test).nonzero().squeeze(1), is_test.nonzero().squeeze(1)
+
+
+def load_zoo(path: str | Path) -> Zoo:
+    """Load every shard of the zoo at ``path`` (errors name the file and the fix)."""
+    path = Path(path)
+    manifest_path = path / "zoo.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"{manifest_path}: not a zoo directory; build one with `nfopt zoo jobs/zoo_small.yaml`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    spec = ZooSpec.model_validate(manifest["spec"])
+    shards = sorted((path / "shards").glob("shard_*.pt"))
+    if not shards:
+        raise FileNotFoundError(f"{path}/shards: no shards yet; run `nfopt zoo` on its spec to build them")
+    params: dict[str, list] = {}
+    cols: dict[str, list] = {k: [] for k in ("run", "epoch", "train_acc", "test_acc", "test_loss")}
+    hparams = {}
+    for f in shards:
+        s = _read_shard(f)
+        r, e = s["test_acc"].shape
+        for k, v in s["params"].items():
+            params.setdefault(k, []).append(v.flatten(0, 1))  # (R*E, ...) run-major
+        cols["run"].append(torch.tensor([h["run"] for h in s["runs"]]).repeat_interleave(e))
+        cols["epoch"].append(torch.tensor(s["epochs"]).repeat(r))
+        for k in ("train_acc", "test_acc", "test_loss"):
+            cols[k].append(s[k].flatten())
+        hparams.update({h["run"]: h for h in s["runs"]})
+    cat = {k: torch.cat(v) for k, v in cols.items()}
+    return Zoo(spec, manifest["architecture"], {k: torch.cat(v) for k, v in params.items()}, hparams=hparams, **cat)

@@ -1,0 +1,221 @@
+"""Winning tickets: iterative magnitude pruning (IMP, with rewinding to the initialisation) of
+small MLPs, an NFN trained to predict the IMP mask from the initialisation alone, and the
+test accuracy of masked networks retrained from init with NFN, IMP and random masks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from nfopt.data import Dataset, load_dataset
+from nfopt.nn import NFActivation, NPLinear
+from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
+from nfopt.zoo.spec import TicketSpec
+
+__all__ = ["MaskPredictor", "imp_masks", "init_mlps", "keep_counts", "run_tickets", "topk_masks", "train_masked"]
+
+Params = list[torch.Tensor]  # [W_1 (N, n_1, n_0), b_1 (N, n_1), ...]
+
+
+def init_mlps(widths: list[int], seeds: list[int]) -> Params:
+    """PyTorch-default initialisations of MLPs with neuron widths ``widths``, one per seed."""
+    per = []
+    for s in seeds:
+        torch.manual_seed(s)
+        layers = [torch.nn.Linear(a, b) for a, b in itertools.pairwise(widths)]
+        per.append([t.detach() for lin in layers for t in (lin.weight, lin.bias)])
+    return [torch.stack(ts) for ts in zip(*per)]
+
+
+def _forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+    """``x (N, B, n_0) -> (N, B, n_L)``, ReLU between layers."""
+    h = x
+    for i in range(0, len(params), 2):
+        h = torch.baddbmm(params[i + 1].unsqueeze(1), h, params[i].transpose(1, 2))
+        if i + 2 < len(params):
+            h = F.relu(h)
+    return h
+
+
+def train_masked(
+    init: Params, masks: list[torch.Tensor], data: Dataset, steps: int, batch: int, lr: float, seed: int = 0
+) -> Params:
+    """Adam from ``init`` with weights held at zero where ``masks`` (one per weight) is 0."""
+    params = [(t * masks[i // 2] if i % 2 == 0 else t).clone().requires_grad_() for i, t in enumerate(init)]
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data.x_train.flatten(1), data.y_train
+    n = len(init[0])
+    for _ in range(steps):
+        idx = torch.randint(len(x), (n, batch), generator=gen)
+        loss = F.cross_entropy(_forward(params, x[idx]).flatten(0, 1), y[idx].flatten(), reduction="sum") / batch
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for i in range(0, len(params), 2):
+                params[i].mul_(masks[i // 2])
+    return [p.detach() for p in params]
+
+
+@torch.no_grad()
+def _test_accuracy(params: Params, data: Dataset) -> torch.Tensor:
+    x = data.x_test.flatten(1).expand(len(params[0]), -1, -1)
+    return (_forward(params, x).argmax(-1) == data.y_test).float().mean(1)  # (N,)
+
+
+def keep_counts(widths: list[int], sparsity: float) -> list[int]:
+    """Weights kept per layer at ``sparsity`` (layer-wise pruning; at least one per layer)."""
+    return [max(1, round((1 - sparsity) * a * b)) for a, b in itertools.pairwise(widths)]
+
+
+def topk_masks(scores: list[torch.Tensor], keep: list[int]) -> list[torch.Tensor]:
+    """Per network and layer, 1 at the ``keep[l]`` highest scores (``scores[l]: (N, out, in)``)."""
+    masks = []
+    for s, k in zip(scores, keep):
+        flat = s.flatten(1)
+        m = torch.zeros_like(flat)
+        m.scatter_(1, flat.topk(k, dim=1).indices, 1.0)
+        masks.append(m.view_as(s))
+    return masks
+
+
+def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tensor]:
+    """IMP with rewinding: train, prune ``prune_rate`` of each layer's remaining weights by final
+    magnitude, rewind to init; the last round lands exactly on ``sparsity``."""
+    widths = [init[0].shape[2]] + [w.shape[1] for w in init[0::2]]
+    target = keep_counts(widths, spec.sparsity)
+    rounds = math.ceil(math.log(1 - spec.sparsity) / math.log(1 - spec.prune_rate))
+    masks = [torch.ones_like(w) for w in init[0::2]]
+    for r in range(rounds):
+        trained = train_masked(init, masks, data, spec.train_steps, spec.batch_size, spec.lr, seed=spec.seed + r)
+        keep = []
+        for m, k_final in zip(masks, target):
+            alive = int(m[0].sum())
+            keep.append(k_final if r == rounds - 1 else max(k_final, round(alive * (1 - spec.prune_rate))))
+        scores = [torch.where(m > 0, w.abs(), -1.0) for m, w in zip(masks, trained[0::2])]
+        masks = topk_masks(scores, keep)
+    return masks
+
+
+class MaskPredictor(torch.nn.Module):
+    """Equivariant NP layers: initial weights ``(N, 1, ...)`` -> per-weight keep logits (same shape)."""
+
+    def __init__(self, spec: NetworkSpec, channels: int, layers: int) -> None:
+        super().__init__()
+        mods: list[torch.nn.Module] = []
+        c = 1
+        for _ in range(layers - 1):
+            mods += [NPLinear(spec, c, channels), NFActivation()]
+            c = channels
+        mods.append(NPLinear(spec, c, 1))
+        self.net = torch.nn.Sequential(*mods)
+
+    def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
+        return self.net(x)
+
+
+def _features(params: Params, scales: list[float]) -> WeightSpaceFeatures:
+    return WeightSpaceFeatures(
+        [w.unsqueeze(1) / scales[i] for i, w in enumerate(params[0::2])],
+        [b.unsqueeze(1) / scales[i] for i, b in enumerate(params[1::2])],
+    )
+
+
+def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
+    """The whole experiment; writes ``results.json`` and ``table.md`` to ``spec.out_dir``."""
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+    kwargs = {"size": spec.data.size} if spec.data.name != "digits" or spec.data.size != 8 else {}
+    if spec.data.root:
+        kwargs["root"] = spec.data.root
+    data = load_dataset(spec.data.name, **kwargs)
+    widths = [data.input_size, *spec.widths, data.num_classes]
+    init = init_mlps(widths, [spec.seed * 100_003 + k for k in range(spec.inits)])
+    start = time.perf_counter()
+    masks = imp_masks(init, data, spec)
+    imp_seconds = time.perf_counter() - start
+    console.print(f"IMP masks for {spec.inits} initialisations in {imp_seconds:.0f} s")
+    n_train = spec.inits - spec.test_inits
+    tr, te = slice(0, n_train), slice(n_train, spec.inits)
+    scales = [float(w.std()) for w in init[0::2]]
+    net_spec = NetworkSpec.mlp(widths)
+    torch.manual_seed(spec.seed)
+    model = MaskPredictor(net_spec, spec.channels, spec.layers)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x_train = _features([t[tr] for t in init], scales)
+    y_train = [m[tr] for m in masks]
+    keep = keep_counts(widths, spec.sparsity)
+    pos_weight = [torch.tensor((1 - k / m[0].numel()) / (k / m[0].numel())) for k, m in zip(keep, masks)]
+    start = time.perf_counter()
+    for epoch in range(spec.nfn_epochs):
+        out = model(x_train)
+        loss = sum(
+            F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
+            for o, y, pw in zip(out.weights, y_train, pos_weight)
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
+            console.print(f"mask predictor epoch {epoch + 1}/{spec.nfn_epochs}: bce {loss.item():.4f}")
+    nfn_seconds = time.perf_counter() - start
+    with torch.no_grad():
+        scores = [o[:, 0] for o in model(_features([t[te] for t in init], scales)).weights]
+    test_init = [t[te] for t in init]
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    candidates = {
+        "nfn": topk_masks(scores, keep),
+        "imp": [m[te] for m in masks],
+        "random": topk_masks([torch.rand(s.shape, generator=gen) for s in scores], keep),
+        "dense": [torch.ones_like(s) for s in scores],
+    }
+    overlap = sum(float((a * b).sum()) for a, b in zip(candidates["nfn"], candidates["imp"])) / sum(
+        float(b.sum()) for b in candidates["imp"]
+    )
+    results = {}
+    for name, m in candidates.items():
+        trained = train_masked(test_init, m, data, spec.train_steps, spec.batch_size, spec.lr, seed=spec.seed + 999)
+        acc = _test_accuracy(trained, data)
+        results[name] = {"mean": float(acc.mean()), "std": float(acc.std()), "per_init": acc.tolist()}
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "widths": widths,
+        "sparsity": spec.sparsity,
+        "imp_seconds": imp_seconds,
+        "nfn_seconds": nfn_seconds,
+        "nfn_imp_overlap": overlap,
+        "train_inits": n_train,
+        "test_inits": spec.test_inits,
+    }
+    (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
+    lines = [
+        f"Test accuracy at {spec.sparsity:.0%} sparsity ({spec.data.name}, MLP {widths}), retrained from init, "
+        f"{spec.test_inits} held-out initialisations (NFN trained on {n_train})",
+        "",
+        "| mask | test accuracy (mean ± std) |",
+        "|---|---|",
+        *[f"| {k} | {r['mean']:.4f} ± {r['std']:.4f} |" for k, r in results.items()],
+        "",
+        f"NFN mask overlap with the IMP mask: {overlap:.1%} of IMP's kept weights; "
+        f"IMP {imp_seconds:.0f} s, NFN training {nfn_seconds:.0f} s",
+    ]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    if spec.tracking:
+        from nfopt.track import Tracker
+
+        tracker = Tracker(spec.tracking_uri, "nfopt-zoo", spec.name, {**spec.model_dump(), "widths": widths})
+        tracker.log_metrics({f"{k}.test_accuracy": r["mean"] for k, r in results.items()}, step=0)
+        tracker.log_metrics({"nfn_imp_overlap": overlap}, step=0)
+        for f in ("results.json", "table.md"):
+            tracker.log_artifact(out / f)
+        tracker.end()
+    print("\n".join(lines))
+    return {**meta, "results": results}

@@ -1,0 +1,42 @@
+"""`nfopt zoo` on the tiny job specs: build (resumable), generalization, tickets."""
+
+import json
+
+import yaml
+
+from nfopt.cli import main
+
+
+def _job(tmp_path, name, **over):
+    raw = yaml.safe_load(open(f"jobs/{name}.yaml"))
+    raw.update(over)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
+    zoo_dir = tmp_path / "zoo"
+    assert main(["zoo", _job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0
+    assert len(list((zoo_dir / "shards").glob("*.pt"))) == 2
+    assert main(["zoo", _job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0  # nothing left to do
+    gen = _job(tmp_path, "generalization_tiny", zoo=str(zoo_dir), out=str(tmp_path / "gen"))
+    assert main(["zoo", gen]) == 0
+    results = json.loads((tmp_path / "gen" / "results.json").read_text())
+    assert set(results["results"]) == {"nfn_np", "nfn_hnp", "nft", "statnn"}
+    assert all(-1 <= r["tau"] <= 1 for r in results["results"].values())
+    assert (tmp_path / "gen" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Kendall" in capsys.readouterr().out
+    assert main(["zoo", _job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"))]) == 0
+    tickets = json.loads((tmp_path / "tk" / "results.json").read_text())["results"]
+    assert set(tickets) == {"nfn", "imp", "random", "dense"}
+
+
+def test_bad_experiment_files(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: zoo\nname: x\nruns: -1\n")
+    assert main(["zoo", str(bad)]) == 2
+    assert "runs" in capsys.readouterr().err
+    bad.write_text("experiment: painting\n")
+    assert main(["zoo", str(bad)]) == 2
+    assert main(["zoo", str(tmp_path / "none.yaml")]) == 3

@@ -1,0 +1,35 @@
+"""Winning tickets: exact sparsity of IMP masks, top-k masks, masked training keeps zeros, and
+the mask predictor's equivariance."""
+
+import torch
+
+from nfopt.data import load_dataset
+from nfopt.testing import assert_equivariant
+from nfopt.weightspace import NetworkSpec
+from nfopt.zoo.spec import TicketSpec
+from nfopt.zoo.tickets import MaskPredictor, imp_masks, init_mlps, keep_counts, topk_masks, train_masked
+
+
+def test_topk_masks_keep_exactly_k_per_network_and_layer():
+    scores = [torch.randn(3, 4, 5), torch.randn(3, 2, 4)]
+    masks = topk_masks(scores, [6, 1])
+    assert masks[0].flatten(1).sum(1).tolist() == [6, 6, 6] and masks[1].flatten(1).sum(1).tolist() == [1, 1, 1]
+    best = scores[1].flatten(1).argmax(1)
+    assert torch.equal(masks[1].flatten(1).argmax(1), best)
+
+
+def test_imp_reaches_the_target_sparsity_and_masked_training_keeps_pruned_weights_zero(tmp_path):
+    spec = TicketSpec(name="t", widths=[8], inits=3, test_inits=1, train_steps=10, sparsity=0.9, out=str(tmp_path))
+    data = load_dataset("digits")
+    widths = [64, 8, 10]
+    init = init_mlps(widths, [0, 1, 2])
+    masks = imp_masks(init, data, spec)
+    assert [int(m[0].sum()) for m in masks] == keep_counts(widths, 0.9) == [51, 8]
+    trained = train_masked(init, masks, data, steps=5, batch=16, lr=1e-2)
+    for w, m in zip(trained[0::2], masks):
+        assert torch.all(w[m == 0] == 0) and torch.any(w[m == 1] != 0)
+
+
+def test_mask_predictor_is_equivariant():
+    spec = NetworkSpec.mlp([6, 5, 4, 3])
+    assert_equivariant(MaskPredictor(spec, channels=3, layers=2), spec, 1)
