@@ -251,11 +251,11 @@ def _jobs(args) -> int:
 def _zoo(args) -> int:
     from rich.console import Console
 
-    from nfopt.zoo.spec import ExperimentSpecError, load_experiment
+    from nfopt.experiments import ExperimentSpecError, load_experiment
 
     console = Console(stderr=True)
     try:
-        spec = load_experiment(args.job)
+        spec = load_experiment(args.job, ("zoo", "generalization", "tickets"))
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 3
@@ -276,6 +276,43 @@ def _zoo(args) -> int:
             from nfopt.zoo.tickets import run_tickets
 
             run_tickets(spec)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
+        return 130
+    return 0
+
+
+def _inr(args) -> int:
+    from rich.console import Console
+
+    from nfopt.experiments import ExperimentSpecError, load_experiment
+
+    console = Console(stderr=True)
+    try:
+        spec = load_experiment(args.job, (f"inr_{args.action}",))
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except ExperimentSpecError as err:
+        console.print(f"[red]error:[/red] {err} (`nfopt inr {args.action}` takes experiment: inr_{args.action})")
+        return 2
+    try:
+        if args.action == "fit":
+            from nfopt.inrs.store import build_inrs
+
+            out = build_inrs(spec, use_ray=not args.no_ray, address=args.address)
+            console.print(f"INR dataset: {out}")
+        elif args.action == "classify":
+            from nfopt.inrs.classify import run_classify
+
+            run_classify(spec)
+        else:
+            from nfopt.inrs.edit import run_edit
+
+            run_edit(spec)
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 3
@@ -356,6 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     zo.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     zo.add_argument("--no-ray", action="store_true", help="train zoo shards one after another in this process")
     zo.set_defaults(fn=_zoo)
+    ir = sub.add_parser("inr", help="INR experiments: fit an INR dataset, classify INRs, edit INRs")
+    ir.add_argument("action", choices=["fit", "classify", "edit"])
+    ir.add_argument("job", help="jobs/inr_*.yaml")
+    ir.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
+    ir.add_argument("--no-ray", action="store_true", help="fit shards one after another in this process")
+    ir.set_defaults(fn=_inr)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

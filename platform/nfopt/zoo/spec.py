@@ -7,9 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nfopt._files import load_yaml_model
-
-__all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec", "load_experiment"]
+__all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec"]
 
 
 class _Strict(BaseModel):
@@ -153,24 +151,3 @@ class TicketSpec(_Strict):
     @property
     def out_dir(self) -> Path:
         return Path(self.out.replace("{name}", self.name)).absolute()
-
-
-class ExperimentSpecError(ValueError):
-    pass
-
-
-_SPECS = {"zoo": ZooSpec, "generalization": GeneralizationSpec, "tickets": TicketSpec}
-
-
-def load_experiment(path: str | Path):
-    """A zoo / generalization / tickets spec, chosen by the file's ``experiment`` field."""
-    import yaml
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such experiment file")
-    raw = yaml.safe_load(path.read_text()) or {}
-    kind = raw.get("experiment") if isinstance(raw, dict) else None
-    if kind not in _SPECS:
-        raise ExperimentSpecError(f"{path}: field 'experiment' must be one of {sorted(_SPECS)}, got {kind!r}")
-    return load_yaml_model(path, _SPECS[kind], ExperimentSpecError, "experiment")

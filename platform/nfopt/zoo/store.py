@@ -16,13 +16,14 @@ resumes by training only the shards whose file is missing: nothing is duplicated
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from nfopt._files import atomic_save
+from nfopt._shards import missing_shards as _missing
+from nfopt._shards import read_shard, shard_path, write_manifest
+from nfopt._shards import write_shard as _write
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import ZooSpec
 from nfopt.zoo.train import build_cnn
@@ -30,11 +31,6 @@ from nfopt.zoo.train import build_cnn
 __all__ = ["FORMAT", "Zoo", "build_zoo", "load_zoo", "missing_shards", "write_shard"]
 
 FORMAT = "nfopt.zoo/1"
-log = logging.getLogger(__name__)
-
-
-def _shard_path(out: Path, shard: int) -> Path:
-    return out / "shards" / f"shard_{shard:05d}.pt"
 
 
 def _architecture(spec: ZooSpec, in_channels: int, num_classes: int) -> dict:
@@ -50,57 +46,21 @@ def _architecture(spec: ZooSpec, in_channels: int, num_classes: int) -> dict:
 
 
 def _write_manifest(spec: ZooSpec, in_channels: int, num_classes: int) -> None:
-    out = spec.out_dir
-    manifest = {
-        "format": FORMAT,
-        "spec": spec.model_dump(),
-        "architecture": _architecture(spec, in_channels, num_classes),
-    }
-    path = out / "zoo.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("spec") != manifest["spec"]:
-            raise ValueError(
-                f"{path}: holds a zoo built from a different spec; build into another `out` directory "
-                "or delete it to start over"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
+    arch = _architecture(spec, in_channels, num_classes)
+    write_manifest(spec.out_dir / "zoo.json", {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch})
+
+
+def _paths(spec: ZooSpec) -> list[Path]:
+    return [shard_path(spec.out_dir, k) for k in range(spec.num_shards)]
 
 
 def write_shard(spec: ZooSpec, shard: int, result: dict) -> Path:
-    payload = {"format": FORMAT, "shard": shard, **result}
-    payload["epochs"] = list(result["epochs"])
-    return atomic_save(payload, _shard_path(spec.out_dir, shard))
-
-
-def _read_shard(path: Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: unreadable zoo shard ({err}); delete it and rebuild to retrain it") from err
-    if payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {payload.get('format')!r} is not {FORMAT!r}")
-    return payload
+    return _write(_paths(spec)[shard], FORMAT, {"shard": shard, **result, "epochs": list(result["epochs"])})
 
 
 def missing_shards(spec: ZooSpec) -> list[int]:
     """Shards without a complete file (a torn or unreadable one counts as missing)."""
-    missing = []
-    for k in range(spec.num_shards):
-        path = _shard_path(spec.out_dir, k)
-        if not path.exists():
-            missing.append(k)
-            continue
-        try:
-            _read_shard(path)
-        except ValueError as err:
-            log.warning("%s; retraining shard %d", err, k)
-            missing.append(k)
-    return missing
+    return _missing(_paths(spec), FORMAT)
 
 
 def build_zoo(spec: ZooSpec, use_ray: bool = True, address: str | None = None, progress: bool = True) -> Path:
@@ -209,7 +169,7 @@ def load_zoo(path: str | Path) -> Zoo:
     cols: dict[str, list] = {k: [] for k in ("run", "epoch", "train_acc", "test_acc", "test_loss")}
     hparams = {}
     for f in shards:
-        s = _read_shard(f)
+        s = read_shard(f, FORMAT)
         r, e = s["test_acc"].shape
         for k, v in s["params"].items():
             params.setdefault(k, []).append(v.flatten(0, 1))  # (R*E, ...) run-major

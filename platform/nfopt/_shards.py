@@ -1,0 +1,68 @@
+"""Resumable sharded datasets (model zoos, INR datasets): a JSON manifest plus one
+``weights_only``-loadable file per shard, each written atomically once complete, so an
+interrupted build resumes by producing only the shards whose file is missing or unreadable."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from nfopt._files import atomic_save
+
+__all__ = ["missing_shards", "read_shard", "shard_path", "write_manifest", "write_shard"]
+
+log = logging.getLogger(__name__)
+
+
+def shard_path(root: Path, shard: int, group: str = "shards") -> Path:
+    return root / group / f"shard_{shard:05d}.pt"
+
+
+def write_manifest(path: Path, manifest: dict, same: str = "spec") -> None:
+    """Write ``manifest`` atomically; an existing one must agree on ``manifest[same]`` (a build
+    never mixes shards of two specs)."""
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get(same) != manifest[same]:
+            raise ValueError(
+                f"{path}: holds data built from a different spec; build into another `out` directory "
+                "or delete it to start over"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(path)
+
+
+def write_shard(path: Path, fmt: str, payload: dict) -> Path:
+    return atomic_save({"format": fmt, **payload}, path)
+
+
+def read_shard(path: Path, fmt: str) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable shard ({err}); delete it and rebuild to regenerate it") from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: format {got!r} is not {fmt!r}")
+    return payload
+
+
+def missing_shards(paths: list[Path], fmt: str) -> list[int]:
+    """Indices of ``paths`` without a complete, readable shard."""
+    missing = []
+    for k, path in enumerate(paths):
+        if not path.exists():
+            missing.append(k)
+            continue
+        try:
+            read_shard(path, fmt)
+        except ValueError as err:
+            log.warning("%s; regenerating shard %d", err, k)
+            missing.append(k)
+    return missing

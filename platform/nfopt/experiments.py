@@ -1,0 +1,39 @@
+"""One loader for the experiment specs (``nfopt zoo`` / ``nfopt inr``), chosen by the file's
+``experiment`` field; errors name the file and every offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nfopt._files import load_yaml_model
+from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
+from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
+
+__all__ = ["EXPERIMENTS", "ExperimentSpecError", "load_experiment"]
+
+EXPERIMENTS = {
+    "zoo": ZooSpec,
+    "generalization": GeneralizationSpec,
+    "tickets": TicketSpec,
+    "inr_fit": InrFitSpec,
+    "inr_classify": InrClassifySpec,
+    "inr_edit": InrEditSpec,
+}
+
+
+class ExperimentSpecError(ValueError):
+    pass
+
+
+def load_experiment(path: str | Path, allowed: tuple[str, ...] | None = None):
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such experiment file")
+    raw = yaml.safe_load(path.read_text()) or {}
+    kind = raw.get("experiment") if isinstance(raw, dict) else None
+    allowed = allowed or tuple(EXPERIMENTS)
+    if kind not in allowed:
+        raise ExperimentSpecError(f"{path}: field 'experiment' must be one of {list(allowed)}, got {kind!r}")
+    return load_yaml_model(path, EXPERIMENTS[kind], ExperimentSpecError, "experiment")
