@@ -248,19 +248,20 @@ def _jobs(args) -> int:
     return 0
 
 
-def _zoo(args) -> int:
+def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
+    """Load an experiment spec of one of ``kinds`` and run it (``nfopt zoo`` / ``nfopt inr``)."""
     from rich.console import Console
 
     from nfopt.experiments import ExperimentSpecError, load_experiment
 
     console = Console(stderr=True)
     try:
-        spec = load_experiment(args.job, ("zoo", "generalization", "tickets"))
+        spec = load_experiment(args.job, kinds)
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 3
     except ExperimentSpecError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {err}{hint}")
         return 2
     try:
         if spec.experiment == "zoo":
@@ -268,14 +269,19 @@ def _zoo(args) -> int:
 
             out = build_zoo(spec, use_ray=not args.no_ray, address=args.address)
             console.print(f"zoo: {out} ({spec.runs} runs x {len(spec.save_epochs)} checkpoints)")
-        elif spec.experiment == "generalization":
-            from nfopt.zoo.generalization import run_generalization
+        elif spec.experiment == "inr_fit":
+            from nfopt.inrs.store import build_inrs
 
-            run_generalization(spec)
+            console.print(f"INR dataset: {build_inrs(spec, use_ray=not args.no_ray, address=args.address)}")
         else:
+            from nfopt.inrs.classify import run_classify
+            from nfopt.inrs.edit import run_edit
+            from nfopt.zoo.generalization import run_generalization
             from nfopt.zoo.tickets import run_tickets
 
-            run_tickets(spec)
+            runners = {"generalization": run_generalization, "tickets": run_tickets}
+            runners |= {"inr_classify": run_classify, "inr_edit": run_edit}
+            runners[spec.experiment](spec)
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 3
@@ -283,43 +289,15 @@ def _zoo(args) -> int:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
         return 130
     return 0
+
+
+def _zoo(args) -> int:
+    return _experiment(args, ("zoo", "generalization", "tickets"))
 
 
 def _inr(args) -> int:
-    from rich.console import Console
-
-    from nfopt.experiments import ExperimentSpecError, load_experiment
-
-    console = Console(stderr=True)
-    try:
-        spec = load_experiment(args.job, (f"inr_{args.action}",))
-    except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 3
-    except ExperimentSpecError as err:
-        console.print(f"[red]error:[/red] {err} (`nfopt inr {args.action}` takes experiment: inr_{args.action})")
-        return 2
-    try:
-        if args.action == "fit":
-            from nfopt.inrs.store import build_inrs
-
-            out = build_inrs(spec, use_ray=not args.no_ray, address=args.address)
-            console.print(f"INR dataset: {out}")
-        elif args.action == "classify":
-            from nfopt.inrs.classify import run_classify
-
-            run_classify(spec)
-        else:
-            from nfopt.inrs.edit import run_edit
-
-            run_edit(spec)
-    except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 3
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
-        return 130
-    return 0
+    hint = f" (`nfopt inr {args.action}` takes experiment: inr_{args.action})"
+    return _experiment(args, (f"inr_{args.action}",), hint)
 
 
 def _ui(args) -> int:

@@ -9,7 +9,7 @@ from nfopt._files import load_yaml_model
 from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
 from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
 
-__all__ = ["EXPERIMENTS", "ExperimentSpecError", "load_experiment"]
+__all__ = ["EXPERIMENTS", "ExperimentSpecError", "finish_experiment", "load_experiment"]
 
 EXPERIMENTS = {
     "zoo": ZooSpec,
@@ -37,3 +37,32 @@ def load_experiment(path: str | Path, allowed: tuple[str, ...] | None = None):
     if kind not in allowed:
         raise ExperimentSpecError(f"{path}: field 'experiment' must be one of {list(allowed)}, got {kind!r}")
     return load_yaml_model(path, EXPERIMENTS[kind], ExperimentSpecError, "experiment")
+
+
+def finish_experiment(
+    spec,
+    meta: dict,
+    results: dict,
+    lines: list[str],
+    metrics: dict[str, float],
+    experiment: str,
+    files: tuple[str, ...] = (),
+) -> None:
+    """Write ``results.json`` (spec, ``meta``, ``results``) and ``table.md`` (``lines``) to
+    ``spec.out_dir``, log ``metrics`` and those files (plus ``files`` there) to one MLflow run
+    under ``experiment`` when ``spec.tracking``, and print the table."""
+    import json
+
+    out = spec.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    if spec.tracking:
+        from nfopt.track import Tracker
+
+        tracker = Tracker(spec.tracking_uri, experiment, spec.name, {**spec.model_dump(), **meta})
+        tracker.log_metrics(metrics, step=0)
+        for f in ("results.json", "table.md", *files):
+            tracker.log_artifact(out / f)
+        tracker.end()
+    print("\n".join(lines))

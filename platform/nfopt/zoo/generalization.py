@@ -3,13 +3,13 @@ report Kendall's τ (and RMSE) on held-out runs, a scatter plot and MLflow logs.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 import torch
 import torch.nn.functional as F
 
+from nfopt.experiments import finish_experiment
 from nfopt.zoo.predict import build_predictor, kendall_tau
 from nfopt.zoo.spec import GeneralizationSpec
 from nfopt.zoo.store import Zoo, load_zoo
@@ -108,8 +108,6 @@ def run_generalization(spec: GeneralizationSpec, progress: bool = True) -> dict:
                 "pred": pred.tolist(),
                 "true": true.tolist(),
             }
-    out = spec.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "zoo": str(spec.zoo),
         "train_checkpoints": len(train_idx),
@@ -117,7 +115,6 @@ def run_generalization(spec: GeneralizationSpec, progress: bool = True) -> dict:
         "train_runs": int(torch.unique(zoo.run[train_idx]).numel()),
         "test_runs": int(torch.unique(zoo.run[test_idx]).numel()),
     }
-    (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
     lines = [
         f"Kendall's τ on {meta['test_checkpoints']} checkpoints of {meta['test_runs']} held-out runs "
         f"(trained on {meta['train_checkpoints']} checkpoints of {meta['train_runs']} runs)",
@@ -131,16 +128,8 @@ def run_generalization(spec: GeneralizationSpec, progress: bool = True) -> dict:
     ours = sorted(results, key=lambda k: -results[k]["tau"])
     paper = sorted(results, key=lambda k: -PAPER_TAU[k])
     lines += ["", f"ordering ours: {' > '.join(ours)}; paper: {' > '.join(paper)}; same: {ours == paper}"]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    _scatter(results, out / "scatter.png")
-    if spec.tracking:
-        from nfopt.track import Tracker
-
-        tracker = Tracker(spec.tracking_uri, "nfopt-zoo", spec.name, {**spec.model_dump(), **meta})
-        tracker.log_metrics({f"{k}.tau": r["tau"] for k, r in results.items()}, step=0)
-        tracker.log_metrics({f"{k}.rmse": r["rmse"] for k, r in results.items()}, step=0)
-        for f in ("results.json", "table.md", "scatter.png"):
-            tracker.log_artifact(out / f)
-        tracker.end()
-    print("\n".join(lines))
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    _scatter(results, spec.out_dir / "scatter.png")
+    metrics = {f"{k}.{m}": r[m] for k, r in results.items() for m in ("tau", "rmse")}
+    finish_experiment(spec, meta, results, lines, metrics, "nfopt-zoo", ("scatter.png",))
     return results

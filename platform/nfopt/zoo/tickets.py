@@ -5,7 +5,6 @@ test accuracy of masked networks retrained from init with NFN, IMP and random ma
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from nfopt.data import Dataset, load_dataset
+from nfopt.experiments import finish_experiment
 from nfopt.nn import NFActivation, NPLinear
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import TicketSpec
@@ -184,8 +184,6 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         trained = train_masked(test_init, m, data, spec.train_steps, spec.batch_size, spec.lr, seed=spec.seed + 999)
         acc = _test_accuracy(trained, data)
         results[name] = {"mean": float(acc.mean()), "std": float(acc.std()), "per_init": acc.tolist()}
-    out = spec.out_dir
-    out.mkdir(parents=True, exist_ok=True)
     meta = {
         "widths": widths,
         "sparsity": spec.sparsity,
@@ -195,7 +193,6 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         "train_inits": n_train,
         "test_inits": spec.test_inits,
     }
-    (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
     lines = [
         f"Test accuracy at {spec.sparsity:.0%} sparsity ({spec.data.name}, MLP {widths}), retrained from init, "
         f"{spec.test_inits} held-out initialisations (NFN trained on {n_train})",
@@ -207,15 +204,6 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         f"NFN mask overlap with the IMP mask: {overlap:.1%} of IMP's kept weights; "
         f"IMP {imp_seconds:.0f} s, NFN training {nfn_seconds:.0f} s",
     ]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    if spec.tracking:
-        from nfopt.track import Tracker
-
-        tracker = Tracker(spec.tracking_uri, "nfopt-zoo", spec.name, {**spec.model_dump(), "widths": widths})
-        tracker.log_metrics({f"{k}.test_accuracy": r["mean"] for k, r in results.items()}, step=0)
-        tracker.log_metrics({"nfn_imp_overlap": overlap}, step=0)
-        for f in ("results.json", "table.md"):
-            tracker.log_artifact(out / f)
-        tracker.end()
-    print("\n".join(lines))
+    metrics = {f"{k}.test_accuracy": r["mean"] for k, r in results.items()} | {"nfn_imp_overlap": overlap}
+    finish_experiment(spec, meta, results, lines, metrics, "nfopt-zoo")
     return {**meta, "results": results}
