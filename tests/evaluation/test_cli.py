@@ -44,3 +44,20 @@ def test_missing_optimizer_file_and_bad_grid(tiny_suite, tmp_path, capsys):
     assert main(["evaluate", "--suite", str(tiny_suite), "--adam-lrs", "fast", "--no-ray"]) == 2
     assert "--adam-lrs" in capsys.readouterr().err
     assert main(["evaluate", "--suite", str(tiny_suite), "--tasks", "nope", "--no-ray"]) == 2
+
+
+def test_a_jobs_evaluate_section_writes_the_report_next_to_the_run(tiny_suite, tmp_path):
+    import yaml
+
+    from tests.helpers import tiny_job
+
+    spec = tiny_job(tmp_path, name="withEval", outer_steps=2, workers={"count": 1})
+    raw = spec.model_dump()
+    raw["evaluate"] = {"suite": str(tiny_suite), "seeds": 1, "tuning_seeds": 1, "steps": 5}
+    raw["evaluate"] |= {"adam_lrs": [1e-2], "sgd_lrs": [0.1], "baselines": ["mlp"]}
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(job), "--no-ray"]) == 0
+    summary = json.loads((tmp_path / "runs" / "withEval" / "evaluation" / "results.json").read_text())["summary"]
+    names = {r["optimizer"] for r in summary}
+    assert names == {"adam", "sgd", "mlp (learned)", "mlp (learned, same budget)"}
