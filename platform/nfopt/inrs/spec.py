@@ -1,0 +1,96 @@
+"""Validated specs of the INR experiments: fitting INR datasets, classifying INRs, editing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["InrClassifySpec", "InrEditSpec", "InrFitSpec", "InrSourceSpec"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out.replace("{name}", self.name)).absolute()
+
+
+class InrSourceSpec(_Strict):
+    name: Literal["fashion_mnist", "mnist", "digits"] = "fashion_mnist"
+    size: int = Field(default=28, gt=0, description="image side the INRs are fitted at")
+    root: str | None = Field(default=None, description="directory with IDX files (default: the usual places)")
+    train_limit: int | None = Field(default=None, gt=0, description="first N training images (None: all)")
+    test_limit: int | None = Field(default=None, gt=0, description="first N test images (None: all)")
+
+
+class InrFitSpec(_Strict):
+    """SIRENs fitted to every image of a dataset (both splits), ``shard_size`` at a time as one
+    batched population; resumable (complete shards are kept)."""
+
+    experiment: Literal["inr_fit"] = "inr_fit"
+    name: str
+    source: InrSourceSpec = InrSourceSpec()
+    hidden: int = Field(default=32, gt=0, description="SIREN width")
+    hidden_layers: int = Field(default=2, ge=1)
+    w0: float = Field(default=30.0, gt=0, description="sine frequency in every sine layer (original SIREN)")
+    steps: int = Field(default=300, gt=0, description="Adam steps per image")
+    lr: float = Field(default=1e-3, gt=0)
+    shard_size: int = Field(default=500, gt=0, description="images fitted together (one Ray task)")
+    num_cpus: float = Field(default=1.0, gt=0)
+    out: str = "inrs/{name}"
+    seed: int = 0
+
+
+class InrClassifySpec(_Strict):
+    """Classify INRs by the class of the image they represent: Inr2Array (autoencoder, then a
+    classifier on the latent arrays), an NFN-NP classifier on weights, an MLP on flat weights."""
+
+    experiment: Literal["inr_classify"] = "inr_classify"
+    name: str
+    inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
+    models: list[Literal["inr2array", "nfn_np", "mlp"]] = ["inr2array", "nfn_np", "mlp"]
+    augment: bool = Field(default=True, description="random hidden permutations of training INRs")
+    epochs: int = Field(default=20, gt=0, description="classifier epochs")
+    ae_epochs: int = Field(default=10, gt=0, description="Inr2Array autoencoder epochs")
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    channels: int = Field(default=32, gt=0)
+    layers: int = Field(default=2, ge=1)
+    num_latents: int = Field(default=16, gt=0)
+    latent_dim: int = Field(default=64, gt=0)
+    max_train: int | None = Field(default=None, gt=0, description="first N training INRs (None: all)")
+    out: str = "runs/{name}"
+    tracking: bool = True
+    tracking_uri: str | None = None
+    seed: int = 0
+
+
+class InrEditSpec(_Strict):
+    """Learn weight-space edits: the edited INR should render ``edit(image)``."""
+
+    experiment: Literal["inr_edit"] = "inr_edit"
+    name: str
+    inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
+    edit: Literal["dilate", "contrast"] = "dilate"
+    contrast: float = Field(default=1.5, gt=0, description="contrast factor around 0.5 (edit: contrast)")
+    models: list[Literal["nfn_np", "nfn_hnp", "nft", "mlp"]] = ["nfn_np", "nfn_hnp", "mlp"]
+    epochs: int = Field(default=20, gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=1e-3, gt=0)
+    channels: int = Field(default=32, gt=0)
+    layers: int = Field(default=3, ge=1)
+    max_train: int | None = Field(default=None, gt=0)
+    max_test: int | None = Field(default=None, gt=0)
+    out: str = "runs/{name}"
+    tracking: bool = True
+    tracking_uri: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _models(self):
+        if not self.models:
+            raise ValueError("models: give at least one of nfn_np, nfn_hnp, nft, mlp")
+        return self

@@ -1,0 +1,69 @@
+"""Classification invariance, the editing loss, and the `nfopt inr` jobs end to end."""
+
+import json
+
+import torch
+import yaml
+
+from nfopt.cli import main
+from nfopt.inrs.classify import FlatMLP, NFNClassifier
+from nfopt.inrs.edit import Editor, edit_images
+from nfopt.testing import assert_equivariant, assert_invariant
+from nfopt.weightspace import NetworkSpec
+
+SPEC = NetworkSpec.mlp([2, 6, 5, 1])
+SCALE = [1.0] * 6
+
+
+def test_nfn_classifier_predictions_are_invariant_to_hidden_permutations():
+    torch.manual_seed(0)
+    model = NFNClassifier(SPEC, channels=4, layers=2, classes=3, scale=SCALE).eval()
+    assert_invariant(model, SPEC, 1, hidden_only=True)
+
+
+def test_the_flat_mlp_baseline_is_not_invariant():
+    torch.manual_seed(0)
+    model = FlatMLP(SPEC, classes=3, scale=SCALE).eval()
+    try:
+        assert_invariant(model, SPEC, 1, hidden_only=True)
+    except AssertionError:
+        return
+    raise AssertionError("a flat MLP on weights should not be permutation invariant")
+
+
+def test_edits_and_editors():
+    img = torch.zeros(1, 1, 5, 5)
+    img[0, 0, 2, 2] = 1.0
+    dilated = edit_images(img, "dilate")
+    assert dilated.sum() == 9 and dilated[0, 0, 1:4, 1:4].eq(1).all()
+    assert edit_images(torch.tensor([0.5, 0.8]), "contrast", 2.0).tolist() == [0.5, 1.0]
+    for kind in ("nfn_np", "nfn_hnp", "nft"):
+        editor = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE)
+        assert_equivariant(editor, SPEC, 1, hidden_only=True)
+    from nfopt.testing import random_features
+
+    x = random_features(SPEC, 2, 1, torch.Generator().manual_seed(0)).map(torch.Tensor.float)
+    for kind in ("nfn_np", "mlp"):
+        out = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE)(x)
+        torch.testing.assert_close(out.weights[0], x.weights[0])  # the untrained editor is the identity
+
+
+def _job(tmp_path, name, **over):
+    raw = yaml.safe_load(open(f"jobs/{name}.yaml"))
+    raw.update(over)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_inr_jobs_end_to_end(tmp_path, capsys):
+    inrs = tmp_path / "inrs"
+    assert main(["inr", "fit", _job(tmp_path, "inr_tiny", out=str(inrs)), "--no-ray"]) == 0
+    assert main(["inr", "classify", _job(tmp_path, "inr_classify_tiny", inrs=str(inrs), out=str(tmp_path / "c"))]) == 0
+    res = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
+    assert set(res) == {"inr2array", "nfn_np", "mlp"} and all(0 <= r["test_accuracy"] <= 1 for r in res.values())
+    assert main(["inr", "edit", _job(tmp_path, "inr_edit_tiny", inrs=str(inrs), out=str(tmp_path / "e"))]) == 0
+    res = json.loads((tmp_path / "e" / "results.json").read_text())["results"]
+    assert set(res) == {"nfn_np", "nfn_hnp", "nft", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())
+    assert (tmp_path / "e" / "edits.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["inr", "edit", _job(tmp_path, "inr_tiny", out=str(inrs))]) == 2  # wrong experiment kind

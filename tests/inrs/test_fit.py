@@ -1,0 +1,76 @@
+"""SIREN fitting, the INR dataset format and resume, per-example hidden permutations."""
+
+import json
+
+import pytest
+import torch
+
+from nfopt.inr import grid_coords, render
+from nfopt.inrs.fit import fit_sirens, labelled_images, psnr
+from nfopt.inrs.spec import InrFitSpec
+from nfopt.inrs.store import FORMAT, build_inrs, load_inrs, permute_hidden
+from nfopt.weightspace import WeightSpaceFeatures
+
+
+def _spec(tmp_path, **over):
+    raw = {
+        "name": "t",
+        "source": {"name": "digits", "size": 8, "train_limit": 12, "test_limit": 6},
+        "hidden": 32,
+        "hidden_layers": 2,
+        "steps": 150,
+        "shard_size": 5,
+        "out": str(tmp_path / "{name}"),
+    }
+    return InrFitSpec.model_validate({**raw, **over})
+
+
+def test_siren_fitting_reconstructs_images(tmp_path):
+    spec = _spec(tmp_path)
+    images, _ = labelled_images(spec.source, "train")
+    images = images[:3]
+    feats, quality = fit_sirens(images, spec, seed=0)
+    assert feats.batch_size == 3 and quality.shape == (3,)
+    rendered = render(feats, grid_coords(8, 8), spec.w0).transpose(1, 2).reshape(3, 1, 8, 8)
+    torch.testing.assert_close(psnr(rendered.clamp(0, 1), images), quality)
+    assert quality.min() > 25  # digits fitted closely within 150 steps
+    _, q_short = fit_sirens(images, _spec(tmp_path, steps=5), seed=0)
+    assert quality.mean() > q_short.mean() + 5
+
+
+def test_dataset_format_resume_and_loading(tmp_path):
+    spec = _spec(tmp_path)
+    out = build_inrs(spec, use_ray=False, progress=False)
+    manifest = json.loads((out / "inrs.json").read_text())
+    assert manifest["format"] == FORMAT and manifest["architecture"]["widths"] == [2, 32, 32, 1]
+    shard = torch.load(out / "train" / "shard_00000.pt", weights_only=True)
+    assert shard["weights"][0].shape == (5, 32, 2) and shard["labels"].shape == (5,)
+    first = shard["weights"][0].clone()
+    (out / "train" / "shard_00001.pt").unlink()  # lost mid-build
+    (out / "test" / "shard_00000.pt").write_bytes(b"torn")
+    build_inrs(spec, use_ray=False, progress=False)
+    ds = load_inrs(out)
+    assert len(ds.train) == 12 and len(ds.test) == 6
+    assert ds.train.index.tolist() == list(range(12))  # no duplicate, none lost
+    assert torch.equal(ds.train.weights[0][:5], first)  # kept shards are not refitted
+    assert (ds.train.psnr > 20).all()
+    images = ds.images("train", torch.tensor([0, 7]))
+    rendered = render(ds.train.features(torch.tensor([0, 7])), grid_coords(8, 8), ds.w0)
+    assert (rendered.transpose(1, 2).reshape(2, 1, 8, 8) - images).abs().max() < 0.2
+
+
+def test_hidden_permutations_change_weights_not_the_rendered_image(tmp_path):
+    torch.manual_seed(0)
+    feats = WeightSpaceFeatures(
+        [torch.randn(4, 1, 6, 2), torch.randn(4, 1, 5, 6), torch.randn(4, 1, 1, 5)],
+        [torch.randn(4, 1, 6), torch.randn(4, 1, 5), torch.randn(4, 1, 1)],
+    )
+    permuted = permute_hidden(feats, torch.Generator().manual_seed(1))
+    assert not torch.equal(permuted.weights[1], feats.weights[1])
+    coords = grid_coords(5, 5)
+    torch.testing.assert_close(render(permuted, coords, 1.0), render(feats, coords, 1.0))
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nfopt inr fit"):
+        load_inrs(tmp_path)
