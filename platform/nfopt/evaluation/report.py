@@ -204,7 +204,7 @@ def plot_speedups(rows: list[SummaryRow], out: Path) -> Path:
     compared = [r for r in rows if r["vs_ref"] in ("beats", "loses")]
     tasks = list(dict.fromkeys(r["task"] for r in compared))
     names = list(dict.fromkeys(r["optimizer"] for r in compared))
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(tasks) * max(1, len(names)) ** 0.5 + 2), 3.8))
+    fig, ax = plt.subplots(figsize=(min(14, 3 + 1.1 * len(tasks)), 4))
     width = 0.8 / max(1, len(names))
     for j, name in enumerate(names):
         for i, task in enumerate(tasks):
