@@ -48,9 +48,11 @@ def fit_sirens(images: torch.Tensor, spec: InrFitSpec, seed: int) -> tuple[Weigh
     """Fit one SIREN per image ``(N, C, S, S)``; returns the fitted weights as one-channel
     features ``(N, 1, ...)`` and each fit's PSNR ``(N,)``."""
     n, c, h, w = images.shape
-    torch.manual_seed(seed)
-    nets = [Siren(2, spec.hidden, spec.hidden_layers, c, spec.w0) for _ in range(n)]
+    torch.manual_seed(spec.seed if spec.shared_init else seed)
+    nets = [Siren(2, spec.hidden, spec.hidden_layers, c, spec.w0) for _ in range(1 if spec.shared_init else n)]
     feats = WeightSpaceFeatures.from_modules(nets)
+    if spec.shared_init:
+        feats = feats.map(lambda t: t.expand(n, *t.shape[1:]))
     params = [t.clone().requires_grad_() for pair in feats for t in pair]
     coords = grid_coords(h, w)
     target = images.flatten(2).transpose(1, 2)  # (N, H*W, C)

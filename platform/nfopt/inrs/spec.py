@@ -37,6 +37,10 @@ class InrFitSpec(_Strict):
     hidden_layers: int = Field(default=2, ge=1)
     w0: float = Field(default=30.0, gt=0, description="sine frequency in every sine layer (original SIREN)")
     steps: int = Field(default=300, gt=0, description="Adam steps per image")
+    shared_init: bool = Field(
+        default=False,
+        description="start every SIREN from the same initialisation (weights then encode the image, not init noise)",
+    )
     lr: float = Field(default=1e-3, gt=0)
     shard_size: int = Field(default=500, gt=0, description="images fitted together (one Ray task)")
     num_cpus: float = Field(default=1.0, gt=0)
