@@ -9,9 +9,20 @@ BASE = "name: j\ntask: digits_mlp\nouter_steps: 3\n"
 
 
 def test_shipped_jobs_validate():
+    import yaml
+
+    from nfopt.experiments import load_experiment
+
+    kinds = set()
     for f in sorted((ROOT / "jobs").glob("*.yaml")):
-        spec = load_job(f)
-        assert spec.name and spec.outer_steps > 0
+        if "experiment" in yaml.safe_load(f.read_text()):  # zoo / INR experiment specs
+            spec = load_experiment(f)
+            kinds.add(spec.experiment)
+        else:
+            spec = load_job(f)
+            assert spec.outer_steps > 0
+        assert spec.name
+    assert kinds == {"zoo", "generalization", "tickets", "inr_fit", "inr_classify", "inr_edit"}
 
 
 @pytest.mark.parametrize(
