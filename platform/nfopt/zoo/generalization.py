@@ -3,6 +3,7 @@ report Kendall's τ (and RMSE) on held-out runs, a scatter plot and MLflow logs.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -108,6 +109,8 @@ def run_generalization(spec: GeneralizationSpec, progress: bool = True) -> dict:
                 "pred": pred.tolist(),
                 "true": true.tolist(),
             }
+            spec.out_dir.mkdir(parents=True, exist_ok=True)  # finished predictors survive a later failure
+            (spec.out_dir / "partial.json").write_text(json.dumps({k: v["tau"] for k, v in results.items()}))
     meta = {
         "zoo": str(spec.zoo),
         "train_checkpoints": len(train_idx),
