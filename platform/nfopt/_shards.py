@@ -12,7 +12,7 @@ import torch
 
 from nfopt._files import atomic_save
 
-__all__ = ["missing_shards", "read_shard", "shard_path", "write_manifest", "write_shard"]
+__all__ = ["missing_shards", "read_manifest", "read_shard", "shard_path", "write_manifest", "write_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,16 @@ def write_manifest(path: Path, manifest: dict, same: str = "spec") -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(path)
+
+
+def read_manifest(path: Path, fmt: str, what: str, fix: str) -> dict:
+    """The manifest at ``path``; a missing one raises ``FileNotFoundError`` naming ``fix``."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not {what}; {fix}")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{path}: format {manifest.get('format')!r} is not {fmt!r}")
+    return manifest
 
 
 def write_shard(path: Path, fmt: str, payload: dict) -> Path:

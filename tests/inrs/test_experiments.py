@@ -3,13 +3,13 @@
 import json
 
 import torch
-import yaml
 
 from nfopt.cli import main
 from nfopt.inrs.classify import FlatMLP, NFNClassifier
 from nfopt.inrs.edit import Editor, edit_images
 from nfopt.testing import assert_equivariant, assert_invariant
 from nfopt.weightspace import NetworkSpec
+from tests.helpers import shipped_job
 
 SPEC = NetworkSpec.mlp([2, 6, 5, 1])
 SCALE = [1.0] * 6
@@ -48,22 +48,17 @@ def test_edits_and_editors():
         torch.testing.assert_close(out.weights[0], x.weights[0])  # the untrained editor is the identity
 
 
-def _job(tmp_path, name, **over):
-    raw = yaml.safe_load(open(f"jobs/{name}.yaml"))
-    raw.update(over)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
-
-
 def test_inr_jobs_end_to_end(tmp_path, capsys):
     inrs = tmp_path / "inrs"
-    assert main(["inr", "fit", _job(tmp_path, "inr_tiny", out=str(inrs)), "--no-ray"]) == 0
-    assert main(["inr", "classify", _job(tmp_path, "inr_classify_tiny", inrs=str(inrs), out=str(tmp_path / "c"))]) == 0
+    assert main(["inr", "fit", shipped_job(tmp_path, "inr_tiny", out=str(inrs)), "--no-ray"]) == 0
+    assert (
+        main(["inr", "classify", shipped_job(tmp_path, "inr_classify_tiny", inrs=str(inrs), out=str(tmp_path / "c"))])
+        == 0
+    )
     res = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
     assert set(res) == {"inr2array", "nfn_np", "mlp"} and all(0 <= r["test_accuracy"] <= 1 for r in res.values())
-    assert main(["inr", "edit", _job(tmp_path, "inr_edit_tiny", inrs=str(inrs), out=str(tmp_path / "e"))]) == 0
+    assert main(["inr", "edit", shipped_job(tmp_path, "inr_edit_tiny", inrs=str(inrs), out=str(tmp_path / "e"))]) == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())["results"]
     assert set(res) == {"nfn_np", "nfn_hnp", "nft", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())
     assert (tmp_path / "e" / "edits.png").read_bytes()[:4] == b"\x89PNG"
-    assert main(["inr", "edit", _job(tmp_path, "inr_tiny", out=str(inrs))]) == 2  # wrong experiment kind
+    assert main(["inr", "edit", shipped_job(tmp_path, "inr_tiny", out=str(inrs))]) == 2  # wrong experiment kind

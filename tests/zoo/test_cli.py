@@ -2,32 +2,23 @@
 
 import json
 
-import yaml
-
 from nfopt.cli import main
-
-
-def _job(tmp_path, name, **over):
-    raw = yaml.safe_load(open(f"jobs/{name}.yaml"))
-    raw.update(over)
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+from tests.helpers import shipped_job
 
 
 def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     zoo_dir = tmp_path / "zoo"
-    assert main(["zoo", _job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0
+    assert main(["zoo", shipped_job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0
     assert len(list((zoo_dir / "shards").glob("*.pt"))) == 2
-    assert main(["zoo", _job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0  # nothing left to do
-    gen = _job(tmp_path, "generalization_tiny", zoo=str(zoo_dir), out=str(tmp_path / "gen"))
+    assert main(["zoo", shipped_job(tmp_path, "zoo_tiny", out=str(zoo_dir)), "--no-ray"]) == 0  # nothing left to do
+    gen = shipped_job(tmp_path, "generalization_tiny", zoo=str(zoo_dir), out=str(tmp_path / "gen"))
     assert main(["zoo", gen]) == 0
     results = json.loads((tmp_path / "gen" / "results.json").read_text())
     assert set(results["results"]) == {"nfn_np", "nfn_hnp", "nft", "statnn"}
     assert all(-1 <= r["tau"] <= 1 for r in results["results"].values())
     assert (tmp_path / "gen" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert "Kendall" in capsys.readouterr().out
-    assert main(["zoo", _job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"))]) == 0
+    assert main(["zoo", shipped_job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"))]) == 0
     tickets = json.loads((tmp_path / "tk" / "results.json").read_text())["results"]
     assert set(tickets) == {"nfn", "imp", "random", "dense"}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from nfopt._shards import missing_shards, read_shard, shard_path, write_manifest, write_shard
+from nfopt._shards import missing_shards, read_manifest, read_shard, shard_path, write_manifest, write_shard
 from nfopt.inrs.fit import fit_sirens, labelled_images
 from nfopt.inrs.spec import InrFitSpec
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -144,15 +144,10 @@ class InrDataset:
 
 def load_inrs(path: str | Path, limit: dict[str, int | None] | None = None) -> InrDataset:
     """Load an INR dataset written by :func:`build_inrs` (``limit``: first N per split)."""
-    import json
-
     path = Path(path)
-    manifest_path = path / "inrs.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path}: not an INR dataset; fit one with `nfopt inr fit jobs/inr_*.yaml`")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    manifest = read_manifest(
+        path / "inrs.json", FORMAT, "an INR dataset", "fit one with `nfopt inr fit jobs/inr_*.yaml`"
+    )
     splits = {}
     for split in SPLITS:
         files = sorted((path / split).glob("shard_*.pt"))

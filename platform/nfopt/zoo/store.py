@@ -15,14 +15,13 @@ resumes by training only the shards whose file is missing: nothing is duplicated
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nfopt._shards import missing_shards as _missing
-from nfopt._shards import read_shard, shard_path, write_manifest
+from nfopt._shards import read_manifest, read_shard, shard_path, write_manifest
 from nfopt._shards import write_shard as _write
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import ZooSpec
@@ -155,12 +154,9 @@ class Zoo:
 def load_zoo(path: str | Path) -> Zoo:
     """Load every shard of the zoo at ``path`` (errors name the file and the fix)."""
     path = Path(path)
-    manifest_path = path / "zoo.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"{manifest_path}: not a zoo directory; build one with `nfopt zoo jobs/zoo_small.yaml`")
-    manifest = json.loads(manifest_path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    manifest = read_manifest(
+        path / "zoo.json", FORMAT, "a zoo directory", "build one with `nfopt zoo jobs/zoo_small.yaml`"
+    )
     spec = ZooSpec.model_validate(manifest["spec"])
     shards = sorted((path / "shards").glob("shard_*.pt"))
     if not shards:
