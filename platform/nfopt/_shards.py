@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from nfopt._files import atomic_save
 
-__all__ = ["missing_shards", "read_manifest", "read_shard", "shard_path", "write_manifest", "write_shard"]
+__all__ = [
+    "missing_shards",
+    "read_manifest",
+    "read_shard",
+    "shard_path",
+    "shard_progress",
+    "write_manifest",
+    "write_shard",
+]
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +86,21 @@ def missing_shards(paths: list[Path], fmt: str) -> list[int]:
             log.warning("%s; regenerating shard %d", err, k)
             missing.append(k)
     return missing
+
+
+@contextmanager
+def shard_progress(title: str, total: int, completed: int, enabled: bool = True) -> Iterator[Callable[[], None]]:
+    """A progress bar (elapsed time, ETA) over ``total`` shards of which ``completed`` already
+    exist; yields ``advance()`` to call as each further shard is written."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn(f"[bold]{title}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} shards"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    ) as bar:
+        task = bar.add_task("", total=total, completed=completed)
+        yield lambda: bar.advance(task)

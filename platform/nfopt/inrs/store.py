@@ -11,7 +11,15 @@ from pathlib import Path
 
 import torch
 
-from nfopt._shards import missing_shards, read_manifest, read_shard, shard_path, write_manifest, write_shard
+from nfopt._shards import (
+    missing_shards,
+    read_manifest,
+    read_shard,
+    shard_path,
+    shard_progress,
+    write_manifest,
+    write_shard,
+)
 from nfopt.inrs.fit import fit_sirens, labelled_images
 from nfopt.inrs.spec import InrFitSpec
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -48,8 +56,6 @@ def _fit_one(spec: InrFitSpec, x: torch.Tensor, y: torch.Tensor, split: str, k: 
 
 def build_inrs(spec: InrFitSpec, use_ray: bool = True, address: str | None = None, progress: bool = True) -> Path:
     """Fit every missing shard of both splits (Ray tasks or in process); returns the directory."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     plan = _plan(spec)
     image_shape = list(plan["train"][0].shape[1:])
     widths = [2] + [spec.hidden] * spec.hidden_layers + [image_shape[0]]
@@ -57,34 +63,20 @@ def build_inrs(spec: InrFitSpec, use_ray: bool = True, address: str | None = Non
     write_manifest(spec.out_dir / "inrs.json", {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch})
     todo = [(split, k) for split in SPLITS for k in missing_shards(plan[split][2], FORMAT)]
     total = sum(len(p[2]) for p in plan.values())
-    with Progress(
-        TextColumn(f"[bold]INRs {spec.name}[/bold]"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} shards"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("", total=total, completed=total - len(todo))
+    with shard_progress(f"INRs {spec.name}", total, total - len(todo), progress) as advance:
+        calls = [(spec, plan[s][0], plan[s][1], s, k) for s, k in todo]  # each split's images shared
         if use_ray and todo:
-            import ray
-
             from nfopt.cluster import init_ray
+            from nfopt.cluster.tasks import as_completed
 
             init_ray(address)
-            remote = ray.remote(_fit_one).options(num_cpus=spec.num_cpus)
-            refs = {split: (ray.put(plan[split][0]), ray.put(plan[split][1])) for split in SPLITS}
-            futures = {remote.remote(spec, *refs[s], s, k): (s, k) for s, k in todo}
-            pending = list(futures)
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                s, k = futures[done[0]]
-                write_shard(plan[s][2][k], FORMAT, ray.get(done[0]))
-                bar.advance(task)
+            results = as_completed(_fit_one, calls, spec.num_cpus)
         else:
-            for s, k in todo:
-                write_shard(plan[s][2][k], FORMAT, _fit_one(spec, plan[s][0], plan[s][1], s, k))
-                bar.advance(task)
+            results = ((i, _fit_one(*call)) for i, call in enumerate(calls))
+        for i, result in results:
+            s, k = todo[i]
+            write_shard(plan[s][2][k], FORMAT, result)
+            advance()
     return spec.out_dir
 
 

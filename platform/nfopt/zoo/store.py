@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from nfopt._shards import missing_shards as _missing
-from nfopt._shards import read_manifest, read_shard, shard_path, write_manifest
+from nfopt._shards import read_manifest, read_shard, shard_path, shard_progress, write_manifest
 from nfopt._shards import write_shard as _write
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import ZooSpec
@@ -64,35 +64,23 @@ def missing_shards(spec: ZooSpec) -> list[int]:
 
 def build_zoo(spec: ZooSpec, use_ray: bool = True, address: str | None = None, progress: bool = True) -> Path:
     """Train every missing shard (as Ray tasks, or in process) and write it; returns the zoo dir."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from nfopt.zoo.train import load_zoo_data, train_shard
 
     data = load_zoo_data(spec)
     _write_manifest(spec, data.input_shape[0], data.num_classes)
     todo = missing_shards(spec)
-    done = spec.num_shards - len(todo)
-    with Progress(
-        TextColumn(f"[bold]zoo {spec.name}[/bold]"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} shards"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not progress,
-    ) as bar:
-        task = bar.add_task("", total=spec.num_shards, completed=done)
+    with shard_progress(f"zoo {spec.name}", spec.num_shards, spec.num_shards - len(todo), progress) as advance:
         if use_ray and todo:
             from nfopt.cluster import init_ray
-            from nfopt.cluster.zoo import train_shards_ray
+            from nfopt.cluster.tasks import as_completed
 
             init_ray(address)
-            for shard, result in train_shards_ray(spec, todo):
-                write_shard(spec, shard, result)
-                bar.advance(task)
+            results = as_completed(train_shard, [(spec, k) for k in todo], spec.num_cpus)  # tasks load the data
         else:
-            for shard in todo:
-                write_shard(spec, shard, train_shard(spec, shard, data))
-                bar.advance(task)
+            results = ((i, train_shard(spec, k, data)) for i, k in enumerate(todo))
+        for i, result in results:
+            write_shard(spec, todo[i], result)
+            advance()
     return spec.out_dir
 
 
