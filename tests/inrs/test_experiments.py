@@ -17,8 +17,9 @@ SCALE = [1.0] * 6
 
 def test_nfn_classifier_predictions_are_invariant_to_hidden_permutations():
     torch.manual_seed(0)
-    model = NFNClassifier(SPEC, channels=4, layers=2, classes=3, scale=SCALE).eval()
-    assert_invariant(model, SPEC, 1, hidden_only=True)
+    for fourier in (0, 8):
+        model = NFNClassifier(SPEC, channels=4, layers=2, classes=3, scale=SCALE, fourier_features=fourier).eval()
+        assert_invariant(model, SPEC, 1, hidden_only=True)
 
 
 def test_the_flat_mlp_baseline_is_not_invariant():
@@ -38,8 +39,11 @@ def test_edits_and_editors():
     assert dilated.sum() == 9 and dilated[0, 0, 1:4, 1:4].eq(1).all()
     assert edit_images(torch.tensor([0.5, 0.8]), "contrast", 2.0).tolist() == [0.5, 1.0]
     for kind in ("nfn_np", "nfn_hnp", "nft"):
-        editor = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE)
-        assert_equivariant(editor, SPEC, 1, hidden_only=True)
+        for fourier in (0, 8):
+            editor = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE, fourier_features=fourier)
+            with torch.no_grad():
+                editor.gain.fill_(1.0)  # a trained editor (the untrained one is the identity)
+            assert_equivariant(editor, SPEC, 1, hidden_only=True)
     from nfopt.testing import random_features
 
     x = random_features(SPEC, 2, 1, torch.Generator().manual_seed(0)).map(torch.Tensor.float)

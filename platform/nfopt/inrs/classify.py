@@ -11,10 +11,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.experiments import finish_experiment
-from nfopt.inr import grid_coords
+from nfopt.inr import Siren, grid_coords
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import InrDataset, SplitData, load_inrs
-from nfopt.nn import Inr2ArrayAutoencoder, Inr2ArrayDecoder, Inr2ArrayEncoder, NFActivation, NPLinear, NPPool
+from nfopt.nn import (
+    FourierIOEncoding,
+    GaussianFourierFeatures,
+    Inr2ArrayAutoencoder,
+    Inr2ArrayDecoder,
+    Inr2ArrayEncoder,
+    NFActivation,
+    NPLinear,
+    NPPool,
+)
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
@@ -24,18 +33,36 @@ PAPER_ACCURACY = {"inr2array": 79.3, "nfn_np": 75.6, "dwsnets": 67.1, "mlp": 12.
 
 
 class NFNClassifier(nn.Module):
-    """NP layers with ReLU, NP pooling (invariant to every neuron permutation), an MLP head."""
+    """The NFN paper's invariant classifier: each weight scaled by its tensor's dataset std, Gaussian
+    Fourier features of every entry (SIREN weights carry the image in small, high-frequency-sensitive
+    moves), sinusoidal IO-neuron encodings, NP layers with ReLU, NP pooling, an MLP head.
 
-    def __init__(self, spec: NetworkSpec, channels: int, layers: int, classes: int, scale: list[float]) -> None:
+    ``x`` ``(B, 1, ...)`` -> logits ``(B, classes)``; invariant to hidden-neuron permutations (the IO
+    encoding ties the input and output neurons to their positions)."""
+
+    def __init__(
+        self,
+        spec: NetworkSpec,
+        channels: int,
+        layers: int,
+        classes: int,
+        scale: list[float],
+        fourier_features: int = 0,
+        fourier_scale: float = 1.0,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
+        self.fourier = GaussianFourierFeatures(1, fourier_features, fourier_scale) if fourier_features else None
+        c = self.fourier.out_channels if self.fourier is not None else 1
+        self.io = FourierIOEncoding(spec, c)
         mods: list[nn.Module] = []
-        c = 1
+        c = self.io.out_channels
         for _ in range(layers):
             mods += [NPLinear(spec, c, channels), NFActivation()]
             c = channels
         self.body, self.pool = nn.Sequential(*mods), NPPool(spec)
         self.head = nn.Sequential(
-            nn.Linear(self.pool.out_features(c), 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, classes)
+            nn.Linear(self.pool.out_features(c), 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, classes)
         )
         self.register_buffer("scale", torch.tensor(scale))
 
@@ -44,7 +71,9 @@ class NFNClassifier(nn.Module):
             [w / self.scale[2 * i] for i, w in enumerate(x.weights)],
             [b / self.scale[2 * i + 1] for i, b in enumerate(x.biases)],
         )
-        return self.head(self.pool(self.body(x)))
+        if self.fourier is not None:
+            x = self.fourier(x)  # (B, 1 + 2m, ...)
+        return self.head(self.pool(self.body(self.io(x))))
 
 
 class FlatMLP(nn.Module):
@@ -69,18 +98,35 @@ class FlatMLP(nn.Module):
 
 
 class LatentClassifier(nn.Module):
-    """A frozen Inr2Array encoder, then a transformer layer over the latent array and a linear head."""
+    """On a frozen Inr2Array encoder's latent arrays ``(B, M, D)``: a transformer layer over the
+    M latents, mean over them, a linear head -> ``(B, classes)``."""
 
-    def __init__(self, encoder: Inr2ArrayEncoder, latent_dim: int, classes: int) -> None:
+    def __init__(self, latent_dim: int, classes: int, dropout: float = 0.1) -> None:
         super().__init__()
-        self.encoder = encoder.requires_grad_(False)
-        self.mix = nn.TransformerEncoderLayer(latent_dim, 4, 2 * latent_dim, dropout=0.1, batch_first=True)
+        self.mix = nn.TransformerEncoderLayer(latent_dim, 4, 2 * latent_dim, dropout=dropout, batch_first=True)
         self.head = nn.Sequential(nn.LayerNorm(latent_dim), nn.Linear(latent_dim, classes))
 
-    def forward(self, x: WeightSpaceFeatures) -> torch.Tensor:
-        with torch.no_grad():
-            z = self.encoder.eval()(x)  # (B, num_latents, latent_dim)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.head(self.mix(z).mean(1))
+
+
+class _Latents:
+    """A split's INRs encoded once by a frozen (permutation-invariant) encoder: the
+    :class:`SplitData` interface over latent arrays, so augmentation is moot."""
+
+    def __init__(self, encoder: Inr2ArrayEncoder, data: SplitData, batch: int = 256) -> None:
+        encoder.eval()
+        with torch.no_grad():
+            self.z = torch.cat(
+                [encoder(data.features(torch.arange(i, min(i + batch, len(data))))) for i in range(0, len(data), batch)]
+            )  # (N, M, D)
+        self.labels = data.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def features(self, idx: torch.Tensor, augment: bool = False, generator=None) -> torch.Tensor:
+        return self.z[idx]
 
 
 def _scales(data: SplitData) -> list[float]:
@@ -92,23 +138,44 @@ def _batches(n: int, size: int, gen: torch.Generator):
     return [order[i : i + size] for i in range(0, n, size)]
 
 
-def _train_autoencoder(ds: InrDataset, spec: InrClassifySpec, train: SplitData, log) -> Inr2ArrayEncoder:
+def _train_autoencoder(
+    ds: InrDataset, spec: InrClassifySpec, train: SplitData, scale: list[float], log
+) -> Inr2ArrayEncoder:
+    """Inr2Array trained to reproduce each INR's rendering; the decoder's base weight space is a
+    SIREN initialisation (from an all-zero base a SIREN has no frequencies to start from)."""
     nspec = ds.network_spec
-    enc = Inr2ArrayEncoder(nspec, num_latents=spec.num_latents, latent_dim=spec.latent_dim, channels=spec.channels)
-    ae = Inr2ArrayAutoencoder(enc, Inr2ArrayDecoder(nspec, latent_dim=spec.latent_dim), w0=ds.w0)
+    enc = Inr2ArrayEncoder(
+        nspec,
+        num_latents=spec.num_latents,
+        latent_dim=spec.latent_dim,
+        channels=spec.channels,
+        num_blocks=spec.ae_blocks,
+        fourier_features=spec.fourier_features,
+        fourier_scale=spec.fourier_scale,
+        input_scale=scale,
+    )
+    arch = ds.architecture
+    base = WeightSpaceFeatures.from_modules([Siren(*_siren_args(arch))])
+    ae = Inr2ArrayAutoencoder(enc, Inr2ArrayDecoder(nspec, latent_dim=spec.latent_dim, base=base), w0=ds.w0)
     opt = torch.optim.AdamW(ae.parameters(), lr=spec.lr)
-    coords = grid_coords(*ds.architecture["image_shape"][1:])
+    coords = grid_coords(*arch["image_shape"][1:])
     gen = torch.Generator().manual_seed(spec.seed)
+    n = len(train) if spec.ae_max_train is None else min(spec.ae_max_train, len(train))
     for epoch in range(spec.ae_epochs):
         total = 0.0
-        for b in _batches(len(train), spec.batch_size, gen):
+        for b in _batches(n, spec.batch_size, gen):
             loss = ae.reconstruction_loss(train.features(b, spec.augment, gen), coords)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(b)
-        log(f"inr2array autoencoder epoch {epoch + 1}/{spec.ae_epochs}: render mse {total / len(train):.5f}")
+        log(f"inr2array autoencoder epoch {epoch + 1}/{spec.ae_epochs}: render mse {total / n:.5f}")
     return enc
+
+
+def _siren_args(arch: dict) -> tuple[int, int, int, int, float]:
+    widths = arch["widths"]
+    return widths[0], widths[1], len(widths) - 2, widths[-1], float(arch["w0"])
 
 
 def _fit_classifier(model: nn.Module, spec: InrClassifySpec, train: SplitData, name: str, log) -> nn.Module:
@@ -155,16 +222,27 @@ def run_classify(spec: InrClassifySpec, progress: bool = True) -> dict:
     for name in spec.models:
         torch.manual_seed(spec.seed)
         start = time.perf_counter()
+        train, test = ds.train, ds.test
         if name == "inr2array":
-            enc = _train_autoencoder(ds, spec, ds.train, console.print)
-            model: nn.Module = LatentClassifier(enc, spec.latent_dim, classes)
+            enc = _train_autoencoder(ds, spec, ds.train, scale, console.print)
+            train, test = _Latents(enc, ds.train), _Latents(enc, ds.test)
+            model: nn.Module = LatentClassifier(spec.latent_dim, classes, spec.dropout)
         elif name == "nfn_np":
-            model = NFNClassifier(nspec, spec.channels, spec.layers, classes, scale)
+            model = NFNClassifier(
+                nspec,
+                spec.channels,
+                spec.layers,
+                classes,
+                scale,
+                spec.fourier_features,
+                spec.fourier_scale,
+                spec.dropout,
+            )
         else:
             model = FlatMLP(nspec, classes, scale)
-        _fit_classifier(model, spec, ds.train, name, console.print)
+        _fit_classifier(model, spec, train, name, console.print)
         results[name] = {
-            "test_accuracy": accuracy(model, ds.test),
+            "test_accuracy": accuracy(model, test),
             "seconds": time.perf_counter() - start,
             "paper": PAPER_ACCURACY.get(name),
         }

@@ -63,6 +63,13 @@ class InrClassifySpec(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     channels: int = Field(default=32, gt=0)
     layers: int = Field(default=2, ge=1)
+    fourier_features: int = Field(
+        default=64, ge=0, description="NFN classifier: Gaussian Fourier features per weight entry (0: raw weights)"
+    )
+    fourier_scale: float = Field(default=1.0, gt=0, description="std of those features' frequencies")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout before the classifier heads' last layer")
+    ae_blocks: int = Field(default=2, ge=0, description="NFT blocks in the Inr2Array encoder")
+    ae_max_train: int | None = Field(default=None, gt=0, description="first N training INRs for the autoencoder")
     num_latents: int = Field(default=16, gt=0)
     latent_dim: int = Field(default=64, gt=0)
     max_train: int | None = Field(default=None, gt=0, description="first N training INRs (None: all)")
@@ -86,6 +93,10 @@ class InrEditSpec(_Strict):
     lr: float = Field(default=1e-3, gt=0)
     channels: int = Field(default=32, gt=0)
     layers: int = Field(default=3, ge=1)
+    fourier_features: int = Field(
+        default=32, ge=0, description="equivariant editors: Gaussian Fourier features per weight entry (0: none)"
+    )
+    fourier_scale: float = Field(default=1.0, gt=0, description="std of those features' frequencies")
     max_train: int | None = Field(default=None, gt=0)
     max_test: int | None = Field(default=None, gt=0)
     out: str = "runs/{name}"

@@ -97,9 +97,16 @@ class Inr2ArrayEncoder(nn.Module):
         fourier_features: int = 16,
         fourier_scale: float = 3.0,
         dropout: float = 0.0,
+        input_scale: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.spec, self.in_channels = spec, in_channels
+        # per-tensor divisors (w_1, b_1, w_2, ...), e.g. the dataset's stds, so that the Fourier
+        # features see every tensor at unit scale; None: raw values
+        scale = torch.ones(2 * spec.num_layers) if input_scale is None else torch.tensor(input_scale)
+        if scale.shape != (2 * spec.num_layers,):
+            raise ValueError(f"input_scale: need {2 * spec.num_layers} values (w_1, b_1, w_2, ...), got {len(scale)}")
+        self.register_buffer("input_scale", scale.float())
         self.num_latents, self.latent_dim = num_latents, latent_dim
         self.fourier = GaussianFourierFeatures(in_channels, fourier_features, fourier_scale)
         self.proj = Pointwise(spec, self.fourier.out_channels, channels)
@@ -114,6 +121,10 @@ class Inr2ArrayEncoder(nn.Module):
 
     def tokens(self, x: WeightSpaceFeatures) -> Tensor:
         """All weight and bias entries after the NFT blocks, as ``(B, T, D)`` tokens."""
+        s = self.input_scale
+        x = WeightSpaceFeatures(
+            [w / s[2 * i] for i, w in enumerate(x.weights)], [b / s[2 * i + 1] for i, b in enumerate(x.biases)]
+        )
         h = self.proj(self.fourier(x))
         e = self.layer_embed
         L = self.spec.num_layers
