@@ -56,3 +56,19 @@ def test_untrained_decoder_returns_base_and_autoencoder_learns():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_encoder_input_scale_divides_each_tensor_and_is_checked():
+    torch.manual_seed(0)
+    scale = [0.5, 2.0, 0.1, 1.0, 3.0, 0.2]
+    scaled = Inr2ArrayEncoder(SIREN, num_latents=4, latent_dim=16, channels=8, num_blocks=1, input_scale=scale)
+    raw = Inr2ArrayEncoder(SIREN, num_latents=4, latent_dim=16, channels=8, num_blocks=1)
+    raw.load_state_dict({k: v for k, v in scaled.state_dict().items() if k != "input_scale"}, strict=False)
+    x = random_features(SIREN, 2, 1, dtype=torch.float32)
+    pre = WeightSpaceFeatures(
+        [w / scale[2 * i] for i, w in enumerate(x.weights)], [b / scale[2 * i + 1] for i, b in enumerate(x.biases)]
+    )
+    torch.testing.assert_close(scaled(x), raw(pre))
+    assert_invariant(scaled, SIREN, in_channels=1, hidden_only=True)
+    with pytest.raises(ValueError, match="input_scale"):
+        Inr2ArrayEncoder(SIREN, input_scale=[1.0, 2.0])
