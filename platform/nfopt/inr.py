@@ -74,7 +74,8 @@ def render(features: WeightSpaceFeatures, coords: torch.Tensor, w0: float = 30.0
     h = coords if coords.ndim == 3 else coords.expand(features.batch_size, *coords.shape)
     last = len(features) - 1
     for i, (w, b) in enumerate(features):
-        h = torch.baddbmm(b[:, 0, None, :], h, w[:, 0].transpose(1, 2))  # (B, N, n_i)
-        if i < last:
-            h = torch.sin(w0 * h)
+        if i < last:  # sin(w0 (h W^T + b)), with w0 folded into the (small) weights, not the activations
+            h = torch.sin(torch.baddbmm(w0 * b[:, 0, None, :], h, w0 * w[:, 0].transpose(1, 2)))  # (B, N, n_i)
+        else:
+            h = torch.baddbmm(b[:, 0, None, :], h, w[:, 0].transpose(1, 2))  # (B, N, n_out)
     return h

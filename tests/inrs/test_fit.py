@@ -38,6 +38,18 @@ def test_siren_fitting_reconstructs_images(tmp_path):
     assert quality.mean() > q_short.mean() + 5
 
 
+def test_fitting_in_chunks_equals_fitting_all_at_once(tmp_path, monkeypatch):
+    import nfopt.inrs.fit as fit
+
+    spec = _spec(tmp_path, steps=10)
+    images, _ = labelled_images(spec.source, "train")
+    monkeypatch.setattr(fit, "CHUNK", 4)
+    chunked, q_chunked = fit_sirens(images[:10], spec, seed=1)
+    monkeypatch.setattr(fit, "CHUNK", 100)
+    whole, q_whole = fit_sirens(images[:10], spec, seed=1)
+    assert chunked.allclose(whole, atol=1e-6) and torch.allclose(q_chunked, q_whole)
+
+
 def test_dataset_format_resume_and_loading(tmp_path):
     spec = _spec(tmp_path)
     out = build_inrs(spec, use_ray=False, progress=False)

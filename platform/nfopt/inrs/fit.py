@@ -44,18 +44,37 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(mse)
 
 
+#: images fitted together inside one call: the activations of ~64 SIRENs on a 28x28 grid stay in
+#: cache; 500 at once ran 1.7-2.3x slower per image (measured on this machine's CPUs).
+CHUNK = 64
+
+
 def fit_sirens(images: torch.Tensor, spec: InrFitSpec, seed: int) -> tuple[WeightSpaceFeatures, torch.Tensor]:
     """Fit one SIREN per image ``(N, C, S, S)``; returns the fitted weights as one-channel
-    features ``(N, 1, ...)`` and each fit's PSNR ``(N,)``."""
+    features ``(N, 1, ...)`` and each fit's PSNR ``(N,)``. Every image has its own loss and Adam
+    state, so fitting in chunks of :data:`CHUNK` gives the same result as all at once."""
     n, c, h, w = images.shape
     torch.manual_seed(spec.seed if spec.shared_init else seed)
     nets = [Siren(2, spec.hidden, spec.hidden_layers, c, spec.w0) for _ in range(1 if spec.shared_init else n)]
-    feats = WeightSpaceFeatures.from_modules(nets)
+    init = WeightSpaceFeatures.from_modules(nets)
     if spec.shared_init:
-        feats = feats.map(lambda t: t.expand(n, *t.shape[1:]))
-    params = [t.clone().requires_grad_() for pair in feats for t in pair]
+        init = init.map(lambda t: t.expand(n, *t.shape[1:]))
     coords = grid_coords(h, w)
     target = images.flatten(2).transpose(1, 2)  # (N, H*W, C)
+    chunks = [slice(i, i + CHUNK) for i in range(0, n, CHUNK)]
+    fitted = WeightSpaceFeatures.stack(
+        [_fit_chunk(init.map(lambda t, c=c: t[c]), target[c], coords, spec) for c in chunks]
+    )
+    with torch.no_grad():
+        out = torch.cat([render(fitted.map(lambda t, c=c: t[c]), coords, spec.w0) for c in chunks])
+    return fitted, psnr(out.clamp(0, 1), target)
+
+
+def _fit_chunk(
+    init: WeightSpaceFeatures, target: torch.Tensor, coords: torch.Tensor, spec: InrFitSpec
+) -> WeightSpaceFeatures:
+    """Adam on ``sum_images mean_pixels (render - target)²`` from ``init`` ``(B, 1, ...)``."""
+    params = [t.clone().requires_grad_() for pair in init for t in pair]
     opt = torch.optim.Adam(params, lr=spec.lr)
 
     def current() -> WeightSpaceFeatures:
@@ -66,7 +85,4 @@ def fit_sirens(images: torch.Tensor, spec: InrFitSpec, seed: int) -> tuple[Weigh
         opt.zero_grad()
         loss.backward()
         opt.step()
-    with torch.no_grad():
-        fitted = current().map(torch.Tensor.detach)
-        out = render(fitted, coords, spec.w0)
-    return fitted, psnr(out.clamp(0, 1), target)
+    return current().map(torch.Tensor.detach)
