@@ -100,3 +100,29 @@ def test_unreachable_cluster_fails_fast():
     t0 = time.time()
     assert main(["submit", "jobs/smoke.yaml", "--address", f"http://127.0.0.1:{free_port()}"]) == 4
     assert time.time() - t0 < 10
+
+
+def test_submit_waits_for_the_job_agent_and_not_for_other_errors(monkeypatch):
+    import nfopt.cluster.submit as sub
+
+    class Fake:
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def submit_job(self, **kw):
+            self.calls += 1
+            if self.errors:
+                raise RuntimeError(self.errors.pop(0))
+            assert "nfopt.cli run" in kw["entrypoint"]
+            return "raysubmit_1"
+
+    monkeypatch.setattr(sub.time, "sleep", lambda s: None)
+    busy = "Request failed with status code 500: No available agent to submit job, please try again later.."
+    fake = Fake([busy, busy])
+    monkeypatch.setattr(sub, "client", lambda address: fake)
+    assert sub.submit("http://x", "jobs/smoke.yaml") == "raysubmit_1" and fake.calls == 3
+    fake = Fake(["Request failed with status code 400: bad runtime_env"])
+    monkeypatch.setattr(sub, "client", lambda address: fake)
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        sub.submit("http://x", "jobs/smoke.yaml")
+    assert fake.calls == 1

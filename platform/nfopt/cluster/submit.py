@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,12 +41,29 @@ def client(address: str):
     return JobSubmissionClient(address)
 
 
-def submit(address: str, job: str, tune: bool = False, working_dir: str | Path = ".") -> str:
+def submit(
+    address: str, job: str, tune: bool = False, working_dir: str | Path = ".", agent_wait_s: float = 60.0
+) -> str:
     """Submit ``nfopt run|tune JOB`` with ``working_dir`` (the repository: ``tasks/``,
-    ``jobs/``, ``platform/``) as the runtime environment; returns the job id."""
+    ``jobs/``, ``platform/``) as the runtime environment; returns the job id.
+
+    Right after a head starts, its dashboard answers before a job agent has registered ("No
+    available agent to submit job"); that answer is retried for up to ``agent_wait_s`` seconds."""
     command = "tune" if tune else "run"
     entrypoint = f"PYTHONPATH=platform python -m nfopt.cli {command} {shlex.quote(str(job))}"
-    return client(address).submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(working_dir), "excludes": EXCLUDES, "env_vars": {"PYTHONPATH": "platform"}},
-    )
+    jobs = client(address)
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return jobs.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={
+                    "working_dir": str(working_dir),
+                    "excludes": EXCLUDES,
+                    "env_vars": {"PYTHONPATH": "platform"},
+                },
+            )
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
