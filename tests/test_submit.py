@@ -25,6 +25,18 @@ def free_port() -> int:
 @pytest.fixture
 def ray_head(tmp_path):
     port, dash = free_port(), free_port()
+    # every port Ray would otherwise take at its default, so that another Ray instance on this
+    # machine (e.g. a local run holding the dashboard agent's 52365) cannot starve this head
+    agent_ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     cmd = [
@@ -38,6 +50,7 @@ def ray_head(tmp_path):
         f"--dashboard-port={dash}",
         "--num-cpus=2",
         "--include-dashboard=true",
+        *agent_ports,
         f"--temp-dir={tempfile.mkdtemp(prefix='nfr', dir='/tmp')}",  # short: Unix socket paths are limited
     ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -126,3 +139,7 @@ def test_submit_waits_for_the_job_agent_and_not_for_other_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="bad runtime_env"):
         sub.submit("http://x", "jobs/smoke.yaml")
     assert fake.calls == 1
+    fake = Fake([busy] * 5)
+    monkeypatch.setattr(sub, "client", lambda address: fake)
+    with pytest.raises(RuntimeError, match="dashboard-agent-listen-port"):
+        sub.submit("http://x", "jobs/smoke.yaml", agent_wait_s=0)

@@ -64,6 +64,12 @@ def submit(
                 },
             )
         except RuntimeError as err:
-            if "No available agent" not in str(err) or time.monotonic() > deadline:
+            if "No available agent" not in str(err):
                 raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{err} The head at {address} registered no job agent within {agent_wait_s:.0f} s: "
+                    "if another Ray instance runs on that machine, start the head with its own "
+                    "--dashboard-agent-listen-port (the default, 52365, may be taken)."
+                ) from None
             time.sleep(1.0)
