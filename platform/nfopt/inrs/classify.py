@@ -129,10 +129,6 @@ class _Latents:
         return self.z[idx]
 
 
-def _scales(data: SplitData) -> list[float]:
-    return [float(t.std()) for pair in zip(data.weights, data.biases) for t in pair]
-
-
 def _batches(n: int, size: int, gen: torch.Generator):
     order = torch.randperm(n, generator=gen)
     return [order[i : i + size] for i in range(0, n, size)]
@@ -217,7 +213,7 @@ def run_classify(spec: InrClassifySpec, progress: bool = True) -> dict:
     console = Console(stderr=True, quiet=not progress)
     ds = load_inrs(spec.inrs, {"train": spec.max_train})
     classes = int(ds.train.labels.max()) + 1
-    nspec, scale = ds.network_spec, _scales(ds.train)
+    nspec, scale = ds.network_spec, ds.train.stds()
     results = {}
     for name in spec.models:
         torch.manual_seed(spec.seed)

@@ -139,7 +139,7 @@ def run_edit(spec: InrEditSpec, progress: bool = True) -> dict:
         s: edit_images(ds.images(s, torch.arange(len(getattr(ds, s)))), spec.edit, spec.contrast)
         for s in ("train", "test")
     }
-    scale = [float(t.std()) for pair in zip(ds.train.weights, ds.train.biases) for t in pair]
+    scale = ds.train.stds()
     results, examples = {}, {}
     show = torch.arange(min(8, len(ds.test)))
     for kind in spec.models:

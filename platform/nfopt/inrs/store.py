@@ -107,6 +107,10 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def stds(self) -> list[float]:
+        """Each tensor's std over the split, ``[w_1, b_1, w_2, ...]``: the models' input scales."""
+        return [float(t.std()) for pair in zip(self.weights, self.biases) for t in pair]
+
     def features(self, idx: torch.Tensor, augment: bool = False, generator=None) -> WeightSpaceFeatures:
         """INRs ``idx`` as ``(B, 1, ...)`` features; ``augment``: random hidden permutations."""
         f = WeightSpaceFeatures([w[idx].unsqueeze(1) for w in self.weights], [b[idx].unsqueeze(1) for b in self.biases])
