@@ -58,7 +58,12 @@ def test_dataset_format_resume_and_loading(tmp_path):
     shard = torch.load(out / "train" / "shard_00000.pt", weights_only=True)
     assert shard["weights"][0].shape == (5, 32, 2) and shard["labels"].shape == (5,)
     first = shard["weights"][0].clone()
+    assert manifest["shards"] == {"train": 3, "test": 2}
     (out / "train" / "shard_00001.pt").unlink()  # lost mid-build
+    with pytest.raises(
+        FileNotFoundError, match=r"1 of 3 shards not fitted yet \(first: shard_00001.pt\).*nfopt inr fit"
+    ):
+        load_inrs(out)  # an unfinished dataset is never loaded in part
     (out / "test" / "shard_00000.pt").write_bytes(b"torn")
     build_inrs(spec, use_ray=False, progress=False)
     ds = load_inrs(out)

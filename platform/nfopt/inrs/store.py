@@ -1,8 +1,9 @@
 """INR datasets (format ``nfopt.inrs/1``): a directory with ``inrs.json`` (format, the fit spec,
-the SIREN architecture and ``w0``) and per split ``train/shard_00000.pt``, ... each
+the SIREN architecture and ``w0``, the number of shards per split) and per split ``train/shard_00000.pt``, ... each
 ``weights_only``-loadable: ``{"format", "split", "shard", "weights": [(n, out, in)], "biases":
 [(n, out)], "labels": (n,), "index": (n,) image index in the split, "psnr": (n,)}``. Shards are
-written atomically when complete; a build resumes by fitting only the missing ones."""
+written atomically when complete; a build resumes by fitting only the missing ones, and loading
+an unfinished dataset fails, naming the fix."""
 
 from __future__ import annotations
 
@@ -60,7 +61,9 @@ def build_inrs(spec: InrFitSpec, use_ray: bool = True, address: str | None = Non
     image_shape = list(plan["train"][0].shape[1:])
     widths = [2] + [spec.hidden] * spec.hidden_layers + [image_shape[0]]
     arch = {"kind": "siren", "widths": widths, "w0": spec.w0, "image_shape": image_shape}
-    write_manifest(spec.out_dir / "inrs.json", {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch})
+    shards = {s: len(p[2]) for s, p in plan.items()}
+    manifest = {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch, "shards": shards}
+    write_manifest(spec.out_dir / "inrs.json", manifest)
     todo = [(split, k) for split in SPLITS for k in missing_shards(plan[split][2], FORMAT)]
     total = sum(len(p[2]) for p in plan.values())
     with shard_progress(f"INRs {spec.name}", total, total - len(todo), progress) as advance:
@@ -144,11 +147,17 @@ def load_inrs(path: str | Path, limit: dict[str, int | None] | None = None) -> I
     manifest = read_manifest(
         path / "inrs.json", FORMAT, "an INR dataset", "fit one with `nfopt inr fit jobs/inr_*.yaml`"
     )
+    spec = InrFitSpec.model_validate(manifest["spec"])
+    counts = manifest.get("shards") or {s: len(p[2]) for s, p in _plan(spec).items()}  # older manifests
     splits = {}
     for split in SPLITS:
-        files = sorted((path / split).glob("shard_*.pt"))
-        if not files:
-            raise FileNotFoundError(f"{path / split}: no shards; run `nfopt inr fit` on its spec to fit them")
+        files = [shard_path(path, k, split) for k in range(counts[split])]
+        absent = [f.name for f in files if not f.exists()]
+        if absent:
+            raise FileNotFoundError(
+                f"{path / split}: {len(absent)} of {len(files)} shards not fitted yet (first: {absent[0]}); "
+                f"run `nfopt inr fit` on the spec of {spec.name!r} to finish it (it resumes)"
+            )
         shards = [read_shard(f, FORMAT) for f in files]
         cat = {k: torch.cat([s[k] for s in shards]) for k in ("labels", "index", "psnr")}
         ws = [torch.cat([s["weights"][i] for s in shards]) for i in range(len(shards[0]["weights"]))]
@@ -157,6 +166,4 @@ def load_inrs(path: str | Path, limit: dict[str, int | None] | None = None) -> I
         if n is not None:
             ws, bs, cat = [w[:n] for w in ws], [b[:n] for b in bs], {k: v[:n] for k, v in cat.items()}
         splits[split] = SplitData(ws, bs, **cat)
-    from nfopt.inrs.spec import InrFitSpec as _Spec
-
-    return InrDataset(_Spec.model_validate(manifest["spec"]), manifest["architecture"], **splits)
+    return InrDataset(spec, manifest["architecture"], **splits)
