@@ -105,6 +105,14 @@ def test_missing_zoo_names_the_fix(tmp_path):
         store.load_zoo(tmp_path / "nowhere")
 
 
+def test_unfinished_zoo_is_not_loaded_in_part(tmp_path):
+    spec = tiny(tmp_path, runs=10, shard_size=5)
+    out = store.build_zoo(spec, use_ray=False, progress=False)
+    (out / "shards" / "shard_00001.pt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of 2 shards not built yet \(first: shard_00001.pt\).*nfopt zoo"):
+        store.load_zoo(out)
+
+
 @pytest.mark.parametrize(
     ("over", "field"),
     [({"save_epochs": [9]}, "save_epochs"), ({"space": {"dropout": {"low": 0.2, "high": 1.5}}}, "dropout")],

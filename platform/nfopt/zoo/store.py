@@ -140,15 +140,20 @@ class Zoo:
 
 
 def load_zoo(path: str | Path) -> Zoo:
-    """Load every shard of the zoo at ``path`` (errors name the file and the fix)."""
+    """Load every shard of the zoo at ``path``; a missing manifest or an unfinished build raises an
+    error naming the fix (a zoo is never loaded in part)."""
     path = Path(path)
     manifest = read_manifest(
         path / "zoo.json", FORMAT, "a zoo directory", "build one with `nfopt zoo jobs/zoo_small.yaml`"
     )
     spec = ZooSpec.model_validate(manifest["spec"])
-    shards = sorted((path / "shards").glob("shard_*.pt"))
-    if not shards:
-        raise FileNotFoundError(f"{path}/shards: no shards yet; run `nfopt zoo` on its spec to build them")
+    shards = [shard_path(path, k) for k in range(spec.num_shards)]
+    absent = [f.name for f in shards if not f.exists()]
+    if absent:
+        raise FileNotFoundError(
+            f"{path}/shards: {len(absent)} of {len(shards)} shards not built yet (first: {absent[0]}); "
+            f"run `nfopt zoo` on the spec of {spec.name!r} to finish it (it resumes)"
+        )
     params: dict[str, list] = {}
     cols: dict[str, list] = {k: [] for k in ("run", "epoch", "train_acc", "test_acc", "test_loss")}
     hparams = {}
