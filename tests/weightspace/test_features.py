@@ -133,3 +133,13 @@ def test_pytree_round_trip():
     leaves, tree = pytree.tree_flatten(f)
     assert len(leaves) == 4
     assert pytree.tree_unflatten(leaves, tree).allclose(f, rtol=0, atol=0)
+
+
+def test_scale_tensors_scales_each_tensor_by_its_own_value():
+    spec = NetworkSpec.mlp([3, 4, 2])
+    x = WeightSpaceFeatures.randn(spec, batch_size=2)
+    y = x.scale_tensors(torch.tensor([2.0, 3.0, 4.0, 5.0]))
+    for (w, b), (yw, yb), (sw, sb) in zip(x, y, [(2.0, 3.0), (4.0, 5.0)]):
+        assert torch.equal(yw, w * sw) and torch.equal(yb, b * sb)
+    with pytest.raises(ValueError, match="scales: need 4 values"):
+        x.scale_tensors([1.0, 2.0])

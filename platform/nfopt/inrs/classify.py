@@ -67,10 +67,7 @@ class NFNClassifier(nn.Module):
         self.register_buffer("scale", torch.tensor(scale))
 
     def forward(self, x: WeightSpaceFeatures) -> torch.Tensor:
-        x = WeightSpaceFeatures(
-            [w / self.scale[2 * i] for i, w in enumerate(x.weights)],
-            [b / self.scale[2 * i + 1] for i, b in enumerate(x.biases)],
-        )
+        x = x.scale_tensors(1 / self.scale)
         if self.fourier is not None:
             x = self.fourier(x)  # (B, 1 + 2m, ...)
         return self.head(self.pool(self.body(self.io(x))))
@@ -91,10 +88,7 @@ class FlatMLP(nn.Module):
         self.register_buffer("scale", torch.tensor(scale))
 
     def forward(self, x: WeightSpaceFeatures) -> torch.Tensor:
-        parts = []
-        for i, (w, b) in enumerate(x):
-            parts += [w.flatten(1) / self.scale[2 * i], b.flatten(1) / self.scale[2 * i + 1]]
-        return self.net(torch.cat(parts, 1))
+        return self.net(x.scale_tensors(1 / self.scale).flatten()[:, 0])  # (B, 1, N) -> (B, N)
 
 
 class LatentClassifier(nn.Module):

@@ -89,10 +89,7 @@ class Editor(nn.Module):
         self.gain = nn.Parameter(torch.zeros(()))  # ReZero: the untrained editor is exactly the identity
 
     def _scaled(self, x: WeightSpaceFeatures, inverse: bool) -> WeightSpaceFeatures:
-        s = self.scale if inverse else 1 / self.scale
-        return WeightSpaceFeatures(
-            [w * s[2 * i] for i, w in enumerate(x.weights)], [b * s[2 * i + 1] for i, b in enumerate(x.biases)]
-        )
+        return x.scale_tensors(self.scale if inverse else 1 / self.scale)
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         z = self._scaled(x, inverse=False)

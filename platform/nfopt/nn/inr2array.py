@@ -121,10 +121,7 @@ class Inr2ArrayEncoder(nn.Module):
 
     def tokens(self, x: WeightSpaceFeatures) -> Tensor:
         """All weight and bias entries after the NFT blocks, as ``(B, T, D)`` tokens."""
-        s = self.input_scale
-        x = WeightSpaceFeatures(
-            [w / s[2 * i] for i, w in enumerate(x.weights)], [b / s[2 * i + 1] for i, b in enumerate(x.biases)]
-        )
+        x = x.scale_tensors(1 / self.input_scale)
         h = self.proj(self.fourier(x))
         e = self.layer_embed
         L = self.spec.num_layers

@@ -159,6 +159,18 @@ class WeightSpaceFeatures:
         """Apply ``fn`` to every weight and bias tensor."""
         return WeightSpaceFeatures(tuple(fn(w) for w in self.weights), tuple(fn(b) for b in self.biases))
 
+    def scale_tensors(self, scales: Sequence[float] | Tensor) -> WeightSpaceFeatures:
+        """Multiply each tensor by its own scalar: ``scales`` holds ``2 L`` values in the order
+        ``(w_1, b_1, w_2, b_2, ...)`` (e.g. the inverse of per-tensor dataset stds)."""
+        if len(scales) != 2 * len(self):
+            raise ValueError(
+                f"scales: need {2 * len(self)} values (w_1, b_1, w_2, ...) for {len(self)} layers, got {len(scales)}"
+            )
+        return WeightSpaceFeatures(
+            tuple(w * scales[2 * i] for i, w in enumerate(self.weights)),
+            tuple(b * scales[2 * i + 1] for i, b in enumerate(self.biases)),
+        )
+
     def _zip(self, other: WeightSpaceFeatures | Tensor | float, fn) -> WeightSpaceFeatures:
         if isinstance(other, WeightSpaceFeatures):
             if len(other) != len(self):
