@@ -22,6 +22,11 @@ def test_cifar_loader_on_pickles_in_the_real_format(tmp_path):
     d = load_cifar10(tmp_path, size=16)
     assert d.x_train.shape == (20, 3, 16, 16) and d.x_test.shape == (4, 3, 16, 16)
     assert d.y_train.dtype.is_floating_point is False and d.num_classes == 10
+    raw = load_cifar10(tmp_path, size=None, standardized=False)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "rb") as f:
+        first = pickle.load(f)[b"data"][0]
+    assert raw.x_test.shape == (4, 3, 32, 32) and float(raw.x_test.min()) >= 0 and float(raw.x_test.max()) <= 1
+    assert np.allclose(raw.x_test[0].numpy().reshape(-1) * 255, first)  # channel-major, like the pickle rows
 
 
 def test_cifar_corrupt_and_missing(tmp_path, monkeypatch):

@@ -37,7 +37,9 @@ def test_edits_and_editors():
     img[0, 0, 2, 2] = 1.0
     dilated = edit_images(img, "dilate")
     assert dilated.sum() == 9 and dilated[0, 0, 1:4, 1:4].eq(1).all()
-    assert edit_images(torch.tensor([0.5, 0.8]), "contrast", 2.0).tolist() == [0.5, 1.0]
+    assert edit_images(torch.tensor([0.5, 0.8]), "linear_contrast", 2.0).tolist() == [0.5, 1.0]
+    low = 0.45 + 0.1 * torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert edit_images(low, "contrast").std() > low.std()  # CLAHE, the papers' colour edit
     for kind in ("nfn_np", "nfn_hnp", "nft"):
         for fourier in (0, 8):
             editor = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE, fourier_features=fourier)

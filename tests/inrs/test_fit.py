@@ -91,3 +91,41 @@ def test_hidden_permutations_change_weights_not_the_rendered_image(tmp_path):
 def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="nfopt inr fit"):
         load_inrs(tmp_path)
+
+
+def test_colour_sources_fit_three_channel_sirens_and_take_the_contrast_edit(tmp_path):
+    from nfopt.inrs.edit import run_edit
+    from nfopt.inrs.spec import InrEditSpec
+    from tests.data.test_cifar import write_batches
+
+    write_batches(tmp_path / "cifar", n=3)
+    x, y = labelled_images(
+        InrFitSpec.model_validate(
+            {"name": "c", "source": {"name": "cifar10", "root": str(tmp_path / "cifar"), "size": 8}}
+        ).source,
+        "test",
+    )
+    assert x.shape == (3, 3, 8, 8) and y.shape == (3,) and 0 <= float(x.min()) and float(x.max()) <= 1
+
+    patches = {"name": "photo_patches", "size": 8, "crop": 32, "train_limit": 6, "test_limit": 4}
+    spec = _spec(tmp_path, source=patches, hidden=16, steps=20, shard_size=6)
+    out = build_inrs(spec, use_ray=False, progress=False)
+    arch = json.loads((out / "inrs.json").read_text())["architecture"]
+    assert arch["widths"] == [2, 16, 16, 3] and arch["image_shape"] == [3, 8, 8]
+    edit = InrEditSpec.model_validate(
+        {
+            "name": "e",
+            "inrs": str(out),
+            "edit": "contrast",
+            "models": ["nfn_np", "mlp"],
+            "epochs": 1,
+            "channels": 4,
+            "layers": 1,
+            "fourier_features": 4,
+            "out": str(tmp_path / "e"),
+            "tracking": False,
+        }
+    )
+    res = run_edit(edit, progress=False)
+    assert res["edit"] == "contrast" and res["unedited_mse"] > 0
+    assert all(r["test_mse"] >= 0 and r["paper_dilation"] is None for r in res["results"].values())

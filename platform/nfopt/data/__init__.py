@@ -8,21 +8,26 @@ from __future__ import annotations
 from nfopt.data.base import Dataset, resize_images, standardize
 from nfopt.data.cifar import load_cifar10
 from nfopt.data.idx import DataNotFoundError, load_fashion_mnist, load_mnist, read_idx
-from nfopt.data.synthetic import inr_images, load_digits, load_mnist1d, teacher_student
+from nfopt.data.image import clahe, lab_to_rgb, rgb_to_lab
+from nfopt.data.synthetic import inr_images, load_digits, load_mnist1d, photo_patches, teacher_student
 
 __all__ = [
     "DATASETS",
     "DataNotFoundError",
     "Dataset",
+    "clahe",
     "inr_images",
+    "lab_to_rgb",
     "load_cifar10",
     "load_dataset",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
     "load_mnist1d",
+    "photo_patches",
     "read_idx",
     "resize_images",
+    "rgb_to_lab",
     "standardize",
     "teacher_student",
 ]

@@ -35,8 +35,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
-def load_cifar10(data_dir: str | Path | None = None, size: int | None = 32) -> Dataset:
-    """CIFAR-10 ``(N, 3, size, size)``, standardized, 10 classes. Looks in ``data_dir``,
+def load_cifar10(data_dir: str | Path | None = None, size: int | None = 32, standardized: bool = True) -> Dataset:
+    """CIFAR-10 ``(N, 3, size, size)``, standardized (else pixels in [0, 1]), 10 classes. Looks in ``data_dir``,
     ``data_dir/cifar-10-batches-py``, ``$NFOPT_DATA_DIR/cifar-10-batches-py`` and ``$NFOPT_DATA_DIR``."""
     candidates = []
     if data_dir is not None:
@@ -50,7 +50,9 @@ def load_cifar10(data_dir: str | Path | None = None, size: int | None = 32) -> D
             te = _read_batch(d / _TEST[0])
             x_tr = torch.from_numpy(np.concatenate([x for x, _ in tr]).astype(np.float32) / 255.0)
             x_te = torch.from_numpy(te[0].astype(np.float32) / 255.0)
-            x_tr, x_te = standardize(resize_images(x_tr, size), resize_images(x_te, size))
+            x_tr, x_te = resize_images(x_tr, size), resize_images(x_te, size)
+            if standardized:
+                x_tr, x_te = standardize(x_tr, x_te)
             y_tr = torch.from_numpy(np.concatenate([y for _, y in tr]))
             return Dataset("cifar10", x_tr, y_tr, x_te, torch.from_numpy(te[1]), 10)
     raise DataNotFoundError(

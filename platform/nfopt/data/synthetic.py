@@ -8,7 +8,7 @@ from torch import nn
 
 from nfopt.data.base import Dataset, resize_images, standardize
 
-__all__ = ["inr_images", "load_digits", "load_mnist1d", "teacher_student"]
+__all__ = ["inr_images", "load_digits", "load_mnist1d", "photo_patches", "teacher_student"]
 
 
 def load_digits(size: int | None = 8, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
@@ -96,3 +96,24 @@ def inr_images(source: str = "digits", size: int = 28, limit: int | None = None,
         raise ValueError(f"source={source!r}: use 'digits', 'fashion_mnist' or 'sklearn_samples'")
     x = x[:limit]
     return resize_images(x, size).clamp(0.0, 1.0)
+
+
+def photo_patches(n: int, crop: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random ``crop`` x ``crop`` colour patches ``(n, 3, crop, crop)`` in [0, 1] of the two
+    photographs bundled with scikit-learn, half from each, labelled 0 (china.jpg) or 1 (flower.jpg).
+    Training patches lie in the left three quarters of each photo, test patches in the right
+    quarter, so the splits share no pixels."""
+    from sklearn.datasets import load_sample_images
+
+    photos = torch.from_numpy(np.stack(load_sample_images().images)).permute(0, 3, 1, 2).float() / 255
+    h, w = photos.shape[-2:]
+    cut = 3 * w // 4
+    lo, hi = (0, cut - crop) if split == "train" else (cut, w - crop)
+    if hi < lo or crop > h:
+        raise ValueError(f"crop={crop}: too large for the {h}x{w} photos' {split} region; use a smaller crop")
+    g = torch.Generator().manual_seed(seed)
+    label = torch.arange(n) % 2
+    top = torch.randint(0, h - crop + 1, (n,), generator=g)
+    left = torch.randint(lo, hi + 1, (n,), generator=g)
+    x = torch.stack([photos[k, :, t : t + crop, s : s + crop] for k, t, s in zip(label, top, left)])
+    return x, label

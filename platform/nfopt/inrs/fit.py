@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from nfopt.data import resize_images
+from nfopt.data.synthetic import photo_patches
 from nfopt.inr import Siren, grid_coords, render
 from nfopt.inrs.spec import InrFitSpec, InrSourceSpec
 from nfopt.weightspace import WeightSpaceFeatures
@@ -24,6 +25,14 @@ def labelled_images(source: InrSourceSpec, split: str) -> tuple[torch.Tensor, to
         y = torch.from_numpy(d.target).long()
         cut = 1500  # the same first-1500 / rest split as nfopt.data's digits
         x, y = (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
+    elif source.name == "photo_patches":
+        n = (source.train_limit or 5000) if split == "train" else (source.test_limit or 1000)
+        x, y = photo_patches(n, source.crop, split, seed=0 if split == "train" else 1)
+    elif source.name == "cifar10":
+        from nfopt.data.cifar import load_cifar10
+
+        d = load_cifar10(source.root, size=None, standardized=False)
+        x, y = (d.x_train, d.y_train) if split == "train" else (d.x_test, d.y_test)
     else:
         from nfopt.data.idx import load_fashion_mnist, load_mnist
 

@@ -19,11 +19,20 @@ class _Strict(BaseModel):
 
 
 class InrSourceSpec(_Strict):
-    name: Literal["fashion_mnist", "mnist", "digits"] = "fashion_mnist"
+    """The images to fit: grey ``fashion_mnist``/``mnist`` (IDX files) and ``digits`` (sklearn);
+    colour ``cifar10`` (python pickle batches) and ``photo_patches`` (square crops of the two
+    colour photographs bundled with scikit-learn, labelled by photo: always available offline)."""
+
+    name: Literal["fashion_mnist", "mnist", "digits", "cifar10", "photo_patches"] = "fashion_mnist"
     size: int = Field(default=28, gt=0, description="image side the INRs are fitted at")
-    root: str | None = Field(default=None, description="directory with IDX files (default: the usual places)")
-    train_limit: int | None = Field(default=None, gt=0, description="first N training images (None: all)")
-    test_limit: int | None = Field(default=None, gt=0, description="first N test images (None: all)")
+    root: str | None = Field(default=None, description="directory with IDX / CIFAR files (default: the usual places)")
+    train_limit: int | None = Field(
+        default=None, gt=0, description="first N training images (None: all; photo_patches: 5000)"
+    )
+    test_limit: int | None = Field(
+        default=None, gt=0, description="first N test images (None: all; photo_patches: 1000)"
+    )
+    crop: int = Field(default=64, gt=0, description="photo_patches: side of the crops, resized to `size`")
 
 
 class InrFitSpec(_Strict):
@@ -85,8 +94,14 @@ class InrEditSpec(_Strict):
     experiment: Literal["inr_edit"] = "inr_edit"
     name: str
     inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
-    edit: Literal["dilate", "contrast"] = "dilate"
-    contrast: float = Field(default=1.5, gt=0, description="contrast factor around 0.5 (edit: contrast)")
+    edit: Literal["dilate", "contrast", "linear_contrast"] = Field(
+        default="dilate",
+        description="dilate: 3x3 grey dilation; contrast: CLAHE (on CIE-LAB lightness for colour images, the NFN "
+        "paper's edit); linear_contrast: scale around 0.5 by `contrast`",
+    )
+    contrast: float = Field(default=1.5, gt=0, description="contrast factor around 0.5 (edit: linear_contrast)")
+    clahe_clip: float = Field(default=1.0, gt=0, description="CLAHE clip limit (edit: contrast)")
+    clahe_tiles: int = Field(default=3, ge=1, description="CLAHE tiles per side (edit: contrast)")
     models: list[Literal["nfn_np", "nfn_hnp", "nft", "mlp"]] = ["nfn_np", "nfn_hnp", "mlp"]
     epochs: int = Field(default=20, gt=0)
     batch_size: int = Field(default=64, gt=0)
