@@ -6,7 +6,7 @@ import torch
 
 from nfopt.cli import main
 from nfopt.inrs.classify import FlatMLP, NFNClassifier
-from nfopt.inrs.edit import Editor, edit_images
+from nfopt.inrs.edit import Editor, edit_images, edit_loss
 from nfopt.testing import assert_equivariant, assert_invariant
 from nfopt.weightspace import NetworkSpec
 from tests.helpers import shipped_job
@@ -68,3 +68,32 @@ def test_inr_jobs_end_to_end(tmp_path, capsys):
     assert set(res) == {"nfn_np", "nfn_hnp", "nft", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())
     assert (tmp_path / "e" / "edits.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["inr", "edit", shipped_job(tmp_path, "inr_tiny", out=str(inrs))]) == 2  # wrong experiment kind
+
+
+def test_the_editing_loss():
+    from nfopt.inr import Siren, grid_coords, render
+    from nfopt.inrs.store import permute_hidden
+    from nfopt.weightspace import WeightSpaceFeatures
+
+    torch.manual_seed(0)
+    x = WeightSpaceFeatures.from_modules([Siren(2, 8, 2, 1, 30.0) for _ in range(4)])
+    spec, shape = x.spec, [1, 6, 6]
+    inr = render(x, grid_coords(6, 6), 30.0).transpose(1, 2).reshape(4, 1, 6, 6)
+    target = edit_images(inr.clamp(0, 1), "dilate")
+    editor = Editor("nfn_np", spec, channels=8, layers=2, scale=[1.0] * 6)
+    # the untrained editor is the identity: its loss is the unedited INR's error against the edit
+    torch.testing.assert_close(edit_loss(editor, x, target, shape, 30.0), (inr - target).square().flatten(1).mean(1))
+    with torch.no_grad():
+        editor.gain.fill_(0.5)
+    # an equivariant editor's loss does not depend on how the INRs' hidden neurons are ordered
+    perm = permute_hidden(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(edit_loss(editor, perm, target, shape, 30.0), edit_loss(editor, x, target, shape, 30.0))
+    # and it is what training lowers
+    opt = torch.optim.Adam(editor.parameters(), lr=3e-3)
+    first = edit_loss(editor, x, target, shape, 30.0).mean().item()
+    for _ in range(40):
+        loss = edit_loss(editor, x, target, shape, 30.0).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first

@@ -20,7 +20,7 @@ from nfopt.inrs.store import load_inrs
 from nfopt.nn import FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["PAPER_DILATION_MSE", "Editor", "edit_images", "run_edit"]
+__all__ = ["PAPER_DILATION_MSE", "Editor", "edit_images", "edit_loss", "run_edit"]
 
 #: Dilation MSE on MNIST INRs reported by the NFN / NFT papers (images normalised to [-1, 1]).
 PAPER_DILATION_MSE = {"nfn_np": 0.068, "nfn_hnp": 0.070, "mlp": 0.306, "nft": 0.051}
@@ -113,6 +113,15 @@ def _render_images(x: WeightSpaceFeatures, shape: list[int], w0: float) -> torch
     return render(x, grid_coords(h, w), w0).transpose(1, 2).reshape(-1, c, h, w)
 
 
+def edit_loss(
+    editor: nn.Module, x: WeightSpaceFeatures, target: torch.Tensor, shape: list[int], w0: float
+) -> torch.Tensor:
+    """Per-INR editing loss ``(B,)``: mean squared error between the rendering of the edited INRs
+    ``editor(x)`` (``x`` ``(B, 1, ...)`` SIREN weights, images ``shape`` = ``(C, H, W)``) and the
+    edited images ``target`` ``(B, C, H, W)``."""
+    return (_render_images(editor(x), shape, w0) - target).square().flatten(1).mean(1)
+
+
 def _grid(rows: list[torch.Tensor], names: list[str], path) -> None:
     import matplotlib
 
@@ -162,8 +171,7 @@ def run_edit(spec: InrEditSpec, progress: bool = True) -> dict:
             order = torch.randperm(len(ds.train), generator=gen)
             for i in range(0, len(order), spec.batch_size):
                 b = order[i : i + spec.batch_size]
-                out = _render_images(editor(ds.train.features(b)), shape, ds.w0)
-                loss = (out - targets["train"][b]).square().mean()
+                loss = edit_loss(editor, ds.train.features(b), targets["train"][b], shape, ds.w0).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -173,8 +181,7 @@ def run_edit(spec: InrEditSpec, progress: bool = True) -> dict:
             mse = []
             for i in range(0, len(ds.test), 256):
                 idx = torch.arange(i, min(i + 256, len(ds.test)))
-                out = _render_images(editor(ds.test.features(idx)), shape, ds.w0)
-                mse.append((out - targets["test"][idx]).square().flatten(1).mean(1))
+                mse.append(edit_loss(editor, ds.test.features(idx), targets["test"][idx], shape, ds.w0))
             examples[kind] = _render_images(editor(ds.test.features(show)), shape, ds.w0)
         results[kind] = {
             "test_mse": float(torch.cat(mse).mean()),
