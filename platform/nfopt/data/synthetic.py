@@ -89,13 +89,18 @@ def inr_images(source: str = "digits", size: int = 28, limit: int | None = None,
         x = d.x_train
         x = (x - x.amin()) / (x.amax() - x.amin())
     elif source == "sklearn_samples":
-        from sklearn.datasets import load_sample_images
-
-        x = torch.from_numpy(np.stack(load_sample_images().images).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
+        x = _sample_photos()
     else:
         raise ValueError(f"source={source!r}: use 'digits', 'fashion_mnist' or 'sklearn_samples'")
     x = x[:limit]
     return resize_images(x, size).clamp(0.0, 1.0)
+
+
+def _sample_photos() -> torch.Tensor:
+    """The two colour photographs bundled with scikit-learn (china.jpg, flower.jpg), ``(2, 3, 427, 640)`` in [0, 1]."""
+    from sklearn.datasets import load_sample_images
+
+    return torch.from_numpy(np.stack(load_sample_images().images).astype(np.float32) / 255.0).permute(0, 3, 1, 2)
 
 
 def photo_patches(n: int, crop: int, split: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,9 +108,7 @@ def photo_patches(n: int, crop: int, split: str, seed: int = 0) -> tuple[torch.T
     photographs bundled with scikit-learn, half from each, labelled 0 (china.jpg) or 1 (flower.jpg).
     Training patches lie in the left three quarters of each photo, test patches in the right
     quarter, so the splits share no pixels."""
-    from sklearn.datasets import load_sample_images
-
-    photos = torch.from_numpy(np.stack(load_sample_images().images)).permute(0, 3, 1, 2).float() / 255
+    photos = _sample_photos()
     h, w = photos.shape[-2:]
     cut = 3 * w // 4
     lo, hi = (0, cut - crop) if split == "train" else (cut, w - crop)
