@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 
 from nfopt._files import atomic_save
 
@@ -18,6 +19,7 @@ __all__ = [
     "missing_shards",
     "read_manifest",
     "read_shard",
+    "same_spec",
     "shard_path",
     "shard_progress",
     "write_manifest",
@@ -31,12 +33,32 @@ def shard_path(root: Path, shard: int, group: str = "shards") -> Path:
     return root / group / f"shard_{shard:05d}.pt"
 
 
-def write_manifest(path: Path, manifest: dict, same: str = "spec") -> None:
-    """Write ``manifest`` atomically; an existing one must agree on ``manifest[same]`` (a build
-    never mixes shards of two specs)."""
+def same_spec(old: dict, spec: BaseModel) -> bool:
+    """Whether ``old`` (the ``spec.model_dump()`` stored by an earlier build) describes the same build
+    as ``spec``: every stored field equal, and fields added to the spec class since then (absent
+    from ``old``) at their defaults; a stored field the class no longer has is a mismatch."""
+    new = spec.model_dump(mode="json")
+    if set(old) - set(new):
+        return False
+    for name, field in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        if name not in old:
+            if value != field.get_default(call_default_factory=True):
+                return False
+        elif isinstance(value, BaseModel):
+            if not (isinstance(old[name], dict) and same_spec(old[name], value)):
+                return False
+        elif old[name] != new[name]:
+            return False
+    return True
+
+
+def write_manifest(path: Path, manifest: dict, spec: BaseModel) -> None:
+    """Write ``manifest`` (which holds ``spec.model_dump()`` under ``"spec"``) atomically; an
+    existing manifest must hold the same spec (:func:`same_spec`: a build never mixes shards of two
+    specs, but survives fields added to the spec class at their defaults)."""
     if path.exists():
-        old = json.loads(path.read_text())
-        if old.get(same) != manifest[same]:
+        if not same_spec(json.loads(path.read_text()).get("spec", {}), spec):
             raise ValueError(
                 f"{path}: holds data built from a different spec; build into another `out` directory "
                 "or delete it to start over"

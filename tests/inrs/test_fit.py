@@ -129,3 +129,22 @@ def test_colour_sources_fit_three_channel_sirens_and_take_the_contrast_edit(tmp_
     res = run_edit(edit, progress=False)
     assert res["edit"] == "contrast" and res["unedited_mse"] > 0
     assert all(r["test_mse"] >= 0 and r["paper_dilation"] is None for r in res["results"].values())
+
+
+def test_a_build_resumes_across_spec_fields_added_at_their_defaults(tmp_path):
+    from nfopt._shards import same_spec
+
+    spec = _spec(tmp_path, steps=5)
+    out = build_inrs(spec, use_ray=False, progress=False)
+    manifest = json.loads((out / "inrs.json").read_text())
+    del manifest["spec"]["source"]["crop"]  # as written before InrSourceSpec.crop existed
+    (out / "inrs.json").write_text(json.dumps(manifest))
+    (out / "train" / "shard_00002.pt").unlink()
+    build_inrs(spec, use_ray=False, progress=False)  # resumes
+    assert len(load_inrs(out).train) == 12
+    old = manifest["spec"]
+    assert not same_spec(old, _spec(tmp_path, steps=5, source={**spec.source.model_dump(), "crop": 32}))
+    assert not same_spec(old, _spec(tmp_path, steps=6))
+    assert not same_spec({**old, "retired_field": 1}, spec)
+    with pytest.raises(ValueError, match="different spec"):
+        build_inrs(_spec(tmp_path, steps=6), use_ray=False, progress=False)
