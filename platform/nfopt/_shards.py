@@ -53,10 +53,10 @@ def same_spec(old: dict, spec: BaseModel) -> bool:
     return True
 
 
-def write_manifest(path: Path, manifest: dict, spec: BaseModel) -> None:
-    """Write ``manifest`` (which holds ``spec.model_dump()`` under ``"spec"``) atomically; an
-    existing manifest must hold the same spec (:func:`same_spec`: a build never mixes shards of two
-    specs, but survives fields added to the spec class at their defaults)."""
+def write_manifest(path: Path, spec: BaseModel, **fields) -> None:
+    """Write the manifest ``{"spec": spec.model_dump(), **fields}`` atomically; an existing
+    manifest must hold the same spec (:func:`same_spec`: a build never mixes shards of two specs,
+    but survives fields added to the spec class at their defaults)."""
     if path.exists():
         if not same_spec(json.loads(path.read_text()).get("spec", {}), spec):
             raise ValueError(
@@ -66,7 +66,7 @@ def write_manifest(path: Path, manifest: dict, spec: BaseModel) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.write_text(json.dumps({"spec": spec.model_dump(), **fields}, indent=2))
     tmp.replace(path)
 
 

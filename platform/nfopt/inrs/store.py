@@ -62,8 +62,7 @@ def build_inrs(spec: InrFitSpec, use_ray: bool = True, address: str | None = Non
     widths = [2] + [spec.hidden] * spec.hidden_layers + [image_shape[0]]
     arch = {"kind": "siren", "widths": widths, "w0": spec.w0, "image_shape": image_shape}
     shards = {s: len(p[2]) for s, p in plan.items()}
-    manifest = {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch, "shards": shards}
-    write_manifest(spec.out_dir / "inrs.json", manifest, spec)
+    write_manifest(spec.out_dir / "inrs.json", spec, format=FORMAT, architecture=arch, shards=shards)
     todo = [(split, k) for split in SPLITS for k in missing_shards(plan[split][2], FORMAT)]
     total = sum(len(p[2]) for p in plan.values())
     with shard_progress(f"INRs {spec.name}", total, total - len(todo), progress) as advance:

@@ -46,7 +46,7 @@ def _architecture(spec: ZooSpec, in_channels: int, num_classes: int) -> dict:
 
 def _write_manifest(spec: ZooSpec, in_channels: int, num_classes: int) -> None:
     arch = _architecture(spec, in_channels, num_classes)
-    write_manifest(spec.out_dir / "zoo.json", {"format": FORMAT, "spec": spec.model_dump(), "architecture": arch}, spec)
+    write_manifest(spec.out_dir / "zoo.json", spec, format=FORMAT, architecture=arch)
 
 
 def _paths(spec: ZooSpec) -> list[Path]:
