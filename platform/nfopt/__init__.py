@@ -3,17 +3,33 @@
 from nfopt.weightspace import NetworkSpec, Permutation, WeightSpaceFeatures
 
 
-def load_optimizer(path_or_uri):
-    """A trained learned optimizer from a file or an MLflow artifact URI
+def load_optimizer(name_or_path):
+    """A trained learned optimizer by shipped name (:func:`list_pretrained`, e.g.
+    ``"nfn_np_small"``), from a file, or from an MLflow artifact URI
     (``runs:/<run_id>/learned_optimizer.pt``); call it on ``model.parameters()``."""
-    from nfopt import lopt
+    from pathlib import Path
 
-    ref = str(path_or_uri)
+    from nfopt import lopt
+    from nfopt.lopt import pretrained
+
+    ref = str(name_or_path)
     if ref.startswith(("runs:/", "models:/", "mlflow-artifacts:")):
         from nfopt.track import download_artifact
 
         ref = download_artifact(ref)
+    elif not Path(ref).exists() and (pretrained.PRETRAINED_DIR / f"{ref}.pt").is_file():
+        return pretrained.load_pretrained(ref)
+    elif not Path(ref).exists() and Path(ref).suffix != ".pt":
+        have = ", ".join(pretrained.list_pretrained()) or "none"
+        raise FileNotFoundError(f"{ref}: no such file, and no pretrained optimizer of that name (shipped: {have})")
     return lopt.load_optimizer(ref)
+
+
+def list_pretrained() -> dict[str, str]:
+    """``{name: description}`` of the learned optimizers shipped with nfopt (load with :func:`load_optimizer`)."""
+    from nfopt.lopt.pretrained import list_pretrained as _list
+
+    return _list()
 
 
 def __getattr__(name: str):
@@ -31,6 +47,7 @@ __all__ = [
     "Permutation",
     "WeightSpaceFeatures",
     "__version__",
+    "list_pretrained",
     "load_optimizer",
     "save_optimizer",
 ]

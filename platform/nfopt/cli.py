@@ -321,6 +321,31 @@ def _ui(args) -> int:
     return subprocess.call(cmd)
 
 
+def _pretrained(args) -> int:
+    from rich.console import Console
+
+    from nfopt.lopt import list_pretrained, ship_pretrained
+
+    console = Console()
+    if args.action == "list":
+        for name, desc in list_pretrained().items():
+            console.print(f"[bold]{name}[/bold]  {desc}")
+        return 0
+    if not args.run_dir or not args.name:
+        console.print("[red]error:[/red] ship needs RUN_DIR and --name NAME")
+        return 2
+    try:
+        dest = ship_pretrained(args.run_dir, args.name, args.report, overwrite=args.overwrite)
+    except FileNotFoundError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 3
+    except (FileExistsError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    console.print(f"shipped {args.name}: {dest}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nfopt", description="Learned optimizers from neural functionals.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -377,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     ir.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     ir.add_argument("--no-ray", action="store_true", help="fit shards one after another in this process")
     ir.set_defaults(fn=_inr)
+    pt = sub.add_parser("pretrained", help="list the shipped learned optimizers, or ship a finished run as one")
+    pt.add_argument("action", choices=["list", "ship"])
+    pt.add_argument("run_dir", nargs="?", default=None, help="ship: the run's directory (holds learned_optimizer.pt)")
+    pt.add_argument("--name", default=None, help="ship: the name to load it by")
+    pt.add_argument("--report", default=None, help="ship: its evaluation report (markdown)")
+    pt.add_argument("--overwrite", action="store_true", help="ship: replace a shipped optimizer of that name")
+    pt.set_defaults(fn=_pretrained)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

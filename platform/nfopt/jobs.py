@@ -58,7 +58,7 @@ class EstimatorSpec(_Strict):
 class InnerSpec(_Strict):
     population: int = Field(default=4, gt=0, description="networks per task, trained together")
     tasks_per_worker: int = Field(default=2, gt=0)
-    meta_loss: Literal["mean", "final"] = "mean"
+    meta_loss: Literal["mean", "log", "final"] = "mean"
     horizon: Literal["task", "loguniform"] | int = "task"
     horizon_range: tuple[int, int] | None = None
 
@@ -145,7 +145,7 @@ class JobSpec(_Strict):
     """A meta-training job."""
 
     name: str = Field(min_length=1)
-    task: str = Field(description="task family: a name in tasks/ or a path to its YAML")
+    task: str = Field(description="task family or mixture: a name in tasks/ or a path to its YAML")
     meta_model: MetaModelSpec = MetaModelSpec()
     estimator: EstimatorSpec = EstimatorSpec()
     inner: InnerSpec = InnerSpec()

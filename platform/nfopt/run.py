@@ -15,7 +15,7 @@ import torch
 from nfopt.jobs import JobSpec
 from nfopt.lopt import LearnedUpdateRule, save_optimizer
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker, atomic_save
-from nfopt.tasks import TaskFamily
+from nfopt.tasks import load_tasks
 
 __all__ = ["RunResult", "build_rule", "run_job"]
 
@@ -36,7 +36,7 @@ def _make_problem(spec_json: str) -> TaskProblem:
     torch.set_num_threads(max(1, int(spec.workers.num_cpus) or 1))
     device = "cuda" if spec.workers.num_gpus > 0 and torch.cuda.is_available() else "cpu"
     return TaskProblem(
-        TaskFamily.load(spec.task),
+        load_tasks(spec.task),
         build_rule(spec),
         population=spec.inner.population,
         meta_loss=spec.inner.meta_loss,
@@ -94,6 +94,7 @@ def run_job(
     """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``;
     ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
     called after every outer step. Returns the history and output paths."""
+    load_tasks(spec.task)  # a bad task fails here, naming the file, before any worker starts
     rule = build_rule(spec)
     theta = {k: v.detach() for k, v in rule.named_parameters()}
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
@@ -122,12 +123,14 @@ def run_job(
     ckdir = spec.checkpoint_dir
     latest = ckdir / "latest.pt"
     run_id = None
+    budget = {"inner_steps": 0, "wall_s": 0.0}  # meta-training spent so far, over every resume
     if resume:
         if not latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}; run without --resume to start")
         ck = torch.load(latest, weights_only=False)
         learner.load_state_dict(ck["learner"])
         run_id = ck.get("run_id")
+        budget = dict(ck.get("budget") or budget)
     tracker = None
     if spec.tracking.enabled:
         from nfopt.track import Tracker
@@ -140,7 +143,13 @@ def run_job(
 
     def checkpoint() -> Path:
         return atomic_save(
-            {"learner": learner.state_dict(), "job": spec.model_dump(), "run_id": run_id, "format": "nfopt.run/1"},
+            {
+                "learner": learner.state_dict(),
+                "job": spec.model_dump(),
+                "run_id": run_id,
+                "budget": dict(budget),
+                "format": "nfopt.run/1",
+            },
             latest,
         )
 
@@ -161,7 +170,11 @@ def run_job(
                 t0 = time.perf_counter()
                 m = learner.step()
                 m["step"] = learner.step_count
-                m["inner_steps_per_s"] = m["inner_steps"] / max(time.perf_counter() - t0, 1e-9)
+                elapsed = time.perf_counter() - t0
+                m["inner_steps_per_s"] = m["inner_steps"] / max(elapsed, 1e-9)
+                budget["inner_steps"] += m["inner_steps"]
+                budget["wall_s"] += elapsed
+                m["budget_inner_steps"] = budget["inner_steps"]
                 result.history.append(m)
                 if learner.step_count % spec.checkpoint.every == 0:
                     result.checkpoint = checkpoint()
@@ -173,9 +186,15 @@ def run_job(
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
         result.checkpoint = checkpoint()
         rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})
-        result.optimizer_path = save_optimizer(
-            rule, ckdir / "learned_optimizer.pt", metadata={"job": spec.name, "outer_steps": learner.step_count}
-        )
+        metadata = {
+            "job": spec.name,
+            "outer_steps": learner.step_count,
+            "inner_steps": int(budget["inner_steps"]),
+            "meta_train_wall_s": round(budget["wall_s"], 1),
+            "task": spec.task,
+            "spec": spec.model_dump(mode="json"),
+        }
+        result.optimizer_path = save_optimizer(rule, ckdir / "learned_optimizer.pt", metadata=metadata)
         (ckdir / "job.json").write_text(json.dumps(spec.model_dump(), indent=2))
         curve = _plot(result.history, ckdir / "meta_loss.png") if result.history else None
         if tracker:

@@ -22,7 +22,7 @@ def test_evaluate_writes_a_report_and_logs_it(tiny_suite, tmp_path, capsys):
     args += ["--no-ray", "--out", str(out), "--tracking-uri", uri, "--experiment", "ev"]
     assert main(args) == 0
     summary = json.loads((out / "results.json").read_text())["summary"]
-    assert {r["optimizer"] for r in summary} == {"adam", "sgd", "mlp:demo"}
+    assert {r["optimizer"] for r in summary} == {"adam", "sgd", "adam_1e-3", "mlp:demo", "mlp:demo (untrained)"}
     assert "vs tuned Adam" in capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
     (run,) = mlflow.search_runs(experiment_names=["ev"], output_format="list")
@@ -60,4 +60,5 @@ def test_a_jobs_evaluate_section_writes_the_report_next_to_the_run(tiny_suite, t
     assert main(["run", str(job), "--no-ray"]) == 0
     summary = json.loads((tmp_path / "runs" / "withEval" / "evaluation" / "results.json").read_text())["summary"]
     names = {r["optimizer"] for r in summary}
-    assert names == {"adam", "sgd", "mlp (learned)", "mlp (learned, same budget)"}
+    learned = {"mlp (learned)", "mlp (learned, same budget)"}
+    assert names == {"adam", "sgd", "adam_1e-3", *learned, *(n + " (untrained)" for n in learned)}

@@ -25,7 +25,7 @@ def test_tuning_seeds_and_batches_are_never_used_for_evaluation(tiny_suite, monk
     result = evaluate_task(task, {"learned": LearnedUpdateRule("mlp", meta_model={"hidden": 4})}, SMALL)
     tuning = [c for c in calls if c[0] == protocol.TUNE_BATCH_SEED]
     evaluation = [c for c in calls if c[0] == protocol.EVAL_BATCH_SEED]
-    assert len(tuning) == 2 and len(evaluation) == 3  # adam + sgd tuned; adam, sgd, learned evaluated
+    assert len(tuning) == 2 and len(evaluation) == 4  # adam + sgd tuned; adam, sgd, adam@1e-3, learned evaluated
     assert protocol.TUNE_BATCH_SEED != protocol.EVAL_BATCH_SEED
     tuned_on = {s for _, seeds in tuning for s in seeds}
     evaluated_on = {s for _, seeds in evaluation for s in seeds}
@@ -47,11 +47,12 @@ def test_evaluate_task_reports_every_optimizer(tiny_suite):
     results = evaluate_suite(tasks, {"learned": LearnedUpdateRule("mlp", meta_model={"hidden": 4})}, SMALL)
     assert [r.task for r in results] == ["digits_a", "teacher"]
     for tr in results:
-        assert [r.name for r in tr.results] == ["adam", "sgd", "learned"]
+        assert [r.name for r in tr.results] == ["adam", "sgd", "adam_1e-3", "learned"]
         for r in tr.results:
             assert len(r.train_loss) == 2 and torch.tensor(r.curve).shape == (15, 2)
             assert r.ms_per_step > 0
         assert tr["adam"].lr in SMALL.adam_lrs and tr["sgd"].lr in SMALL.sgd_lrs and tr["learned"].lr is None
+        assert tr["adam_1e-3"].lr == 1e-3
     assert results[0]["adam"].test_accuracy is not None and results[1]["adam"].test_accuracy is None  # mse task
 
 
@@ -72,3 +73,24 @@ def test_the_untrained_learned_rule_equals_adam_at_its_base_lr(tiny_suite):
 def test_bad_settings_name_the_field(field, value, message):
     with pytest.raises(ValueError, match=message):
         EvalSettings(**{field: value})
+
+
+def test_untrained_baseline_is_the_rules_own_initialisation(tiny_suite):
+    from nfopt.evaluation.driver import with_untrained
+    from nfopt.evaluation.report import summarize
+
+    torch.manual_seed(0)
+    trained = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2}, step_mult=1e-2)
+    with torch.no_grad():
+        for p in trained.meta_model.parameters():
+            p.add_(0.2 * torch.randn_like(p))  # "meta-trained": its head is no longer zero
+    opts = with_untrained({"nfn": trained, "adam": Adam(lr=1e-3)})
+    assert list(opts) == ["nfn", "nfn (untrained)", "adam"]
+    init = opts["nfn (untrained)"]
+    assert init.config() == trained.config() and init is not trained
+    task = load_suite_tasks(tiny_suite)[0]
+    a = protocol.train_population(init, task, [5, 6], 10)
+    b = protocol.train_population(Adam(lr=1e-2), task, [5, 6], 10)
+    torch.testing.assert_close(a["train_loss"], b["train_loss"], rtol=2e-3, atol=1e-5)
+    rows = summarize(evaluate_suite([task], {"nfn": trained}, SMALL))
+    assert all(r["diverged"] in (0, 1, 2) for r in rows) and "diverged" in rows[0]

@@ -33,8 +33,11 @@ def perturb_meta_model(rule: LearnedUpdateRule) -> None:
             p.add_(0.3 * torch.randn_like(p))
 
 
+MLPLOPT = FeatureConfig(adam_direction=False, loss_features=False, fraction=False, tensor_features=False)
+
+
 def test_features_match_the_mlp_lopt_inputs():
-    cfg = FeatureConfig()
+    cfg = MLPLOPT
     assert cfg.num_features == 19
     spec = NetworkSpec.mlp([5, 4, 3])
     params, grads = inputs(spec)
@@ -70,13 +73,14 @@ def test_one_rule_updates_many_architectures_equivariantly(kind):
     specs.append(NetworkSpec(((6, 1, 3, 3), (5, 6, 3, 3), (4, 5))))  # a CNN
     for spec in specs:
         params, grads = inputs(spec, 2, seed=len(spec))
-        state = rule.init(spec, 2, dtype=torch.float64)
-        state, _ = state, None
-        new, state2 = rule.update(None, state, params, grads)
+        state = rule.init(spec, 2, dtype=torch.float64, num_steps=50)
+        loss = torch.tensor([2.0, 1.5], dtype=torch.float64)
+        _, state = rule.update(None, state, params, grads, loss)  # a step in: momenta, loss EMAs set
+        new, state2 = rule.update(None, state, params, grads * 0.7, loss * 0.9)
         assert new.spec == spec and state2["mom"].channels == 6
         perm = spec.sample_permutation(torch.Generator().manual_seed(1), hidden_only=hidden_only)
-        st_p = {"step": state["step"], "mom": state["mom"].permute(perm), "v": state["v"].permute(perm)}
-        new_p, _ = rule.update(None, st_p, params.permute(perm), grads.permute(perm))
+        st_p = {k: (v.permute(perm) if isinstance(v, WeightSpaceFeatures) else v) for k, v in state.items()}
+        new_p, _ = rule.update(None, st_p, params.permute(perm), (grads * 0.7).permute(perm), loss * 0.9)
         assert new_p.allclose(new.permute(perm), atol=1e-10), spec
         assert not new.allclose(params)  # it did update
 
@@ -126,3 +130,79 @@ def test_config_round_trip_and_validation():
         LearnedUpdateRule("bad")
     with pytest.raises(ValueError, match="hand="):
         LearnedUpdateRule("mlp", hand="rmsprop")
+
+
+def test_old_configs_rebuild_the_rule_they_were_saved_from():
+    rule = rule_of("nfn_np", lr_head=False, features=MLPLOPT)
+    cfg = rule.config()
+    old = {k: v for k, v in cfg.items() if k not in ("lr_head", "lr_range")}
+    old["features"] = {k: old["features"][k] for k in ("decays", "timescales", "eps")}  # the format before the flags
+    again = LearnedUpdateRule.from_config(old)
+    assert again.config() == cfg
+    assert again.load_state_dict(rule.state_dict()) is not None  # same parameter shapes
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_rule_with_every_input_is_adam(kind):
+    rule = rule_of(kind, step_mult=1e-3).double()
+    assert rule.lr_head and rule.features.loss_features and rule.features.tensor_features
+    spec = NetworkSpec(((6, 1, 3, 3), (5, 6, 3, 3), (4, 5)))
+    params, grads = inputs(spec, 2)
+    state = rule.init(spec, 2, dtype=torch.float64, num_steps=10)
+    astate = Adam(lr=1e-3).init(spec, 2, dtype=torch.float64)
+    loss = torch.tensor([2.0, 3.0], dtype=torch.float64)
+    for _ in range(3):
+        new, state = rule.update(None, state, params, grads, loss)
+        ref, astate = Adam(lr=1e-3).update(None, astate, params, grads)
+        assert new.allclose(ref, rtol=0, atol=1e-7)
+        params, grads, loss = new, grads * 0.5, loss * 0.8
+
+
+def test_loss_and_fraction_inputs_follow_the_trajectory():
+    from nfopt.lopt.features import init_loss_state, loss_features, update_loss_state
+
+    ls = init_loss_state(2, dtype=torch.float64)
+    assert torch.equal(loss_features(ls), torch.zeros(2, 3, dtype=torch.float64))
+    ls = update_loss_state(ls, torch.tensor([4.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(loss_features(ls), torch.zeros(2, 3, dtype=torch.float64))  # first loss: no trend
+    for _ in range(30):
+        ls = update_loss_state(ls, ls["loss_last"] * 0.9)  # falling losses
+    f = loss_features(ls)
+    assert (f[:, 0] < 0).all() and (f[:, 2] < 0).all()  # fast EMA below slow; below the first loss
+    same = update_loss_state(ls, torch.tensor([float("nan"), float("inf")], dtype=torch.float64))
+    assert torch.isfinite(loss_features(same)).all()
+    assert update_loss_state(ls, None)["loss_last"] is ls["loss_last"]
+
+
+def test_rule_reads_the_loss_and_the_horizon():
+    rule = rule_of("nfn_np").double()
+    perturb_meta_model(rule)
+    spec = NetworkSpec.mlp([5, 4, 3])
+    params, grads = inputs(spec, 2)
+
+    def step(loss, num_steps):
+        state = rule.init(spec, 2, dtype=torch.float64, num_steps=num_steps)
+        for k in range(3):
+            _, state = rule.update(None, state, params, grads, None if loss is None else loss * (0.9**k))
+        return rule.update(None, state, params, grads, loss)[0]
+
+    base = step(torch.tensor([1.0, 1.0], dtype=torch.float64), 100)
+    assert not base.allclose(step(torch.tensor([1.0, 1.0], dtype=torch.float64), 5))  # horizon matters
+    assert not base.allclose(step(torch.tensor([1.0, 1.0], dtype=torch.float64), None))  # unknown horizon
+    assert not base.allclose(step(None, 100))  # the loss matters
+
+
+def test_per_tensor_step_size_comes_from_the_lr_head():
+    rule = rule_of("nfn_np", step_mult=1e-3).double()
+    spec = NetworkSpec.mlp([5, 4, 3])
+    params, grads = inputs(spec, 2)
+    with torch.no_grad():  # only the lr output's bias: every tensor's log step becomes R tanh(1 / R)
+        head = rule.meta_model.rest[-1]  # SharedNPLinear: biases (roles, outputs) for weights and biases
+        head.beta[:, 2] = 1.0
+        head.beta_b[:, 2] = 1.0
+    state = rule.init(spec, 2, dtype=torch.float64)
+    new, _ = rule.update(None, state, params, grads)
+    ref, _ = Adam(lr=1e-3).update(None, Adam(lr=1e-3).init(spec, 2, dtype=torch.float64), params, grads)
+    gain = float(torch.exp(3.0 * torch.tanh(torch.tensor(1.0 / 3.0))))
+    for a, b, p in zip(new.tensors(), ref.tensors(), params.tensors()):
+        assert torch.allclose(p - a, (p - b) * gain, rtol=1e-3, atol=1e-9)

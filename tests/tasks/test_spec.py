@@ -67,7 +67,7 @@ BASE = "name: x\ndataset: {name: digits}\nmodel: {kind: mlp}\nbatch_size: 8\n"
         (BASE + "colour: red\n", r"bad.yaml.*colour: Extra inputs are not permitted"),
         (BASE.replace("{kind: mlp}", "{kind: mlp, width: [64, 16]}"), r"model.mlp.*width=\[64, 16\]"),
         (BASE.replace("{kind: mlp}", "{kind: mlp, depth: 3}"), r"model.mlp.depth"),
-        (BASE.replace("batch_size: 8", "batch_size: 0"), r"batch_size: Input should be greater than 0"),
+        (BASE.replace("batch_size: 8", "batch_size: 0"), r"batch_size=\[0, 0\]: need 1 <= min <= max"),
         (BASE + "loss: mse\n", r"classification; use loss: cross_entropy"),
         (BASE.replace("digits}", "mnist1d}").replace("mlp}", "cnn}"), r"cnn needs an image dataset"),
         (BASE.replace("digits", "imagenet"), r"dataset.name"),

@@ -10,7 +10,23 @@ from pathlib import Path
 from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_suite
 from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_fraction, write_report
 
-__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation"]
+__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation", "with_untrained"]
+
+UNTRAINED = " (untrained)"
+
+
+def with_untrained(optimizers: dict) -> dict:
+    """``optimizers`` plus, after each learned rule, its own initialisation (the same rule rebuilt
+    from its config, never meta-trained: Adam at the rule's base step) named ``"<name> (untrained)"``:
+    the baseline that shows what meta-training, not the Adam start, contributes."""
+    from nfopt.lopt import LearnedUpdateRule
+
+    out: dict = {}
+    for name, rule in optimizers.items():
+        out[name] = rule
+        if isinstance(rule, LearnedUpdateRule) and not name.endswith(UNTRAINED):
+            out[name + UNTRAINED] = LearnedUpdateRule.from_config(rule.config()).eval()
+    return out
 
 
 def load_optimizers(refs: list[str]) -> dict:
@@ -54,9 +70,13 @@ def run_evaluation(
     tracking: dict | None = None,
     progress: bool = True,
     console=None,
+    untrained: bool = True,
 ) -> EvaluationRun:
     """Evaluate, print the table, write the report under ``out`` and (``tracking`` =
-    ``{"uri", "experiment"}``) log metrics and every output file to one MLflow run."""
+    ``{"uri", "experiment"}``) log metrics and every output file to one MLflow run. With
+    ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`)."""
+    if untrained:
+        optimizers = with_untrained(optimizers)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

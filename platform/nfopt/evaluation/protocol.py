@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 import torch
 
 from nfopt.lopt import SGD, Adam
-from nfopt.tasks import Population, Task
+from nfopt.tasks import Task
 
 __all__ = [
     "ADAM_LRS",
     "BASELINES",
+    "DEFAULT_ADAM",
     "EVAL_BATCH_SEED",
     "EVAL_SEED0",
     "SGD_LRS",
@@ -36,6 +37,7 @@ __all__ = [
 
 EVAL_SEED0, TUNE_SEED0 = 10_000, 20_000  # initialisation seeds: evaluation k -> 10_000 + k, tuning -> 20_000 + k
 EVAL_BATCH_SEED, TUNE_BATCH_SEED = 0, 1  # minibatch orders differ between tuning and evaluation too
+DEFAULT_ADAM, DEFAULT_ADAM_LR = "adam_1e-3", 1e-3  # the untuned-Adam baseline's name and learning rate
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 SGD_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 
@@ -56,6 +58,7 @@ class EvalSettings:
     adam_lrs: tuple[float, ...] = ADAM_LRS
     sgd_lrs: tuple[float, ...] = SGD_LRS
     steps: int | None = None
+    default_adam: bool = True  # also Adam at its default lr 1e-3, untuned: what a user does without tuning
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.baselines if b not in BASELINES]
@@ -87,9 +90,9 @@ def train_population(rule, task: Task, seeds: list[int], steps: int | None = Non
     diverged), test loss and accuracy (``None`` for regression), the minibatch losses
     ``curve (steps, P)`` and ``seconds`` of training (the update loop only)."""
     steps = steps or task.horizon
-    pop = Population.from_modules([task.build_model(s) for s in seeds], task.loss)
+    pop = task.population_of(seeds)
     data = task.dataset
-    params, state = pop.params, rule.init(pop.spec, len(seeds))
+    params, state = pop.params, rule.init(pop.spec, len(seeds), num_steps=steps)
     gen = torch.Generator().manual_seed(batch_seed)
     curve = []
     start = time.perf_counter()
@@ -188,6 +191,9 @@ def evaluate_task(task: Task, optimizers: dict, settings: EvalSettings) -> TaskR
         lr, grid = tune_lr(make_rule, task, settings.grid(base), settings.tuning_seed_list, steps)
         r = train_population(make_rule(lr), task, settings.eval_seeds, steps, batch_seed=EVAL_BATCH_SEED)
         out.results.append(_result(base, r, steps, lr, grid))
+    if settings.default_adam:
+        r = train_population(Adam(lr=DEFAULT_ADAM_LR), task, settings.eval_seeds, steps, batch_seed=EVAL_BATCH_SEED)
+        out.results.append(_result(DEFAULT_ADAM, r, steps, DEFAULT_ADAM_LR))
     for name, rule in optimizers.items():
         r = train_population(rule, task, settings.eval_seeds, steps, batch_seed=EVAL_BATCH_SEED)
         out.results.append(_result(name, r, steps))

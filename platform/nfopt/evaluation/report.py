@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 SummaryRow = (
-    dict  # task, optimizer, train_loss, train_loss_std, test_loss, test_accuracy, ms_per_step, lr, vs_ref, speedup
+    dict  # task, optimizer, train_loss(_std), test_loss, test_accuracy, ms_per_step, lr, vs_ref, speedup, diverged
 )
 
 
@@ -69,6 +69,8 @@ def summarize(results: list[TaskResult], reference: str = "adam") -> list[Summar
                 versus = "beats" if r.mean_train_loss < ref.mean_train_loss else "loses"
                 speed = speedup(r, ref)
             acc = r.test_accuracy
+            first = r.curve[0] if r.curve else [math.inf] * len(r.train_loss)
+            diverged = sum(not math.isfinite(f) or f > 2 * l0 for f, l0 in zip(r.train_loss, first))
             rows.append(
                 {
                     "task": tr.task,
@@ -82,6 +84,7 @@ def summarize(results: list[TaskResult], reference: str = "adam") -> list[Summar
                     "lr_at_grid_edge": r.lr_at_grid_edge,
                     "vs_ref": versus,
                     "speedup": speed,
+                    "diverged": diverged,
                 }
             )
     return rows
@@ -99,7 +102,17 @@ def _fmt(x, spec: str = ".4f") -> str:
 
 
 def _table_lines(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
-    head = ["task", "optimizer", "train loss (± std)", "test acc", "ms/step", "tuned lr", "vs tuned Adam", "speed-up"]
+    head = [
+        "task",
+        "optimizer",
+        "train loss (± std)",
+        "test acc",
+        "ms/step",
+        "lr",
+        "vs tuned Adam",
+        "speed-up",
+        "diverged",
+    ]
     body = []
     for r in rows:
         lr = "-" if r["lr"] is None else f"{r['lr']:g}" + (" (grid edge)" if r["lr_at_grid_edge"] else "")
@@ -116,6 +129,7 @@ def _table_lines(rows: list[SummaryRow]) -> tuple[list[str], list[list[str]]]:
                 lr,
                 r["vs_ref"],
                 speed,
+                str(r.get("diverged", 0)),
             ]
         )
     return head, body
@@ -262,6 +276,13 @@ def write_report(
     paths["speedups"] = plot_speedups(rows, out)
     learned = list(dict.fromkeys(r["optimizer"] for r in rows if r["vs_ref"] in ("beats", "loses")))
     wins = [f"- **{n}** beats tuned Adam on {win_fraction(rows, n):.0%} of the tasks" for n in learned]
+    for n in learned:
+        if (n + " (untrained)") in learned:
+            wins.append(
+                f"- **{n}** beats its untrained initialisation on {win_fraction(rows, n, n + ' (untrained)'):.0%}"
+            )
+    bad = sum(r.get("diverged", 0) for r in rows if r["optimizer"] in learned)
+    wins.append(f"- diverged runs (non-finite or > 2x initial loss) among compared optimizers: {bad}")
     edge = sorted({(r["task"], r["optimizer"]) for r in rows if r["lr_at_grid_edge"]})
     md = [
         f"# {title}",

@@ -43,7 +43,9 @@ class Adam:
     b2: float = 0.999
     eps: float = 1e-8
 
-    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict:
+    def init(
+        self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None, num_steps: int | None = None
+    ) -> dict:
         z = WSF.zeros(spec, population, 1, dtype=dtype, device=device)
         return {"step": torch.zeros((), dtype=torch.long), "m": z, "v": z.clone()}
 
@@ -73,7 +75,9 @@ class SGD:
     lr: float | Tensor = 1e-2
     momentum: float = 0.9
 
-    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict:
+    def init(
+        self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None, num_steps: int | None = None
+    ) -> dict:
         return {
             "step": torch.zeros((), dtype=torch.long),
             "m": WSF.zeros(spec, population, 1, dtype=dtype, device=device),

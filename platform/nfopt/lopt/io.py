@@ -33,8 +33,8 @@ class TrainedOptimizer:
     def __init__(self, rule: LearnedUpdateRule, metadata: dict | None = None) -> None:
         self.rule, self.metadata = rule, dict(metadata or {})
 
-    def __call__(self, params) -> LearnedOptimizer:
-        return LearnedOptimizer(params, self.rule)
+    def __call__(self, params, num_steps: int | None = None) -> LearnedOptimizer:
+        return LearnedOptimizer(params, self.rule, num_steps=num_steps)
 
     def __repr__(self) -> str:
         return f"TrainedOptimizer({self.rule.kind!r}, metadata={self.metadata})"

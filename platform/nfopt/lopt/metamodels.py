@@ -1,5 +1,6 @@
 """Meta-models of learned optimizers: ``(P, F, ...)`` per-entry features and ``(P, T)`` global
-features -> ``(P, 2, ...)`` outputs (direction, magnitude), for any MLP/CNN architecture. The
+features (or per-tensor ones, :class:`~nfopt.nn.PerTensor`) -> ``(P, outputs, ...)`` outputs
+(direction, magnitude and, with 3 outputs, a log step size), for any MLP/CNN architecture. The
 global features enter after the first linear layer (:class:`~nfopt.nn.SharedGlobalInput`). The
 output head starts at zero, so an untrained learned optimizer follows its hand-designed
 direction exactly."""
@@ -12,6 +13,7 @@ from torch import nn
 from nfopt.nn import (
     FourierIOEncoding,
     NFActivation,
+    PerTensor,
     SharedChannelNorm,
     SharedGlobalInput,
     SharedNPLinear,
@@ -27,17 +29,19 @@ class PerParamMLP(nn.Module):
     """The per-parameter MLP (a Deep-Set over entries): the same MLP on every scalar's features,
     with separate maps for weights and biases. Equivariant to every permutation."""
 
-    def __init__(self, in_features: int, global_features: int = 0, hidden: int = 32, layers: int = 2) -> None:
+    def __init__(
+        self, in_features: int, global_features: int = 0, hidden: int = 32, layers: int = 2, outputs: int = 2
+    ) -> None:
         super().__init__()
         self.first = SharedPointwise(in_features, hidden)
         self.glob = SharedGlobalInput(global_features, hidden) if global_features else None
         mods: list[nn.Module] = [NFActivation()]
         for _ in range(layers - 1):
             mods += [SharedPointwise(hidden, hidden), NFActivation()]
-        mods.append(SharedPointwise(hidden, 2, zero_init=True))
+        mods.append(SharedPointwise(hidden, outputs, zero_init=True))
         self.rest = nn.Sequential(*mods)
 
-    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
         h = self.first(x)
         return self.rest(self.glob(h, glob) if self.glob is not None else h)
 
@@ -48,7 +52,13 @@ class NFNMetaModel(nn.Module):
     (width-agnostic), so it tells input/output neurons apart and is equivariant to hidden ones."""
 
     def __init__(
-        self, in_features: int, global_features: int = 0, channels: int = 16, layers: int = 3, kind: str = "np"
+        self,
+        in_features: int,
+        global_features: int = 0,
+        channels: int = 16,
+        layers: int = 3,
+        kind: str = "np",
+        outputs: int = 2,
     ) -> None:
         super().__init__()
         if kind not in ("np", "hnp"):
@@ -64,10 +74,10 @@ class NFNMetaModel(nn.Module):
         mods: list[nn.Module] = [NFActivation()]
         for _ in range(layers - 2):
             mods += [SharedNPLinear(channels, channels), NFActivation()]
-        mods.append(SharedNPLinear(channels, 2, zero_init=True))
+        mods.append(SharedNPLinear(channels, outputs, zero_init=True))
         self.rest = nn.Sequential(*mods)
 
-    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
         h = self.first(self.enc(x) if self.enc is not None else x)
         return self.rest(self.glob(h, glob) if self.glob is not None else h)
 
@@ -78,7 +88,13 @@ class NFTMetaModel(nn.Module):
     Equivariant to hidden-neuron permutations."""
 
     def __init__(
-        self, in_features: int, global_features: int = 0, channels: int = 16, blocks: int = 2, heads: int = 4
+        self,
+        in_features: int,
+        global_features: int = 0,
+        channels: int = 16,
+        blocks: int = 2,
+        heads: int = 4,
+        outputs: int = 2,
     ) -> None:
         super().__init__()
         enc = FourierIOEncoding(None, in_features, num_bands=2)
@@ -100,9 +116,9 @@ class NFTMetaModel(nn.Module):
                     }
                 )
             )
-        self.out = nn.Sequential(SharedChannelNorm(channels), SharedPointwise(channels, 2, zero_init=True))
+        self.out = nn.Sequential(SharedChannelNorm(channels), SharedPointwise(channels, outputs, zero_init=True))
 
-    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | None = None) -> WeightSpaceFeatures:
+    def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
         h = self.proj(self.enc(x))
         if self.glob is not None:
             h = self.glob(h, glob)

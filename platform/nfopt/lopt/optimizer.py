@@ -44,11 +44,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
     learned rule or a baseline): ``loss.backward(); opt.step()``.
 
     ``params`` (or ``named_parameters()``) must be a model's parameters in layer order forming an
-    MLP/CNN weight space; the rule sees them as one network (``P=1``). ``state_dict()`` carries
-    the rule's state, so a run resumed with ``load_state_dict`` continues exactly.
+    MLP/CNN weight space; the rule sees them as one network (``P=1``). ``num_steps`` (optional)
+    tells the rule the training horizon. ``state_dict()`` carries the rule's state, so a run
+    resumed with ``load_state_dict`` continues exactly.
     """
 
-    def __init__(self, params: Iterable, rule: UpdateRule) -> None:
+    def __init__(self, params: Iterable, rule: UpdateRule, num_steps: int | None = None) -> None:
         items = list(params)
         if items and isinstance(items[0], tuple):
             names, tensors = [n for n, _ in items], [t for _, t in items]
@@ -60,7 +61,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.rule = rule
         self.spec, self._layout = weight_space_layout(tensors, names)
         p0 = tensors[0]
-        self._rule_state = rule.init(self.spec, 1, dtype=p0.dtype, device=p0.device)
+        self._rule_state = rule.init(self.spec, 1, dtype=p0.dtype, device=p0.device, num_steps=num_steps)
 
     def _params(self) -> list[Tensor]:
         return self.param_groups[0]["params"]
@@ -75,8 +76,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return WeightSpaceFeatures(ws, bs)
 
     @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
+    def step(self, closure=None, loss=None):
+        """One update. Loss-aware rules read the minibatch loss from ``closure()`` or ``loss``."""
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()

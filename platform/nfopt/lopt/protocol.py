@@ -3,7 +3,8 @@
 Purely functional over a population of ``P`` networks of one architecture, given as
 ``(P, 1, ...)`` :class:`~nfopt.weightspace.WeightSpaceFeatures`:
 
-* ``state = opt.init(spec, population=P, dtype=..., device=...)``
+* ``state = opt.init(spec, population=P, dtype=..., device=..., num_steps=None)`` (``num_steps``:
+  the training horizon when known; rules that do not use it ignore it)
 * ``new_params, new_state = opt.update(theta, state, params, grads, loss)``
 
 ``theta`` holds meta-parameters (a dict of tensors, as from ``dict(rule.named_parameters())``,
@@ -26,7 +27,9 @@ __all__ = ["UpdateRule", "flatten_state", "unflatten_state"]
 
 @runtime_checkable
 class UpdateRule(Protocol):
-    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict: ...
+    def init(
+        self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None, num_steps: int | None = None
+    ) -> dict: ...
 
     def update(
         self, theta: Any, state: dict, params: WeightSpaceFeatures, grads: WeightSpaceFeatures, loss: Any = None

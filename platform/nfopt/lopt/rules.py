@@ -9,7 +9,15 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nfopt.lopt.features import FeatureConfig, build_features, update_momenta
+from nfopt.lopt.features import (
+    FeatureConfig,
+    build_features,
+    global_inputs,
+    init_loss_state,
+    tensor_stats,
+    update_loss_state,
+    update_momenta,
+)
 from nfopt.lopt.metamodels import build_meta_model
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -22,19 +30,24 @@ WSF = WeightSpaceFeatures
 class LearnedUpdateRule(nn.Module):
     r"""A learned optimizer (its parameters are the meta-parameters ``θ``).
 
-    With meta-model outputs ``(d, m)`` on the features of :mod:`nfopt.lopt.features` and the
+    With meta-model outputs ``(d, m[, ℓ])`` on the features of :mod:`nfopt.lopt.features` and the
     Adam direction ``u`` (bias-corrected first/second moments, decays ``0.9/0.999``):
 
-    .. math::  s = b\, e^{σ} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
+    .. math::  s = b\, e^{σ} e^{λ_T} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
                p \leftarrow p - B \tanh(s / B)
 
     with small fixed ``a`` (``exp_mult``), ``b`` (``step_mult``, the base learning rate), learnable
     global log step-scale ``σ`` and log residual-scale ``ρ`` (both 0 at init), and a bound ``B`` on
-    every per-parameter step. The meta-model's head starts at zero, so the untrained rule is Adam
-    with learning rate ``b`` (up to the soft bound); non-finite steps are zeroed.
+    every per-parameter step. With ``lr_head`` the meta-model has a third output ``ℓ`` whose mean
+    over each tensor ``T`` (a permutation-invariant pooled read-out: for an NFN it sees the whole
+    layer) is that tensor's log step size, ``λ_T = R tanh(mean_T ℓ / R)`` with ``R = lr_range``:
+    the authority to choose the step per task and per tensor. The meta-model's head starts at
+    zero, so the untrained rule is Adam with learning rate ``b`` (up to the soft bound);
+    non-finite steps are zeroed.
 
     ``kind``: ``"mlp"`` (per-parameter MLP), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``; one instance
-    updates MLPs and CNNs of any depth and width.
+    updates MLPs and CNNs of any depth and width. ``init(..., num_steps=N)`` tells the rule the
+    horizon (its ``fraction`` input); without it that input reads "unknown".
     """
 
     def __init__(
@@ -46,17 +59,25 @@ class LearnedUpdateRule(nn.Module):
         step_mult: float = 1e-3,
         bound: float = 0.1,
         hand: str = "adam",
+        lr_head: bool = True,
+        lr_range: float = 3.0,
     ) -> None:
         super().__init__()
         if hand not in ("adam", "momentum", "none"):
             raise ValueError(f"hand={hand!r}: use 'adam', 'momentum' or 'none'")
+        if lr_range <= 0:
+            raise ValueError(f"lr_range={lr_range}: must be > 0")
         self.kind, self.meta_kwargs = kind, dict(meta_model or {})
         self.features = features or FeatureConfig()
         if 0.9 not in self.features.decays:
             raise ValueError("features.decays must include 0.9 (the hand-designed direction's momentum)")
         self.exp_mult, self.step_mult, self.bound, self.hand = exp_mult, step_mult, bound, hand
+        self.lr_head, self.lr_range = lr_head, lr_range
         self.meta_model = build_meta_model(
-            kind, self.features.num_entry_features, self.features.num_global_features, **self.meta_kwargs
+            kind,
+            self.features.num_entry_features,
+            self.features.num_global_features,
+            **{**self.meta_kwargs, "outputs": 3 if lr_head else 2},
         )
         self.log_step_scale = nn.Parameter(torch.zeros(()))
         self.log_hand_scale = nn.Parameter(torch.zeros(()))
@@ -72,22 +93,32 @@ class LearnedUpdateRule(nn.Module):
             "step_mult": self.step_mult,
             "bound": self.bound,
             "hand": self.hand,
+            "lr_head": self.lr_head,
+            "lr_range": self.lr_range,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> LearnedUpdateRule:
-        cfg = dict(cfg)
+        """Inverse of :meth:`config`; configs saved before ``lr_head`` existed rebuild without it."""
+        cfg = {"lr_head": False, **cfg}
         cfg["features"] = FeatureConfig.from_dict(cfg["features"])
         return cls(**cfg)
 
     # ------------------------------------------------------------------ protocol
-    def init(self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None) -> dict:
+    def init(
+        self, spec: NetworkSpec, population: int = 1, dtype=torch.float32, device=None, num_steps: int | None = None
+    ) -> dict:
         k = len(self.features.decays)
-        return {
+        state = {
             "step": torch.zeros((), dtype=torch.long, device=device),
             "mom": WSF.zeros(spec, population, k, dtype=dtype, device=device),
             "v": WSF.zeros(spec, population, 1, dtype=dtype, device=device),
         }
+        if self.features.loss_features:
+            state.update(init_loss_state(population, dtype=dtype, device=device))
+        if self.features.fraction:
+            state["num_steps"] = torch.tensor(int(num_steps or 0), dtype=torch.long, device=device)
+        return state
 
     def update(
         self, theta: dict[str, Tensor] | None, state: dict, params: WSF, grads: WSF, loss: Any = None
@@ -104,17 +135,38 @@ class LearnedUpdateRule(nn.Module):
         mom = update_momenta(state["mom"], grads, decays)
         v = state["v"] * 0.999 + grads * grads * 0.001
         step = state["step"] + 1
-        feats, glob = build_features(params, grads, mom, state["step"], cfg)
-        out = self.meta_model(feats, glob)  # (P, 2, ...)
-        hand = self._hand(mom, v, step, decays)
+        new_state = {"step": step, "mom": mom, "v": v}
+        k = cfg.decays.index(0.9)
+        m09 = mom.map(lambda t: t[:, k : k + 1])
+        adam = self._adam(m09, v, step, params.dtype) if (self.hand == "adam" or cfg.adam_direction) else None
+        feats, time = build_features(params, grads, mom, state["step"], cfg, adam=adam)
+        loss_state = stats = frac = None
+        if cfg.loss_features:
+            loss_t = None if loss is None else torch.as_tensor(loss, device=params.device)
+            loss_state = update_loss_state(state, loss_t)
+            new_state.update(loss_state)
+        if cfg.fraction:
+            n = state["num_steps"]
+            known = (n > 0).to(params.dtype)
+            done = (state["step"].to(params.dtype) / n.clamp_min(1).to(params.dtype)).clamp(0, 1)
+            frac = torch.stack([done * known, known])[None]  # (1, 2)
+            new_state["num_steps"] = n
+        if cfg.tensor_features:
+            stats = tensor_stats(params, m09, v)
+        glob = global_inputs(time, cfg, loss_state, frac, stats)
+        out = self.meta_model(feats, glob)  # (P, 2 or 3, ...)
+        hand = {"adam": adam, "momentum": m09, "none": None}[self.hand]
         scale = self.step_mult * torch.exp(self.log_step_scale)
         hand_scale = torch.exp(self.log_hand_scale)
-        a, bound = self.exp_mult, self.bound
+        a, bound, r = self.exp_mult, self.bound, self.lr_range
 
         def delta(o: Tensor, h: Tensor | None) -> Tensor:
             s = o[:, :1] * torch.exp(a * o[:, 1:2])
             if h is not None:
                 s = s + hand_scale * h
+            if self.lr_head:  # per-tensor log step: the tensor's mean of the third output
+                lam = o[:, 2:3].mean(dim=tuple(range(2, o.ndim)), keepdim=True)
+                s = s * torch.exp(r * torch.tanh(lam / r))
             s = bound * torch.tanh(scale * s / bound)
             return torch.where(torch.isfinite(s), s, torch.zeros_like(s))
 
@@ -124,22 +176,18 @@ class LearnedUpdateRule(nn.Module):
             [p - delta(o, h) for p, o, h in zip(params.weights, out.weights, hw)],
             [p - delta(o, h) for p, o, h in zip(params.biases, out.biases, hb)],
         )
-        return new, {"step": step, "mom": mom, "v": v}
+        return new, new_state
 
-    def _hand(self, mom: WSF, v: WSF, step: Tensor, decays: Tensor) -> WSF | None:
-        if self.hand == "none":
-            return None
-        k = self.features.decays.index(0.9)
-        m = mom.map(lambda t: t[:, k : k + 1])
-        if self.hand == "momentum":
-            return m
-        t = step.to(decays)
+    @staticmethod
+    def _adam(m: WSF, v: WSF, step: Tensor, dtype: torch.dtype) -> WSF:
+        """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + 1e-8)`` (decays 0.9, 0.999)."""
+        t = step.to(dtype)
         c1, c2 = 1 - 0.9**t, 1 - 0.999**t
         return (m / c1) / ((v / c2).map(torch.sqrt) + 1e-8)
 
     def extra_repr(self) -> str:
         return (
             f"kind={self.kind!r}, features={self.features.num_features}, step_mult={self.step_mult}, "
-            f"exp_mult={self.exp_mult}, bound={self.bound}, hand={self.hand!r}, "
+            f"exp_mult={self.exp_mult}, bound={self.bound}, hand={self.hand!r}, lr_head={self.lr_head}, "
             f"lr={self.step_mult * math.exp(self.log_step_scale.item()):.2e}"
         )

@@ -46,6 +46,12 @@ def _perturb(theta: Theta, sigma: float, gen: torch.Generator) -> Theta:
     return {k: sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in theta.items()}
 
 
+def _both(info: dict, info_m: dict) -> dict:
+    """Info of an antithetic pair: counts (non-finite losses, inner steps taken) of both branches."""
+    keys = ("nonfinite", "inner_steps")
+    return {**info, **{k: info.get(k, 0) + info_m.get(k, 0) for k in keys}}
+
+
 def _metrics(loss: Tensor, info: dict) -> dict:
     return {"meta_loss": float(loss), "nonfinite": info.get("nonfinite", 0), "inner_steps": info.get("inner_steps", 0)}
 
@@ -75,7 +81,7 @@ class ES(Estimator):
         lm, _, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["inner"], self.unroll)
         coef = (lp - lm) / (2 * self.sigma**2)
         grad = {k: coef * e for k, e in eps.items()}
-        info = {**info, "nonfinite": info.get("nonfinite", 0) + info_m.get("nonfinite", 0)}
+        info = _both(info, info_m)
         state = self.init(problem, _new_seed(gen)) if info["done"] or info_m["done"] else {"inner": s_plus}
         return grad, _metrics((lp + lm) / 2, info), state
 
@@ -97,7 +103,7 @@ class PES(Estimator):
         lm, s_minus, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["minus"], self.unroll)
         coef = (lp - lm) / (2 * self.sigma**2)
         grad = {k: coef * x for k, x in xi.items()}
-        info = {**info, "nonfinite": info.get("nonfinite", 0) + info_m.get("nonfinite", 0)}
+        info = _both(info, info_m)
         done = info["done"] or info_m["done"]
         state = self.init(problem, _new_seed(gen)) if done else {"plus": s_plus, "minus": s_minus, "xi": xi}
         return grad, _metrics((lp + lm) / 2, info), state

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from nfopt.lopt.rules import LearnedUpdateRule
-from nfopt.tasks import TaskFamily
+from nfopt.tasks import TaskSampler
 
 __all__ = ["InnerProblem", "QuadraticProblem", "TaskProblem"]
 
@@ -66,13 +66,15 @@ class QuadraticProblem:
 
 
 class TaskProblem:
-    """Training a ``population`` of networks of a task drawn from ``family`` with a learned
-    update rule. State: the task seed, inner parameters (features), rule state, step, horizon,
-    per-member initial loss. The meta-loss is the mean over members and unroll steps of the
-    train minibatch loss divided by the member's initial loss (``meta_loss="mean"``) or the
-    same at the last step only (``"final"``); non-finite or huge values are clipped at
-    ``clip_loss`` and counted, and a task with a non-finite loss or parameters is marked done
-    (its estimator resets it).
+    """Training a ``population`` of networks of a task drawn from ``family`` (a task family or a
+    mixture) with a learned update rule. State: the task seed, inner parameters (features), rule
+    state, step, horizon, per-member initial loss. The meta-loss is the mean over members and
+    unroll steps of the train minibatch loss divided by the member's initial loss
+    (``meta_loss="mean"``), the mean of its logarithm (``"log"``: every task's relative progress
+    counts alike, late gains as much as early ones), or the normalised loss at the last step
+    only (``"final"``); non-finite or huge values are clipped at ``clip_loss`` and counted, and a
+    task with a non-finite loss or parameters is marked done (its estimator resets it). The rule
+    is told each episode's length (``num_steps``).
 
     Horizons come from the task (``horizon="task"``), a constant, or log-uniformly between
     ``horizon_range``; each new task starts at a random offset so tasks are not in lockstep.
@@ -80,7 +82,7 @@ class TaskProblem:
 
     def __init__(
         self,
-        family: TaskFamily,
+        family: TaskSampler,
         rule: LearnedUpdateRule,
         population: int = 4,
         meta_loss: str = "mean",
@@ -90,8 +92,8 @@ class TaskProblem:
         offsets: bool = True,
         device: str | torch.device = "cpu",
     ) -> None:
-        if meta_loss not in ("mean", "final"):
-            raise ValueError(f"meta_loss={meta_loss!r}: use 'mean' or 'final'")
+        if meta_loss not in ("mean", "log", "final"):
+            raise ValueError(f"meta_loss={meta_loss!r}: use 'mean', 'log' or 'final'")
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
         self.clip_loss, self.offsets = clip_loss, offsets
@@ -122,7 +124,7 @@ class TaskProblem:
         if self.horizon == "task":
             return task.horizon
         if self.horizon == "loguniform":
-            lo, hi = self.horizon_range or self.family.spec.horizon
+            lo, hi = self.horizon_range or self.family.horizon
             u = torch.rand((), generator=rng).item()
             return round(math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))))
         return int(self.horizon)
@@ -138,7 +140,7 @@ class TaskProblem:
         return {
             "seed": seed,
             "params": pop.features().detach(),
-            "rule": self.rule.init(pop.spec, self.population, device=self.device),
+            "rule": self.rule.init(pop.spec, self.population, device=self.device, num_steps=horizon - start),
             "step": 0,
             "start": start,  # the offset only shortens this task's first episode
             "horizon": horizon,
@@ -160,9 +162,10 @@ class TaskProblem:
             diverged = diverged or not bool(torch.isfinite(norm).all())
             bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
             nonfinite += int(bad.sum())
-            losses.append(torch.where(bad, torch.full_like(norm, self.clip_loss), norm).mean())
+            norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
+            losses.append((torch.log(norm.clamp_min(1e-6)) if self.meta_loss == "log" else norm).mean())
             params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
-        meta = torch.stack(losses).mean() if self.meta_loss == "mean" else losses[-1]
+        meta = losses[-1] if self.meta_loss == "final" else torch.stack(losses).mean()
         step = state["step"] + steps
         finite = all(torch.isfinite(t).all() for t in params.tensors())
         new = {**state, "params": params, "rule": rstate, "step": step}

@@ -20,6 +20,7 @@ from nfopt.nn.nft import EquivariantHead, InvariantHead, NFTBlock, NFTEncoder, b
 from nfopt.nn.pointwise import ChannelLayerNorm, LearnedScale, NFActivation, NFDropout, Pointwise
 from nfopt.nn.pool import HNPPool, NPPool
 from nfopt.nn.shared import (
+    PerTensor,
     SharedChannelNorm,
     SharedGlobalInput,
     SharedNPLinear,
@@ -47,6 +48,7 @@ __all__ = [
     "NFTEncoder",
     "NPLinear",
     "NPPool",
+    "PerTensor",
     "Pointwise",
     "SharedChannelNorm",
     "SharedGlobalInput",

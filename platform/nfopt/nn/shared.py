@@ -12,6 +12,7 @@ They are exactly equivariant to permutations of every neuron layer (add a
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
     "ROLES",
+    "PerTensor",
     "SharedChannelNorm",
     "SharedGlobalInput",
     "SharedNPLinear",
@@ -214,10 +216,21 @@ class SharedPointwise(nn.Module):
         )
 
 
+@dataclass(frozen=True)
+class PerTensor:
+    """Inputs that are constant over each tensor: ``weights[i]``, ``biases[i]``: ``(B, T)`` for the
+    ``i``-th weight and bias (e.g. per-network globals joined with per-tensor statistics such as
+    norms, which every neuron permutation leaves unchanged)."""
+
+    weights: list[Tensor]
+    biases: list[Tensor]
+
+
 class SharedGlobalInput(nn.Module):
-    """Add a linear map of per-network global inputs ``(B, T)`` to every entry, by layer role
-    (weights) and for biases: the contribution of ``T`` constant channels to a linear layer, at
-    no per-entry cost. ``(B, C, ...), (B, T) -> (B, C, ...)``."""
+    """Add a linear map of per-network global inputs ``(B, T)`` — or of per-tensor inputs
+    (:class:`PerTensor`) — to every entry, by layer role (weights) and for biases: the
+    contribution of ``T`` channels constant over a tensor to a linear layer, at no per-entry cost.
+    ``(B, C, ...), (B, T) | PerTensor -> (B, C, ...)``. Equivariant: the inputs are invariant."""
 
     def __init__(self, in_features: int, channels: int) -> None:
         super().__init__()
@@ -225,8 +238,17 @@ class SharedGlobalInput(nn.Module):
         self.bias_map = nn.Linear(in_features, channels, bias=False)
         self.channels = channels
 
-    def forward(self, x: WeightSpaceFeatures, glob: Tensor) -> WeightSpaceFeatures:
+    def forward(self, x: WeightSpaceFeatures, glob: Tensor | PerTensor) -> WeightSpaceFeatures:
         roles = layer_roles(len(x))
+        if isinstance(glob, PerTensor):
+            c, r = self.channels, len(ROLES)
+            ws = []
+            for i, w in enumerate(x.weights):
+                g = glob.weights[i]
+                gw = torch.nn.functional.linear(g, self.weight_maps.weight.view(r, c, -1)[roles[i]])  # (B, C)
+                ws.append(w + _bcast(gw, w.ndim))
+            bs = [b + self.bias_map(glob.biases[i])[:, :, None] for i, b in enumerate(x.biases)]
+            return WeightSpaceFeatures(ws, bs)
         gw = self.weight_maps(glob).view(glob.shape[0], len(ROLES), self.channels)  # (B, roles, C)
         gb = self.bias_map(glob)
         return WeightSpaceFeatures(

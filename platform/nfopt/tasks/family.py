@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -12,10 +13,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.data import Dataset, load_dataset
-from nfopt.tasks.spec import CNNSpec, MLPSpec, SuiteSpec, TaskFamilySpec, load_suite, load_task_family
+from nfopt.tasks.population import Population
+from nfopt.tasks.spec import (
+    CNNSpec,
+    MLPSpec,
+    SuiteSpec,
+    TaskFamilySpec,
+    TaskMixtureSpec,
+    load_suite,
+    load_task_family,
+    load_task_source,
+)
 from nfopt.weightspace import NetworkSpec
 
-__all__ = ["Task", "TaskFamily", "build_model", "load_suite_tasks"]
+__all__ = ["Task", "TaskFamily", "TaskMixture", "TaskSampler", "build_model", "load_suite_tasks", "load_tasks"]
 
 _ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -75,6 +86,8 @@ class Task:
     batch_size: int
     loss: str
     horizon: int
+    reparam: tuple[float, ...] | None = None  # per parameter tensor (named_parameters order): p = s p'
+    loss_scale: float = 1.0
 
     @property
     def dataset(self) -> Dataset:
@@ -96,11 +109,19 @@ class Task:
     def loss_fn(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out, target) if self.loss == "cross_entropy" else F.mse_loss(out, target)
 
-    def population(self, size: int, seed: int = 0):
+    def population(self, size: int, seed: int = 0) -> Population:
         """``size`` independently initialised networks as a :class:`~nfopt.tasks.Population`."""
-        from nfopt.tasks.population import Population
+        return self.population_of([seed * 100_003 + k for k in range(size)])
 
-        return Population.from_modules([self.build_model(seed * 100_003 + k) for k in range(size)], self.loss)
+    def population_of(self, seeds: list[int]) -> Population:
+        """One network per initialisation seed, in this task's (possibly reparameterised)
+        coordinates: the same functions as :meth:`build_model` gives."""
+        pop = Population.from_modules([self.build_model(s) for s in seeds], self.loss)
+        if self.reparam is None and self.loss_scale == 1.0:
+            return pop
+        names = list(pop.params)
+        scales = dict(zip(names, self.reparam)) if self.reparam is not None else {}
+        return pop.reparameterize(scales, self.loss_scale)
 
 
 class TaskFamily:
@@ -118,8 +139,20 @@ class TaskFamily:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def horizon(self) -> tuple[int, int]:
+        return self.spec.horizon
+
+    def families(self) -> list[TaskFamilySpec]:
+        return [self.spec]
+
+    def could_draw(self, task: Task) -> bool:
+        """Whether :meth:`sample` can produce ``task``'s data, architecture, activation and batch
+        size (horizons aside): what disjointness of a held-out suite is checked against."""
+        return could_draw(self.spec, task)
+
     def sample(self, seed: int) -> Task:
-        """The task for ``seed``: architecture, activation and horizon drawn from the ranges."""
+        """The task for ``seed``: architecture, activation, batch size and horizon drawn from the ranges."""
         rng = random.Random(f"{self.spec.name}:{seed}")
         m = self.spec.model
         if isinstance(m, MLPSpec):
@@ -136,13 +169,92 @@ class TaskFamily:
             kind=m.kind,
             widths=widths,
             activation=rng.choice(list(m.activation)),
-            batch_size=self.spec.batch_size,
+            batch_size=rng.randint(*self.spec.batch_size),
             loss=self.spec.loss,
             horizon=rng.randint(*self.spec.horizon),
         )
 
     def __repr__(self) -> str:
         return f"TaskFamily({self.spec.name!r})"
+
+
+def could_draw(fam: TaskFamilySpec, task: Task) -> bool:
+    """Whether family ``fam`` can draw ``task`` (data, architecture, activation, batch size)."""
+    m = fam.model
+    depth = m.hidden_layers if isinstance(m, MLPSpec) else m.conv_layers
+    width = m.width if isinstance(m, MLPSpec) else m.channels
+    kernel_ok = not isinstance(m, CNNSpec) or (
+        isinstance(task.spec.model, CNNSpec) and task.spec.model.kernel_size == m.kernel_size
+    )
+    return (
+        task.spec.dataset == fam.dataset
+        and task.kind == m.kind
+        and kernel_ok
+        and depth[0] <= len(task.widths) <= depth[1]
+        and all(width[0] <= w <= width[1] for w in task.widths)
+        and task.activation in m.activation
+        and fam.batch_size[0] <= task.batch_size <= fam.batch_size[1]
+        and task.loss == fam.loss
+    )
+
+
+def _loguniform(rng: random.Random, lo: float, hi: float) -> float:
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+class TaskMixture:
+    """A weighted mixture of task families with task augmentation (:class:`~nfopt.tasks.spec.AugmentSpec`):
+    :meth:`sample` draws a family by weight, a task from it, then its reparameterisation and loss
+    scale — all from the seed alone, so a seed names one task everywhere."""
+
+    def __init__(self, spec: TaskMixtureSpec) -> None:
+        self.spec = spec
+        self.components = [
+            (TaskFamily(c.family if isinstance(c.family, TaskFamilySpec) else load_task_family(c.family)), c.weight)
+            for c in spec.families
+        ]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def horizon(self) -> tuple[int, int]:
+        """The smallest range holding every family's horizons."""
+        hs = [f.horizon for f, _ in self.components]
+        return min(h[0] for h in hs), max(h[1] for h in hs)
+
+    def families(self) -> list[TaskFamilySpec]:
+        return [f.spec for f, _ in self.components]
+
+    def could_draw(self, task: Task) -> bool:
+        return any(f.could_draw(task) for f, _ in self.components)
+
+    def sample(self, seed: int) -> Task:
+        rng = random.Random(f"{self.spec.name}:{seed}")
+        fams, weights = zip(*self.components)
+        fam = rng.choices(fams, weights=weights)[0]
+        task = fam.sample(rng.randrange(2**31))
+        aug = self.spec.augment
+        reparam, loss_scale = None, 1.0
+        if rng.random() < aug.prob:
+            n = len(list(task.build_model().parameters()))
+            s_net = _loguniform(rng, *aug.reparam)
+            reparam = tuple(s_net * _loguniform(rng, *aug.reparam_tensor) for _ in range(n))
+            loss_scale = _loguniform(rng, *aug.loss_scale)
+        return replace(task, name=f"{self.spec.name}/{seed}", seed=seed, reparam=reparam, loss_scale=loss_scale)
+
+    def __repr__(self) -> str:
+        return f"TaskMixture({self.spec.name!r}, {len(self.components)} families)"
+
+
+TaskSampler = TaskFamily | TaskMixture
+
+
+def load_tasks(ref: str | Path) -> TaskSampler:
+    """A :class:`TaskFamily` or :class:`TaskMixture` from ``tasks/<ref>.yaml`` or a path."""
+    spec = load_task_source(ref)
+    return TaskMixture(spec) if isinstance(spec, TaskMixtureSpec) else TaskFamily(spec)
 
 
 def load_suite_tasks(ref: str | Path | SuiteSpec) -> list[Task]:

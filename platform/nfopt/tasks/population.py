@@ -40,7 +40,14 @@ class Population:
     without copying (bias-free layers read as zeros).
     """
 
-    def __init__(self, template: nn.Module, params: Params, loss: str = "cross_entropy") -> None:
+    def __init__(
+        self,
+        template: nn.Module,
+        params: Params,
+        loss: str = "cross_entropy",
+        scales: dict[str, float] | None = None,
+        loss_scale: float = 1.0,
+    ) -> None:
         if loss not in _LOSSES:
             raise ValueError(f"loss={loss!r}: use one of {sorted(_LOSSES)}")
         sizes = {t.shape[0] for t in params.values()}
@@ -52,6 +59,27 @@ class Population:
         self._layers = [name for name, _ in parse_module(template)]
         self.spec = NetworkSpec.from_module(template)
         self._mlp = _is_plain_mlp(template)
+        unknown = set(scales or {}) - set(params)
+        if unknown:
+            raise ValueError(f"scales name no parameter: {sorted(unknown)}")
+        self.scales = {k: float(v) for k, v in (scales or {}).items() if float(v) != 1.0}
+        self.loss_scale = float(loss_scale)
+
+    def reparameterize(self, scales: dict[str, float], loss_scale: float = 1.0) -> Population:
+        """The same networks in coordinates ``p' = p / s`` (the model computes with ``s p'``, so
+        gradients become ``s g``) with the training loss multiplied by ``loss_scale``: task
+        augmentation that changes the optimisation problem, not the functions."""
+        if self.scales or self.loss_scale != 1.0:
+            raise ValueError("population is already reparameterised")
+        out = Population(self.template, dict(self.params), self.loss, scales, loss_scale)
+        out.params = {k: v / out.scales[k] if k in out.scales else v for k, v in self.params.items()}
+        return out
+
+    def _effective(self, params: Params) -> Params:
+        """The parameters the model computes with: ``s p'`` where reparameterised."""
+        if not self.scales:
+            return params
+        return {k: v * self.scales[k] if k in self.scales else v for k, v in params.items()}
 
     @classmethod
     def from_modules(cls, modules: Sequence[nn.Module], loss: str = "cross_entropy") -> Population:
@@ -97,23 +125,24 @@ class Population:
         return params
 
     def to_modules(self) -> list[nn.Module]:
-        """``P`` real modules carrying copies of the parameters."""
-        mods = []
+        """``P`` real modules carrying copies of the parameters (in the model's own coordinates)."""
+        mods, params = [], self._effective(self.params)
         for k in range(self.size):
-            m = copy.deepcopy(self.template).to_empty(device=next(iter(self.params.values())).device)
-            m.load_state_dict({n: p[k] for n, p in self.params.items()})
+            m = copy.deepcopy(self.template).to_empty(device=next(iter(params.values())).device)
+            m.load_state_dict({n: p[k] for n, p in params.items()})
             mods.append(m)
         return mods
 
     # ------------------------------------------------------------------ compute
     def _member_loss(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return _LOSSES[self.loss](functional_call(self.template, params, (x,)), y)
+        loss = _LOSSES[self.loss](functional_call(self.template, self._effective(params), (x,)), y)
+        return loss * self.loss_scale if self.loss_scale != 1.0 else loss
 
     def forward(self, x: Tensor, shared: bool = False) -> Tensor:
         """Outputs of every member: ``x`` is ``(P, N, ...)`` per member, or ``(N, ...)`` with
         ``shared=True``; returns ``(P, N, out)``."""
         fn = lambda p, xb: functional_call(self.template, p, (xb,))  # noqa: E731
-        return vmap(fn, in_dims=(0, None if shared else 0))(self.params, x)
+        return vmap(fn, in_dims=(0, None if shared else 0))(self._effective(self.params), x)
 
     def loss_and_grad(self, x: Tensor, y: Tensor, params: Params | None = None) -> tuple[Tensor, Params]:
         """Per-member minibatch loss ``(P,)`` and gradients (stacked like ``params``) in one call;
@@ -132,11 +161,13 @@ class Population:
     def _mlp_loss_and_grad(self, x: Tensor, y: Tensor, params: Params) -> tuple[Tensor, Params]:
         with torch.enable_grad():
             ps = {k: v.detach().requires_grad_() for k, v in params.items()}
-            out = self._mlp_forward(ps, x)  # (P, batch, out)
+            out = self._mlp_forward(self._effective(ps), x)  # (P, batch, out)
             if self.loss == "cross_entropy":
                 per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
             else:
                 per = F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
+            if self.loss_scale != 1.0:
+                per = per * self.loss_scale
             grads = torch.autograd.grad(per.sum(), list(ps.values()))
         return per.detach(), dict(zip(ps, grads))
 
@@ -160,7 +191,8 @@ class Population:
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 2048) -> dict[str, Tensor]:
-        """Mean loss and (for classification) accuracy of every member on shared data: ``(P,)``."""
+        """Mean loss and (for classification) accuracy of every member on shared data: ``(P,)``.
+        The loss is the model's own (without a training ``loss_scale``)."""
         dev = next(iter(self.params.values())).device
         total_loss = torch.zeros(self.size, device=dev)
         correct = torch.zeros(self.size, device=dev)

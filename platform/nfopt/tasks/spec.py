@@ -6,20 +6,25 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from nfopt._files import load_yaml_model
 
 __all__ = [
+    "AugmentSpec",
     "CNNSpec",
     "DatasetSpec",
     "MLPSpec",
+    "MixtureComponent",
     "SuiteSpec",
     "SuiteTask",
     "TaskFamilySpec",
+    "TaskMixtureSpec",
     "TaskSpecError",
     "load_suite",
     "load_task_family",
+    "load_task_source",
     "tasks_dir",
 ]
 
@@ -100,13 +105,14 @@ class TaskFamilySpec(_Strict):
     description: str = ""
     dataset: DatasetSpec
     model: Annotated[MLPSpec | CNNSpec, Field(discriminator="kind")]
-    batch_size: int = Field(gt=0)
+    batch_size: IntRange = Field(description="minibatch size, or a [min, max] range drawn per task")
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     horizon: IntRange = (100, 100)
 
     @model_validator(mode="after")
     def _consistent(self):
         _check_range(self.horizon, "horizon")
+        _check_range(self.batch_size, "batch_size")
         regression = self.dataset.name == "teacher_student"
         if regression and self.loss != "mse":
             raise ValueError("loss: the teacher_student dataset is regression; use loss: mse")
@@ -115,6 +121,46 @@ class TaskFamilySpec(_Strict):
         if self.model.kind == "cnn" and self.dataset.name in ("mnist1d", "teacher_student"):
             raise ValueError(f"model.kind: cnn needs an image dataset, not {self.dataset.name}")
         return self
+
+
+class AugmentSpec(_Strict):
+    """Task augmentation (in the spirit of learned_optimization's ``ReparamWeights``): a network
+    is trained in reparameterised coordinates ``p' = p / s`` (the model uses ``p = s p'``), with
+    ``s = s_net * s_tensor``: one log-uniform ``s_net`` per task from ``reparam`` and an independent
+    log-uniform ``s_tensor`` per parameter tensor from ``reparam_tensor``; the loss is multiplied
+    by a log-uniform ``loss_scale``. A fraction ``prob`` of tasks is augmented; the rest are plain.
+    Reparameterising by ``s`` moves Adam's best learning rate by about ``1/s``."""
+
+    prob: float = Field(default=1.0, ge=0, le=1)
+    reparam: tuple[float, float] = (1.0, 1.0)
+    reparam_tensor: tuple[float, float] = (1.0, 1.0)
+    loss_scale: tuple[float, float] = (1.0, 1.0)
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name in ("reparam", "reparam_tensor", "loss_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name}={[lo, hi]}: need 0 < min <= max")
+        return self
+
+
+class MixtureComponent(_Strict):
+    """One family of a mixture: a name in ``tasks/`` (or a path), or the family inline; its weight."""
+
+    family: str | TaskFamilySpec
+    weight: float = Field(default=1.0, gt=0)
+
+
+class TaskMixtureSpec(_Strict):
+    """A weighted mixture of task families plus task augmentation: each drawn task picks a family
+    with probability proportional to its weight, samples it, then is augmented (``augment``)."""
+
+    kind: Literal["mixture"]
+    name: str
+    description: str = ""
+    families: list[MixtureComponent] = Field(min_length=1)
+    augment: AugmentSpec = AugmentSpec()
 
 
 class SuiteTask(TaskFamilySpec):
@@ -167,6 +213,18 @@ def _load(path: Path, model: type[BaseModel]):
 def load_task_family(ref: str | Path) -> TaskFamilySpec:
     """Read ``tasks/<ref>.yaml`` (or a path) into a validated :class:`TaskFamilySpec`."""
     return _load(_resolve(ref), TaskFamilySpec)
+
+
+def load_task_source(ref: str | Path) -> TaskFamilySpec | TaskMixtureSpec:
+    """A task family or a task mixture (``kind: mixture``) from ``tasks/<ref>.yaml`` or a path."""
+    path = _resolve(ref)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        raw = None  # _load reports the problem, naming the file
+    if isinstance(raw, dict) and raw.get("kind") == "mixture":
+        return _load(path, TaskMixtureSpec)
+    return _load(path, TaskFamilySpec)
 
 
 def load_suite(ref: str | Path) -> SuiteSpec:
