@@ -1,15 +1,18 @@
 """Benchmark: learned-optimizer quality on held-out tasks.
 
-Meta-trains NFN-NP, NFN-HNP, NFT and per-parameter-MLP learned optimizers with the same budget
-(``jobs/quality.yaml``: same task family, estimator, outer steps, workers; only the meta-model
-differs), then evaluates all four with ``nfopt evaluate``'s protocol on
-``tasks/suites/heldout.yaml`` against Adam and SGD-momentum tuned per task. Meta-training
-resumes from each kind's checkpoint, so an interrupted bench continues where it stopped.
+Evaluates the pretrained learned optimizers shipped with nfopt (``nfopt.list_pretrained()``:
+NFN-NP, NFT and the per-parameter MLP, meta-trained with one budget by ``jobs/pretrain_*.yaml``)
+with ``nfopt evaluate``'s protocol on ``tasks/suites/heldout.yaml`` against Adam and SGD-momentum
+tuned per task, Adam at its default lr 1e-3, and each learned optimizer's own untrained
+initialisation. ``--retrain`` meta-trains them again from their jobs first (resuming from each
+job's checkpoint; ``--outer-steps`` caps the budget).
 
 Writes the report (table, CSV/JSON, curves, speed-ups) to ``--out`` and ends with
-``RESULT beats_adam=F1 beats_mlp=F2``: for the best NFN/NFT optimizer (most wins against
-tuned Adam), the fraction of held-out tasks on which it beats tuned Adam and on which it beats
-the per-parameter MLP optimizer (mean final train loss over evaluation seeds).
+``RESULT beats_adam=F1 beats_init=F2 beats_mlp=F3 diverged=N best=NAME``: for the best NFN/NFT
+optimizer (most wins against tuned Adam), the fraction of held-out tasks on which its mean final
+train loss (over evaluation seeds) is below tuned Adam's, below its untrained initialisation's and
+below the per-parameter MLP optimizer's, and its number of diverged runs (non-finite or > 2x the
+initial loss) over all tasks and seeds.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import nfopt
 from nfopt.evaluation import EvalSettings, win_fraction
 from nfopt.evaluation.driver import run_evaluation
 from nfopt.jobs import apply_overrides, load_job
@@ -24,60 +28,68 @@ from nfopt.lopt import load_optimizer
 from nfopt.run import run_job
 from nfopt.tasks import load_suite_tasks
 
-SIZES = {
-    "nfn_np": {"meta_model.channels": 8, "meta_model.layers": 2},
-    "nfn_hnp": {"meta_model.channels": 8, "meta_model.layers": 2},
-    "nft": {"meta_model.channels": 8, "meta_model.blocks": 1, "meta_model.heads": 2},
-    "mlp": {"meta_model.hidden": 32},
-}
+SHIPPED = {"nfn_np": "nfn_np_small", "nft": "nft_small", "mlp": "mlp_small"}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--job", default="jobs/quality.yaml")
-    p.add_argument("--kinds", default="nfn_np,nfn_hnp,nft,mlp")
-    p.add_argument("--outer-steps", type=int, default=None, help="override the job's outer steps")
+    p.add_argument("--kinds", default="nfn_np,nft,mlp")
+    p.add_argument("--retrain", action="store_true", help="meta-train from jobs/pretrain_<kind>.yaml first")
+    p.add_argument("--outer-steps", type=int, default=None, help="with --retrain: override the jobs' outer steps")
     p.add_argument("--suite", default="heldout")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--tuning-seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=None, help="inner steps per held-out task (default: horizons)")
+    p.add_argument("--tasks", default=None, help="only these tasks of the suite, comma-separated")
     p.add_argument("--out", default="bench/results/quality")
     args = p.parse_args()
 
-    base = load_job(args.job)
-    if args.outer_steps:
-        base = apply_overrides(base, {"outer_steps": args.outer_steps})
-    optimizers, budget = {}, {}
+    optimizers, budgets = {}, {}
     for kind in args.kinds.split(","):
-        spec = apply_overrides(base, {"name": f"{base.name}_{kind}", "meta_model.kind": kind, **SIZES[kind]})
-        start = time.perf_counter()
-        resume = (spec.checkpoint_dir / "latest.pt").exists()
-        result = run_job(spec, resume=resume)
-        budget[kind] = time.perf_counter() - start
-        optimizers[kind] = load_optimizer(result.optimizer_path).rule
-        print(f"meta-trained {kind}: {result.steps} outer steps in {budget[kind]:.0f} s (this call)", flush=True)
+        if args.retrain:
+            spec = load_job(f"jobs/pretrain_{kind}.yaml")
+            if args.outer_steps:
+                spec = apply_overrides(spec, {"outer_steps": args.outer_steps})
+            start = time.perf_counter()
+            result = run_job(spec, resume=(spec.checkpoint_dir / "latest.pt").exists())
+            trained = load_optimizer(result.optimizer_path)
+            print(f"meta-trained {kind}: {result.steps} outer steps, {time.perf_counter() - start:.0f} s", flush=True)
+        else:
+            trained = nfopt.load_optimizer(SHIPPED[kind])
+        optimizers[kind] = trained.rule
+        budgets[kind] = trained.metadata.get("inner_steps")
+        print(f"{kind}: {budgets[kind]} inner steps of meta-training ({trained.metadata.get('job')})", flush=True)
 
     settings = EvalSettings(seeds=args.seeds, tuning_seeds=args.tuning_seeds, steps=args.steps)
     tasks = load_suite_tasks(args.suite)
+    if args.tasks:
+        tasks = [t for t in tasks if t.name in set(args.tasks.split(","))]
     run = run_evaluation(
         tasks,
         optimizers,
         settings,
         args.out,
-        title=f"quality: learned optimizers meta-trained on {base.task} ({base.outer_steps} outer steps each), "
-        f"held-out suite {args.suite}",
-        tracking={"uri": base.tracking.uri, "experiment": base.tracking.experiment},
+        title=f"quality: pretrained learned optimizers on held-out suite {args.suite} (meta-training inner steps: "
+        + ", ".join(f"{k} {v}" for k, v in budgets.items())
+        + ")",
     )
+    rows = run.rows
     nf = [k for k in optimizers if k != "mlp"]
-    best = max(
-        nf, key=lambda k: (win_fraction(run.rows, k), -sum(r["train_loss"] for r in run.rows if r["optimizer"] == k))
-    )
-    beats_adam = win_fraction(run.rows, best)
-    beats_mlp = win_fraction(run.rows, best, "mlp") if "mlp" in optimizers else float("nan")
+    best = max(nf, key=lambda k: (win_fraction(rows, k), -sum(r["train_loss"] for r in rows if r["optimizer"] == k)))
     for k in optimizers:
-        print(f"{k}: beats tuned Adam on {win_fraction(run.rows, k):.0%} of {len(tasks)} tasks")
+        print(
+            f"{k}: beats tuned Adam on {win_fraction(rows, k):.0%}, Adam 1e-3 on {win_fraction(rows, k, 'adam_1e-3'):.0%}, "
+            f"its init on {win_fraction(rows, k, k + ' (untrained)'):.0%} of {len(tasks)} tasks"
+        )
+    beats_adam = win_fraction(rows, best)
+    beats_init = win_fraction(rows, best, best + " (untrained)")
+    beats_mlp = win_fraction(rows, best, "mlp") if "mlp" in optimizers else float("nan")
+    diverged = sum(r["diverged"] for r in rows if r["optimizer"] == best)
     print(f"best NFN/NFT: {best}; report: {run.paths['report']}")
-    print(f"RESULT beats_adam={beats_adam:.3f} beats_mlp={beats_mlp:.3f} best={best}")
+    print(
+        f"RESULT beats_adam={beats_adam:.3f} beats_init={beats_init:.3f} beats_mlp={beats_mlp:.3f} "
+        f"diverged={diverged} best={best}"
+    )
 
 
 if __name__ == "__main__":

@@ -37,15 +37,26 @@ def _run(args) -> int:
     spec, console = _load(args)
     if spec is None:
         return 2
-    from nfopt.run import run_job
+    from nfopt.run import RunExistsError, run_job
 
     try:
         result = run_job(
-            spec, resume=args.resume, use_ray=not args.no_ray, address=args.address, max_steps=args.max_steps
+            spec,
+            resume=args.resume,
+            use_ray=not args.no_ray,
+            address=args.address,
+            max_steps=args.max_steps,
+            overwrite=args.overwrite,
         )
+    except RunExistsError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 5
     except FileNotFoundError as err:
         console.print(f"[red]error:[/red] {err}")
         return 3
+    except ValueError as err:  # a task or mixture file that does not validate (names the file and field)
+        console.print(f"[red]error:[/red] {err}")
+        return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: resume with --resume")
         return 130
@@ -71,7 +82,7 @@ def _evaluate(spec, result, args) -> None:
     directory, logged to MLflow when the job tracks)."""
     from nfopt.evaluation import EvalSettings
     from nfopt.evaluation.driver import run_evaluation
-    from nfopt.lopt import load_optimizer
+    from nfopt.lopt import load_optimizer, load_pretrained
     from nfopt.run import run_job
     from nfopt.tasks import load_suite_tasks
 
@@ -86,8 +97,10 @@ def _evaluate(spec, result, args) -> None:
                 "evaluate": None,
             }
         )
-        r = run_job(base, resume=False, use_ray=not args.no_ray, address=args.address)
+        r = run_job(base, resume=False, use_ray=not args.no_ray, address=args.address, overwrite=args.overwrite)
         optimizers[f"{kind} (learned, same budget)"] = load_optimizer(r.optimizer_path).rule
+    for name in ev.pretrained:
+        optimizers[f"{name} (pretrained)"] = load_pretrained(name).rule
     settings = EvalSettings(
         seeds=ev.seeds,
         tuning_seeds=ev.tuning_seeds,
@@ -355,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     run.add_argument("--no-ray", action="store_true", help="run the workers in this process (debugging)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many outer steps (resumable)")
+    run.add_argument("--overwrite", action="store_true", help="start again where a run already is (replaces it)")
     run.set_defaults(fn=_run)
     tn = sub.add_parser("tune", help="run the job's `search` section as a Ray Tune sweep (ASHA)")
     tn.add_argument("job")

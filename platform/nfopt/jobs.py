@@ -111,6 +111,9 @@ class EvaluateSpec(_Strict):
     sgd_lrs: list[float] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1)
     steps: int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
     baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
+    pretrained: list[str] = Field(
+        default_factory=list, description="shipped learned optimizers to put beside it (nfopt.list_pretrained())"
+    )
 
 
 class SearchSpec(_Strict):

@@ -14,10 +14,16 @@ import torch
 
 from nfopt.jobs import JobSpec
 from nfopt.lopt import LearnedUpdateRule, save_optimizer
-from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker, atomic_save
+from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
+from nfopt.meta.checkpoint import load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
 
-__all__ = ["RunResult", "build_rule", "run_job"]
+__all__ = ["RunExistsError", "RunResult", "build_rule", "run_job"]
+
+
+class RunExistsError(FileExistsError):
+    """Starting a job whose checkpoint directory already holds a run (never silently replaced)."""
+
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +96,20 @@ def run_job(
     progress: bool = True,
     max_steps: int | None = None,
     on_step=None,
+    overwrite: bool = False,
 ) -> RunResult:
-    """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``;
+    """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``; a
+    fresh start where a run already is raises :class:`RunExistsError` unless ``overwrite``;
     ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
     called after every outer step. Returns the history and output paths."""
     load_tasks(spec.task)  # a bad task fails here, naming the file, before any worker starts
+    ckdir = spec.checkpoint_dir
+    existing = [p for p in (ckdir / "latest.pt", ckdir / "learned_optimizer.pt") if p.exists()]
+    if existing and not resume and not overwrite:
+        raise RunExistsError(
+            f"{ckdir} already holds a run ({', '.join(p.name for p in existing)}): "
+            "continue it with --resume, or start again with --overwrite (replaces it)"
+        )
     rule = build_rule(spec)
     theta = {k: v.detach() for k, v in rule.named_parameters()}
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
@@ -120,14 +135,13 @@ def run_job(
             [Worker(make_problem, estimator, spec.inner.tasks_per_worker, spec.seed * 1000 + k) for k in range(w.count)]
         )
     learner = Learner(theta, pool, spec.meta_optimizer.lr, spec.meta_optimizer.clip, spec.seed)
-    ckdir = spec.checkpoint_dir
     latest = ckdir / "latest.pt"
     run_id = None
     budget = {"inner_steps": 0, "wall_s": 0.0}  # meta-training spent so far, over every resume
     if resume:
         if not latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}; run without --resume to start")
-        ck = torch.load(latest, weights_only=False)
+        ck = load_checkpoint(latest)
         learner.load_state_dict(ck["learner"])
         run_id = ck.get("run_id")
         budget = dict(ck.get("budget") or budget)
@@ -142,7 +156,7 @@ def run_job(
     status = "FAILED"
 
     def checkpoint() -> Path:
-        return atomic_save(
+        return save_checkpoint(
             {
                 "learner": learner.state_dict(),
                 "job": spec.model_dump(),

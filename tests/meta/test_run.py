@@ -34,8 +34,8 @@ def test_stop_and_resume_gives_the_uninterrupted_theta(tmp_path):
     assert part.steps == 2
     rest = run_job(tiny_spec(tmp_path / "b"), resume=True, use_ray=False, progress=False)
     assert rest.steps == 4
-    a = torch.load(full.checkpoint, weights_only=False)["learner"]["theta"]
-    b = torch.load(rest.checkpoint, weights_only=False)["learner"]["theta"]
+    a = torch.load(full.checkpoint, weights_only=True)["learner"]["theta"]
+    b = torch.load(rest.checkpoint, weights_only=True)["learner"]["theta"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert full.optimizer_path.exists() and (full.optimizer_path.parent / "meta_loss.png").exists()
@@ -71,3 +71,54 @@ def test_cli_exit_codes(tmp_path, capsys):
     assert main(["run", str(good), "--no-ray", "--resume"]) == 3  # nothing to resume yet
     assert main(["run", str(good), "--no-ray"]) == 0
     assert "nfopt run cli" in capsys.readouterr().out
+
+
+class _Boom:
+    """Pickled into a planted checkpoint: unpickling it would create a marker file."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_runs_no_code_on_resume(tmp_path):
+    spec = tiny_spec(tmp_path)
+    marker = tmp_path / "pwned"
+    spec.checkpoint_dir.mkdir(parents=True)
+    torch.save({"format": "nfopt.run/1", "learner": _Boom(str(marker))}, spec.checkpoint_dir / "latest.pt")
+    assert main_run(spec, tmp_path, "--resume") == 2
+    assert not marker.exists()
+
+
+def main_run(spec, tmp_path, *flags) -> int:
+    import yaml
+
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return main(["run", str(job), "--no-ray", *flags])
+
+
+def test_an_existing_run_is_never_replaced_without_overwrite(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, outer_steps=1)
+    assert main_run(spec, tmp_path) == 0
+    before = (spec.checkpoint_dir / "learned_optimizer.pt").read_bytes()
+    capsys.readouterr()
+    assert main_run(spec, tmp_path) == 5
+    cap = capsys.readouterr()
+    out = " ".join((cap.out + cap.err).split())
+    assert "already holds a run" in out and "--resume" in out and "--overwrite" in out
+    assert (spec.checkpoint_dir / "learned_optimizer.pt").read_bytes() == before
+    assert main_run(spec, tmp_path, "--overwrite") == 0
+
+
+def test_a_bad_task_fails_before_any_worker_starts(tmp_path, capsys):
+    bad = tmp_path / "bad_task.yaml"
+    bad.write_text("name: b\ndataset: {name: digits}\nmodel: {kind: mlp}\nbatch_size: 8\ncolour: red\n")
+    spec = tiny_spec(tmp_path, task=str(bad))
+    assert main_run(spec, tmp_path) == 2
+    cap = capsys.readouterr()
+    out = cap.out + cap.err
+    assert "bad_task.yaml" in out and "colour" in out
+    assert not spec.checkpoint_dir.exists()

@@ -15,12 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from nfopt.jobs import JobSpec, apply_overrides
+from nfopt.meta.checkpoint import load_checkpoint
 
 __all__ = ["TuneResult", "run_sweep"]
 
@@ -162,7 +162,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
         from nfopt.run import build_rule
 
         with best.checkpoint.as_directory() as d:
-            ck = torch.load(Path(d) / "latest.pt", weights_only=False)
+            ck = load_checkpoint(Path(d) / "latest.pt")
         rule = build_rule(best_spec)
         rule.load_state_dict({**rule.state_dict(), **ck["learner"]["theta"]})
         best_opt = save_optimizer(rule, out / "best_learned_optimizer.pt", metadata={"sweep": experiment, **overrides})

@@ -185,8 +185,8 @@ def tensor_stats(
 
     def one(p: Tensor, m: Tensor, vv: Tensor, fan_in: int) -> Tensor:
         dims = tuple(range(1, p.ndim))
-        rms_p = p.square().mean(dims).sqrt()
-        snr = m.square().mean(dims).sqrt() / (vv.mean(dims).sqrt() + 1e-12)
+        rms_p = (p.square().mean(dims) + 1e-16).sqrt()  # + tiny: finite gradients at 0 (bias-free slots)
+        snr = (m.square().mean(dims) + 1e-24).sqrt() / (vv.mean(dims) + 1e-24).sqrt()
         fan = torch.full_like(rms_p, math.log10(max(fan_in, 1)))
         return torch.stack([torch.log10(rms_p + 1e-6), fan, torch.log10(snr + 1e-3)], dim=1)
 

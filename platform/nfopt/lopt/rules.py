@@ -183,7 +183,7 @@ class LearnedUpdateRule(nn.Module):
         """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + 1e-8)`` (decays 0.9, 0.999)."""
         t = step.to(dtype)
         c1, c2 = 1 - 0.9**t, 1 - 0.999**t
-        return (m / c1) / ((v / c2).map(torch.sqrt) + 1e-8)
+        return (m / c1) / ((v / c2 + 1e-30).map(torch.sqrt) + 1e-8)  # + tiny: finite gradients where v = 0
 
     def extra_repr(self) -> str:
         return (
