@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from nfopt.tasks import TaskFamily, TaskSpecError, load_suite, load_suite_tasks, load_task_family, tasks_dir
+from nfopt.tasks.spec import load_task_source
 
 FAMILIES = ["digits_mlp", "fashion8_mlp32", "fashion_cnn", "mnist1d_mlp", "teacher_student"]
 
@@ -27,7 +28,7 @@ def test_every_yaml_in_tasks_validates():
     files = sorted(root.glob("*.yaml"))
     assert {f.stem for f in files} >= set(FAMILIES)
     for f in files:
-        load_task_family(f)
+        load_task_source(f)  # a family, or a mixture (kind: mixture)
     for f in sorted((root / "suites").glob("*.yaml")):
         load_suite(f)
 
