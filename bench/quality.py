@@ -22,7 +22,7 @@ import time
 
 import nfopt
 from nfopt.evaluation import EvalSettings, win_fraction
-from nfopt.evaluation.driver import run_evaluation
+from nfopt.evaluation.driver import run_evaluation, untrained_name
 from nfopt.jobs import apply_overrides, load_job
 from nfopt.lopt import load_optimizer
 from nfopt.run import run_job
@@ -77,13 +77,13 @@ def main() -> None:
     nf = [k for k in optimizers if k != "mlp"]
     best = max(nf, key=lambda k: (win_fraction(rows, k), -sum(r["train_loss"] for r in rows if r["optimizer"] == k)))
     for k in optimizers:
-        vs_default, vs_init = win_fraction(rows, k, "adam_1e-3"), win_fraction(rows, k, k + " (untrained)")
+        vs_default, vs_init = win_fraction(rows, k, "adam_1e-3"), win_fraction(rows, k, untrained_name(optimizers, k))
         print(
             f"{k}: beats tuned Adam on {win_fraction(rows, k):.0%}, Adam 1e-3 on {vs_default:.0%}, "
             f"its init on {vs_init:.0%} of {len(tasks)} tasks"
         )
     beats_adam = win_fraction(rows, best)
-    beats_init = win_fraction(rows, best, best + " (untrained)")
+    beats_init = win_fraction(rows, best, untrained_name(optimizers, best))
     beats_mlp = win_fraction(rows, best, "mlp") if "mlp" in optimizers else float("nan")
     diverged = sum(r["diverged"] for r in rows if r["optimizer"] == best)
     print(f"best NFN/NFT: {best}; report: {run.paths['report']}")

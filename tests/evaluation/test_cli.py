@@ -61,4 +61,4 @@ def test_a_jobs_evaluate_section_writes_the_report_next_to_the_run(tiny_suite, t
     summary = json.loads((tmp_path / "runs" / "withEval" / "evaluation" / "results.json").read_text())["summary"]
     names = {r["optimizer"] for r in summary}
     learned = {"mlp (learned)", "mlp (learned, same budget)"}
-    assert names == {"adam", "sgd", "adam_1e-3", *learned, *(n + " (untrained)" for n in learned)}
+    assert names == {"adam", "sgd", "adam_1e-3", *learned, "untrained (mlp (learned), mlp (learned, same budget))"}

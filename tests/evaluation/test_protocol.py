@@ -86,6 +86,8 @@ def test_untrained_baseline_is_the_rules_own_initialisation(tiny_suite):
             p.add_(0.2 * torch.randn_like(p))  # "meta-trained": its head is no longer zero
     opts = with_untrained({"nfn": trained, "adam": Adam(lr=1e-3)})
     assert list(opts) == ["nfn", "nfn (untrained)", "adam"]
+    two = with_untrained({"a": trained, "b": LearnedUpdateRule("mlp", meta_model={"hidden": 4}, step_mult=1e-2)})
+    assert list(two) == ["a", "untrained (a, b)", "b"]  # one row: both initialisations compute Adam(1e-2)
     init = opts["nfn (untrained)"]
     assert init.config() == trained.config() and init is not trained
     task = load_suite_tasks(tiny_suite)[0]

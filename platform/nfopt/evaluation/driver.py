@@ -10,22 +10,42 @@ from pathlib import Path
 from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_suite
 from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_fraction, write_report
 
-__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation", "with_untrained"]
+__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation", "untrained_name", "with_untrained"]
 
 UNTRAINED = " (untrained)"
 
 
+def _init_key(rule) -> tuple:
+    """What an untrained rule computes depends only on these (its head is zero, so the
+    meta-model's kind and size do not matter)."""
+    cfg = rule.config()
+    return tuple(sorted((k, repr(v)) for k, v in cfg.items() if k not in ("kind", "meta_model")))
+
+
+def untrained_name(optimizers: dict, name: str) -> str:
+    """The row :func:`with_untrained` gives the initialisation of learned rule ``name``."""
+    from nfopt.lopt import LearnedUpdateRule
+
+    key = _init_key(optimizers[name])
+    group = [n for n, r in optimizers.items() if isinstance(r, LearnedUpdateRule) and _init_key(r) == key]
+    return name + UNTRAINED if len(group) == 1 else "untrained (" + ", ".join(group) + ")"
+
+
 def with_untrained(optimizers: dict) -> dict:
-    """``optimizers`` plus, after each learned rule, its own initialisation (the same rule rebuilt
-    from its config, never meta-trained: Adam at the rule's base step) named ``"<name> (untrained)"``:
-    the baseline that shows what meta-training, not the Adam start, contributes."""
+    """``optimizers`` plus each learned rule's own initialisation (the same rule rebuilt from its
+    config, never meta-trained: Adam at the rule's base step), named ``"<name> (untrained)"``:
+    the baseline that shows what meta-training, not the Adam start, contributes. Rules whose
+    initialisations compute the same function (same config apart from the meta-model) share one
+    row, ``"untrained (<names>)"`` (:func:`untrained_name`)."""
     from nfopt.lopt import LearnedUpdateRule
 
     out: dict = {}
     for name, rule in optimizers.items():
         out[name] = rule
         if isinstance(rule, LearnedUpdateRule) and not name.endswith(UNTRAINED):
-            out[name + UNTRAINED] = LearnedUpdateRule.from_config(rule.config()).eval()
+            row = untrained_name(optimizers, name)
+            if row not in out:
+                out[row] = LearnedUpdateRule.from_config(rule.config()).eval()
     return out
 
 
