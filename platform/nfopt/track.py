@@ -44,6 +44,11 @@ class Tracker:
         self.mlflow = mlflow
         mlflow.set_tracking_uri(default_tracking_uri(uri))
         mlflow.set_experiment(experiment)
+        if run_id is not None:
+            try:
+                mlflow.get_run(run_id)
+            except Exception:  # a checkpoint from another machine's store: continue in a new run
+                run_id = None
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         if run_id is None:
             mlflow.log_params(flatten(params))
