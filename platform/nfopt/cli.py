@@ -37,7 +37,15 @@ def _run(args) -> int:
     spec, console = _load(args)
     if spec is None:
         return 2
+    from nfopt.lopt.pretrained import pretrained_path
     from nfopt.run import RunExistsError, run_job
+
+    for name in spec.evaluate.pretrained if spec.evaluate is not None else []:
+        try:  # before meta-training, not after it
+            pretrained_path(name)
+        except KeyError as err:
+            console.print(f"[red]error:[/red] {args.job}: evaluate.pretrained: {err.args[0]}")
+            return 2
 
     try:
         result = run_job(

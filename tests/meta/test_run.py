@@ -122,3 +122,12 @@ def test_a_bad_task_fails_before_any_worker_starts(tmp_path, capsys):
     out = cap.out + cap.err
     assert "bad_task.yaml" in out and "colour" in out
     assert not spec.checkpoint_dir.exists()
+
+
+def test_an_unknown_pretrained_name_fails_before_meta_training(tmp_path, capsys):
+    spec = tiny_spec(tmp_path, evaluate={"suite": "digits_quick", "pretrained": ["no_such_optimizer"]})
+    assert main_run(spec, tmp_path) == 2
+    cap = capsys.readouterr()
+    out = " ".join((cap.out + cap.err).split())
+    assert "evaluate.pretrained" in out and "nfn_np_small" in out
+    assert not spec.checkpoint_dir.exists()
