@@ -23,6 +23,7 @@ def test_evaluate_writes_a_report_and_logs_it(tiny_suite, tmp_path, capsys):
     assert main(args) == 0
     summary = json.loads((out / "results.json").read_text())["summary"]
     assert {r["optimizer"] for r in summary} == {"adam", "sgd", "adam_1e-3", "mlp:demo", "mlp:demo (untrained)"}
+    assert "**mlp:demo** beats its untrained initialisation on" in (out / "report.md").read_text()
     assert "vs tuned Adam" in capsys.readouterr().out
     mlflow.set_tracking_uri(uri)
     (run,) = mlflow.search_runs(experiment_names=["ev"], output_format="list")
@@ -62,3 +63,5 @@ def test_a_jobs_evaluate_section_writes_the_report_next_to_the_run(tiny_suite, t
     names = {r["optimizer"] for r in summary}
     learned = {"mlp (learned)", "mlp (learned, same budget)"}
     assert names == {"adam", "sgd", "adam_1e-3", *learned, "untrained (mlp (learned), mlp (learned, same budget))"}
+    report = (tmp_path / "runs" / "withEval" / "evaluation" / "report.md").read_text()
+    assert all(f"**{n}** beats its untrained initialisation on" in report for n in learned)  # one shared row

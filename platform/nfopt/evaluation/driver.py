@@ -95,7 +95,11 @@ def run_evaluation(
     """Evaluate, print the table, write the report under ``out`` and (``tracking`` =
     ``{"uri", "experiment"}``) log metrics and every output file to one MLflow run. With
     ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`)."""
+    inits: dict[str, str] = {}
     if untrained:
+        from nfopt.lopt import LearnedUpdateRule
+
+        inits = {n: untrained_name(optimizers, n) for n, r in optimizers.items() if isinstance(r, LearnedUpdateRule)}
         optimizers = with_untrained(optimizers)
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -123,7 +127,7 @@ def run_evaluation(
             results = evaluate_suite_ray(tasks, optimizers, settings, num_cpus=num_cpus, progress=tick)
         else:
             results = evaluate_suite(tasks, optimizers, settings, progress=tick)
-    paths = write_report(results, out, settings, title)
+    paths = write_report(results, out, settings, title, inits)
     rows = summarize(results)
     print_table(rows, title)
     run = EvaluationRun(results, rows, paths)

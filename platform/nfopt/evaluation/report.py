@@ -248,10 +248,16 @@ def plot_speedups(rows: list[SummaryRow], out: Path) -> Path:
 
 
 def write_report(
-    results: list[TaskResult], out: str | Path, settings: EvalSettings, title: str = "nfopt evaluation"
+    results: list[TaskResult],
+    out: str | Path,
+    settings: EvalSettings,
+    title: str = "nfopt evaluation",
+    inits: dict[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``summary.csv``, ``per_seed.csv``, ``results.json``, ``curves.png`` (+ one per task),
-    ``speedups.png`` and ``report.md`` (embedding the plots) under ``out``; returns their paths."""
+    ``speedups.png`` and ``report.md`` (embedding the plots) under ``out``; returns their paths.
+    ``inits`` maps a learned optimizer to the row of its untrained initialisation (the report
+    then says how often meta-training beat it)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
@@ -276,10 +282,10 @@ def write_report(
     paths["speedups"] = plot_speedups(rows, out)
     learned = list(dict.fromkeys(r["optimizer"] for r in rows if r["vs_ref"] in ("beats", "loses")))
     wins = [f"- **{n}** beats tuned Adam on {win_fraction(rows, n):.0%} of the tasks" for n in learned]
-    for n in learned:
-        if (n + " (untrained)") in learned:
+    for n, init in (inits or {}).items():
+        if n in learned and init in learned:
             wins.append(
-                f"- **{n}** beats its untrained initialisation on {win_fraction(rows, n, n + ' (untrained)'):.0%}"
+                f"- **{n}** beats its untrained initialisation on {win_fraction(rows, n, init):.0%} of the tasks"
             )
     bad = sum(r.get("diverged", 0) for r in rows if r["optimizer"] in learned)
     wins.append(f"- diverged runs (non-finite or > 2x initial loss) among compared optimizers: {bad}")
