@@ -17,11 +17,11 @@ def load_optimizer(name_or_path):
         from nfopt.track import download_artifact
 
         ref = download_artifact(ref)
-    elif not Path(ref).exists() and (pretrained.PRETRAINED_DIR / f"{ref}.pt").is_file():
-        return pretrained.load_pretrained(ref)
     elif not Path(ref).exists() and Path(ref).suffix != ".pt":
-        have = ", ".join(pretrained.list_pretrained()) or "none"
-        raise FileNotFoundError(f"{ref}: no such file, and no pretrained optimizer of that name (shipped: {have})")
+        try:
+            return pretrained.load_pretrained(ref)
+        except KeyError as err:  # names the shipped ones
+            raise FileNotFoundError(f"{ref}: no such file, and {err.args[0]}") from None
     return lopt.load_optimizer(ref)
 
 
