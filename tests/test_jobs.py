@@ -56,3 +56,37 @@ def test_malformed_jobs_name_file_field_and_allowed_values(tmp_path, text, match
 def test_missing_job_file(tmp_path):
     with pytest.raises(JobSpecError, match="no such job file"):
         load_job(tmp_path / "none.yaml")
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("name: ../../etc\ntask: digits_mlp\nouter_steps: 3\n", r"name: String should match pattern"),
+        ("name: a/b\ntask: digits_mlp\nouter_steps: 3\n", r"name: String should match pattern"),
+        ("name: j\ntask: digits_mlp\nouter_steps: 1e18\n", r"outer_steps: Input should be a valid integer"),
+        ("name: j\ntask: digits_mlp\nouter_steps: true\n", r"outer_steps: Input should be a valid integer"),
+        (BASE + "meta_optimizer: {lr: .inf}\n", r"meta_optimizer.lr: Input should be a finite number"),
+        (BASE + "meta_optimizer: {lr: .nan}\n", r"meta_optimizer.lr: Input should be a finite number"),
+        (BASE + "meta_optimizer: {lr: true}\n", r"meta_optimizer.lr: Input should be a valid number"),
+        (BASE + "seed: 100000000000000000000000\n", r"seed: Input should be less than 2147483648"),
+        (BASE + "seed: 1.5\n", r"seed: Input should be a valid integer"),
+        (BASE + "inner: {population: '8'}\n", r"inner.population: Input should be a valid integer"),
+        (BASE + "evaluate: {suite: heldout, adam_lrs: [0.01, .inf]}\n", r"evaluate.adam_lrs.1"),
+        (BASE + "evaluate: {suite: heldout, adam_lrs: [0]}\n", r"evaluate.adam_lrs.0: Input should be greater"),
+        (BASE + "outer_steps: 4\n", r"duplicate key 'outer_steps' \(line 4\)"),
+    ],
+)
+def test_numbers_names_and_keys_are_checked_strictly(tmp_path, text, match):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    with pytest.raises(JobSpecError, match=f"(?s)job.yaml.*{match}"):
+        load_job(p)
+
+
+def test_a_directory_or_binary_job_file_is_a_clear_error(tmp_path):
+    with pytest.raises(JobSpecError, match="is a directory"):
+        load_job(tmp_path)
+    p = tmp_path / "job.yaml"
+    p.write_bytes(b"\x80\x81\xff\x00binary")
+    with pytest.raises(JobSpecError, match="job.yaml: not a text file"):
+        load_job(p)

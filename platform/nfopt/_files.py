@@ -11,7 +11,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["atomic_save", "load_yaml_model"]
+__all__ = ["atomic_save", "load_yaml_model", "read_yaml"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -31,15 +31,45 @@ def atomic_save(obj, path: str | Path) -> Path:
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {mark.line + 1}); give each key once", mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path, error: type[ValueError], what: str, missing_hint: str = ""):
+    """Parse ``path`` as YAML (safe, duplicate keys refused); ``error`` names the file when it is
+    missing, a directory, not UTF-8 text or not valid YAML."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise error(f"{path}: no such {what} file{missing_hint}") from err
+    except IsADirectoryError as err:
+        raise error(f"{path}: is a directory; give the {what} file (YAML) inside it") from err
+    except UnicodeDecodeError as err:
+        raise error(f"{path}: not a text file (byte {err.start} is not UTF-8); give a YAML {what} file") from err
+    except OSError as err:
+        raise error(f"{path}: cannot read the {what} file ({err.strerror})") from err
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML: {err}") from err
+
+
 def load_yaml_model(path: Path, model: type[M], error: type[ValueError], what: str, missing_hint: str = "") -> M:
     """Read ``path`` and validate it as ``model``; any problem raises ``error`` with a message
     that names the file and every offending field (``a.b.c: message``)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError as err:
-        raise error(f"{path}: no such {what} file{missing_hint}") from err
-    except yaml.YAMLError as err:
-        raise error(f"{path}: not valid YAML: {err}") from err
+    raw = read_yaml(path, error, what, missing_hint)
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:

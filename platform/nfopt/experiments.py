@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nfopt._files import load_yaml_model
+from nfopt._files import load_yaml_model, read_yaml
 from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
 from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
 
@@ -26,12 +26,10 @@ class ExperimentSpecError(ValueError):
 
 
 def load_experiment(path: str | Path, allowed: tuple[str, ...] | None = None):
-    import yaml
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such experiment file")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path, ExperimentSpecError, "experiment") or {}
     kind = raw.get("experiment") if isinstance(raw, dict) else None
     allowed = allowed or tuple(EXPERIMENTS)
     if kind not in allowed:

@@ -8,29 +8,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
+from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel
 
 __all__ = ["JobSpec", "JobSpecError", "apply_overrides", "load_job"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MetaModelSpec(_Strict):
+class MetaModelSpec(StrictModel):
     """The learned optimizer: meta-model ``kind`` and size, and the update rule's scales."""
 
     kind: Literal["mlp", "nfn_np", "nfn_hnp", "nft"] = "nfn_np"
-    channels: int | None = Field(default=None, gt=0, description="NFN/NFT channels")
-    layers: int | None = Field(default=None, ge=2, description="NFN layers")
-    hidden: int | None = Field(default=None, gt=0, description="per-parameter MLP width")
-    blocks: int | None = Field(default=None, gt=0, description="NFT blocks")
-    heads: int | None = Field(default=None, gt=0, description="NFT heads")
-    step_mult: float = Field(default=1e-2, gt=0, description="base learning rate of the rule")
-    exp_mult: float = Field(default=1e-3, gt=0)
-    bound: float = Field(default=0.1, gt=0, description="largest per-parameter step")
+    channels: Int | None = Field(default=None, gt=0, description="NFN/NFT channels")
+    layers: Int | None = Field(default=None, ge=2, description="NFN layers")
+    hidden: Int | None = Field(default=None, gt=0, description="per-parameter MLP width")
+    blocks: Int | None = Field(default=None, gt=0, description="NFT blocks")
+    heads: Int | None = Field(default=None, gt=0, description="NFT heads")
+    step_mult: Float = Field(default=1e-2, gt=0, description="base learning rate of the rule")
+    exp_mult: Float = Field(default=1e-3, gt=0)
+    bound: Float = Field(default=0.1, gt=0, description="largest per-parameter step")
     hand: Literal["adam", "momentum", "none"] = "adam"
 
     @model_validator(mode="after")
@@ -49,18 +46,18 @@ class MetaModelSpec(_Strict):
         return {k: getattr(self, k) for k in ("channels", "layers", "hidden", "blocks", "heads") if getattr(self, k)}
 
 
-class EstimatorSpec(_Strict):
+class EstimatorSpec(StrictModel):
     kind: Literal["es", "pes", "tbptt"] = "pes"
-    sigma: float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES)")
-    unroll: int = Field(default=10, gt=0, description="inner steps per truncation")
+    sigma: Float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES)")
+    unroll: Int = Field(default=10, gt=0, description="inner steps per truncation")
 
 
-class InnerSpec(_Strict):
-    population: int = Field(default=4, gt=0, description="networks per task, trained together")
-    tasks_per_worker: int = Field(default=2, gt=0)
+class InnerSpec(StrictModel):
+    population: Int = Field(default=4, gt=0, description="networks per task, trained together")
+    tasks_per_worker: Int = Field(default=2, gt=0)
     meta_loss: Literal["mean", "log", "final"] = "mean"
-    horizon: Literal["task", "loguniform"] | int = "task"
-    horizon_range: tuple[int, int] | None = None
+    horizon: Literal["task", "loguniform"] | Int = "task"
+    horizon_range: tuple[Int, Int] | None = None
 
     @model_validator(mode="after")
     def _horizon(self):
@@ -71,62 +68,62 @@ class InnerSpec(_Strict):
         return self
 
 
-class MetaOptimizerSpec(_Strict):
-    lr: float = Field(default=3e-3, gt=0)
-    clip: float = Field(default=1.0, ge=0, description="global meta-gradient norm clip (0: off)")
+class MetaOptimizerSpec(StrictModel):
+    lr: Float = Field(default=3e-3, gt=0)
+    clip: Float = Field(default=1.0, ge=0, description="global meta-gradient norm clip (0: off)")
 
 
-class WorkersSpec(_Strict):
-    count: int = Field(default=1, ge=1)
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0)
-    timeout_s: float = Field(default=300.0, gt=0, description="a worker slower than this is replaced")
-    place_timeout_s: float = Field(
+class WorkersSpec(StrictModel):
+    count: Int = Field(default=1, ge=1)
+    num_cpus: Float = Field(default=1.0, ge=0)
+    num_gpus: Float = Field(default=0.0, ge=0)
+    timeout_s: Float = Field(default=300.0, gt=0, description="a worker slower than this is replaced")
+    place_timeout_s: Float = Field(
         default=120.0,
         gt=0,
         description="a new worker is waited for this long once; without room in the cluster the run goes on without it",
     )
 
 
-class CheckpointSpec(_Strict):
-    every: int = Field(default=50, gt=0, description="outer steps between checkpoints")
+class CheckpointSpec(StrictModel):
+    every: Int = Field(default=50, gt=0, description="outer steps between checkpoints")
     dir: str = Field(default="runs/{name}", description="'{name}' is replaced by the job name")
 
 
-class TrackingSpec(_Strict):
+class TrackingSpec(StrictModel):
     enabled: bool = True
     uri: str | None = Field(default=None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     experiment: str = "nfopt"
 
 
-class EvaluateSpec(_Strict):
+class EvaluateSpec(StrictModel):
     """After meta-training: compare on a held-out suite against Adam tuned per task (log grid,
     separate tuning seeds) and against ``baselines`` meta-trained with the same budget."""
 
     suite: str = Field(description="a suite in tasks/suites/ or a path")
-    seeds: int = Field(default=5, gt=0)
-    tuning_seeds: int = Field(default=3, gt=0)
+    seeds: Int = Field(default=5, gt=0)
+    tuning_seeds: Int = Field(default=3, gt=0)
     tuned_baselines: list[Literal["adam", "sgd"]] = Field(default=["adam", "sgd"], description="tuned per task")
-    adam_lrs: list[float] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
-    sgd_lrs: list[float] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1)
-    steps: int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
+    adam_lrs: list[Rate] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
+    sgd_lrs: list[Rate] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1)
+    steps: Int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
     baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
     pretrained: list[str] = Field(
         default_factory=list, description="shipped learned optimizers to put beside it (nfopt.list_pretrained())"
     )
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictModel):
     """A Ray Tune sweep over job fields (``nfopt tune``): ``space`` maps dotted job fields to one
     of ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [...]}``, ``{grid: [...]}``."""
 
     space: dict[str, dict[Literal["loguniform", "uniform", "choice", "grid"], list]] = Field(min_length=1)
-    num_samples: int = Field(default=4, gt=0)
+    num_samples: Int = Field(default=4, gt=0)
     scheduler: Literal["asha", "fifo"] = "asha"
     metric: str = "meta_loss"
-    grace_period: int = Field(default=2, gt=0, description="ASHA: outer steps before a trial may stop")
-    report_every: int = Field(default=1, gt=0, description="outer steps between reports (and checkpoints)")
-    max_concurrent: int | None = Field(default=None, gt=0)
+    grace_period: Int = Field(default=2, gt=0, description="ASHA: outer steps before a trial may stop")
+    report_every: Int = Field(default=1, gt=0, description="outer steps between reports (and checkpoints)")
+    max_concurrent: Int | None = Field(default=None, gt=0)
     storage_path: str = Field(default="runs/tune", description="made absolute; '{name}' allowed")
 
     @model_validator(mode="after")
@@ -144,22 +141,27 @@ class SearchSpec(_Strict):
         return self
 
 
-class JobSpec(_Strict):
+class JobSpec(StrictModel):
     """A meta-training job."""
 
-    name: str = Field(min_length=1)
+    name: Name
     task: str = Field(description="task family or mixture: a name in tasks/ or a path to its YAML")
     meta_model: MetaModelSpec = MetaModelSpec()
     estimator: EstimatorSpec = EstimatorSpec()
     inner: InnerSpec = InnerSpec()
     meta_optimizer: MetaOptimizerSpec = MetaOptimizerSpec()
-    outer_steps: int = Field(gt=0)
+    outer_steps: Int = Field(gt=0)
     workers: WorkersSpec = WorkersSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
     evaluate: EvaluateSpec | None = None
     search: SearchSpec | None = None
-    seed: int = 0
+    init_from: str | None = Field(
+        default=None,
+        description="start θ from this learned optimizer (a shipped name, e.g. nfn_np_small, or a .pt file) "
+        "instead of the untrained rule; its meta_model must match; its budget is carried over",
+    )
+    seed: Seed = 0
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from nfopt.jobs import JobSpec
-from nfopt.lopt import LearnedUpdateRule, save_optimizer
+from nfopt.lopt import LearnedUpdateRule, load_optimizer, save_optimizer
+from nfopt.lopt.pretrained import load_pretrained
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
@@ -34,6 +35,31 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
     return LearnedUpdateRule(
         m.kind, meta_model=m.meta_kwargs(), step_mult=m.step_mult, exp_mult=m.exp_mult, bound=m.bound, hand=m.hand
     )
+
+
+def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
+    """θ to start from and the meta-training budget already in it: the untrained rule, or the
+    learned optimizer named by ``spec.init_from`` (a shipped name or a file; ``ValueError``
+    naming the field that differs when its rule is not the job's ``meta_model``)."""
+    budget = {"inner_steps": 0, "wall_s": 0.0}
+    if spec.init_from is None:
+        return {k: v.detach() for k, v in rule.named_parameters()}, budget
+    ref = spec.init_from
+    if Path(ref).exists() or Path(ref).suffix == ".pt":
+        source = load_optimizer(ref)
+    else:
+        try:
+            source = load_pretrained(ref)
+        except KeyError as err:
+            raise ValueError(f"init_from: {err.args[0]} (or give a .pt file)") from None
+    want, got = rule.config(), source.rule.config()
+    diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    if diff:
+        fields = ", ".join(f"{k}: job {want.get(k)!r} vs {got.get(k)!r}" for k in diff)
+        raise ValueError(f"init_from: {ref} is a different rule than meta_model ({fields}); make them match")
+    meta = source.metadata or {}
+    budget = {"inner_steps": int(meta.get("inner_steps") or 0), "wall_s": float(meta.get("meta_train_wall_s") or 0)}
+    return {k: v.detach().clone() for k, v in source.rule.named_parameters()}, budget
 
 
 def _make_problem(spec_json: str) -> TaskProblem:
@@ -111,7 +137,7 @@ def run_job(
             "continue it with --resume, or start again with --overwrite (replaces it)"
         )
     rule = build_rule(spec)
-    theta = {k: v.detach() for k, v in rule.named_parameters()}
+    theta, budget = _initial_theta(spec, rule)  # budget: meta-training spent so far, over every resume
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
     estimator = _estimator(spec)
     w = spec.workers
@@ -137,7 +163,6 @@ def run_job(
     learner = Learner(theta, pool, spec.meta_optimizer.lr, spec.meta_optimizer.clip, spec.seed)
     latest = ckdir / "latest.pt"
     run_id = None
-    budget = {"inner_steps": 0, "wall_s": 0.0}  # meta-training spent so far, over every resume
     if resume:
         if not latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}; run without --resume to start")
@@ -206,6 +231,7 @@ def run_job(
             "inner_steps": int(budget["inner_steps"]),
             "meta_train_wall_s": round(budget["wall_s"], 1),
             "task": spec.task,
+            "init_from": spec.init_from,
             "spec": spec.model_dump(mode="json"),
         }
         result.optimizer_path = save_optimizer(rule, ckdir / "learned_optimizer.pt", metadata=metadata)

@@ -131,3 +131,27 @@ def test_an_unknown_pretrained_name_fails_before_meta_training(tmp_path, capsys)
     out = " ".join((cap.out + cap.err).split())
     assert "evaluate.pretrained" in out and "nfn_np_small" in out
     assert not spec.checkpoint_dir.exists()
+
+
+def test_init_from_starts_at_that_optimizer_and_carries_its_budget(tmp_path, capsys):
+    first = run_job(tiny_spec(tmp_path / "a", outer_steps=2), use_ray=False, progress=False)
+    spent = torch.load(first.optimizer_path, weights_only=True)["metadata"]["inner_steps"]
+    assert spent > 0
+    spec = tiny_spec(tmp_path / "b", outer_steps=1, init_from=str(first.optimizer_path))
+    second = run_job(spec, use_ray=False, progress=False)
+    meta = torch.load(second.optimizer_path, weights_only=True)["metadata"]
+    assert meta["init_from"] == str(first.optimizer_path) and meta["inner_steps"] > spent
+    # the second run's first step started from the first run's θ: its θ differs from a fresh start's
+    fresh = run_job(tiny_spec(tmp_path / "c", outer_steps=1), use_ray=False, progress=False)
+    a = torch.load(second.checkpoint, weights_only=True)["learner"]["theta"]
+    b = torch.load(fresh.checkpoint, weights_only=True)["learner"]["theta"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    # another rule, or a name that is not shipped: exit 2 before anything runs, naming the field
+    other = tiny_spec(tmp_path / "d", init_from=str(first.optimizer_path), meta_model={"kind": "mlp", "hidden": 8})
+    assert main_run(other, tmp_path) == 2
+    out = " ".join(" ".join(capsys.readouterr()).split())
+    assert "init_from" in out and "kind" in out and not other.checkpoint_dir.exists()
+    unknown = tiny_spec(tmp_path / "e", init_from="no_such_optimizer")
+    assert main_run(unknown, tmp_path) == 2
+    out = " ".join(" ".join(capsys.readouterr()).split())
+    assert "init_from" in out and "nfn_np_small" in out

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
-from nfopt._files import load_yaml_model
+from nfopt._files import load_yaml_model, read_yaml
+from nfopt.specs import Float, Int, StrictModel
 
 __all__ = [
     "AugmentSpec",
@@ -47,32 +47,28 @@ IntRange = Annotated[tuple[int, int], BeforeValidator(_to_range)]
 Activations = Annotated[list[Activation], BeforeValidator(_to_list), Field(min_length=1)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _check_range(r: tuple[int, int], name: str, low: int = 1) -> None:
     if r[0] > r[1] or r[0] < low:
         raise ValueError(f"{name}={list(r)}: need {low} <= min <= max")
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     """Which data: a name from :data:`nfopt.data.DATASETS`, an image ``size`` (8, 14, 28, ...),
     a training subset, and loader ``options`` (e.g. ``n_in`` for teacher-student)."""
 
     name: Literal["digits", "fashion_mnist", "mnist", "cifar10", "mnist1d", "teacher_student"]
-    size: int | None = Field(default=None, gt=0)
-    num_train: int | None = Field(default=None, gt=0)
-    options: dict[str, int | float | str] = Field(default_factory=dict)
+    size: Int | None = Field(default=None, gt=0)
+    num_train: Int | None = Field(default=None, gt=0)
+    options: dict[str, Int | Float | str] = Field(default_factory=dict)
 
 
-class MLPSpec(_Strict):
+class MLPSpec(StrictModel):
     """An MLP family: ``hidden_layers`` and ``width`` ranges, activations to choose from."""
 
     kind: Literal["mlp"]
     hidden_layers: IntRange = (1, 1)
     width: IntRange = (32, 32)
-    activation: Activations = ["relu"]
+    activation: Activations = Field(default_factory=lambda: ["relu"])
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -81,15 +77,15 @@ class MLPSpec(_Strict):
         return self
 
 
-class CNNSpec(_Strict):
+class CNNSpec(StrictModel):
     """A small CNN family: ``conv_layers`` convolutions of ``channels`` (same padding), global
     average pooling, then a linear classifier."""
 
     kind: Literal["cnn"]
     conv_layers: IntRange = (2, 2)
     channels: IntRange = (16, 16)
-    kernel_size: int = Field(default=3, gt=0)
-    activation: Activations = ["relu"]
+    kernel_size: Int = Field(default=3, gt=0)
+    activation: Activations = Field(default_factory=lambda: ["relu"])
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -98,7 +94,7 @@ class CNNSpec(_Strict):
         return self
 
 
-class TaskFamilySpec(_Strict):
+class TaskFamilySpec(StrictModel):
     """A family of inner training problems; :meth:`nfopt.tasks.TaskFamily.sample` draws one."""
 
     name: str
@@ -123,7 +119,7 @@ class TaskFamilySpec(_Strict):
         return self
 
 
-class AugmentSpec(_Strict):
+class AugmentSpec(StrictModel):
     """Task augmentation (in the spirit of learned_optimization's ``ReparamWeights``): a network
     is trained in reparameterised coordinates ``p' = p / s`` (the model uses ``p = s p'``), with
     ``s = s_net * s_tensor``: one log-uniform ``s_net`` per task from ``reparam`` and an independent
@@ -131,10 +127,10 @@ class AugmentSpec(_Strict):
     by a log-uniform ``loss_scale``. A fraction ``prob`` of tasks is augmented; the rest are plain.
     Reparameterising by ``s`` moves Adam's best learning rate by about ``1/s``."""
 
-    prob: float = Field(default=1.0, ge=0, le=1)
-    reparam: tuple[float, float] = (1.0, 1.0)
-    reparam_tensor: tuple[float, float] = (1.0, 1.0)
-    loss_scale: tuple[float, float] = (1.0, 1.0)
+    prob: Float = Field(default=1.0, ge=0, le=1)
+    reparam: tuple[Float, Float] = (1.0, 1.0)
+    reparam_tensor: tuple[Float, Float] = (1.0, 1.0)
+    loss_scale: tuple[Float, Float] = (1.0, 1.0)
 
     @model_validator(mode="after")
     def _ranges(self):
@@ -145,14 +141,14 @@ class AugmentSpec(_Strict):
         return self
 
 
-class MixtureComponent(_Strict):
+class MixtureComponent(StrictModel):
     """One family of a mixture: a name in ``tasks/`` (or a path), or the family inline; its weight."""
 
     family: str | TaskFamilySpec
-    weight: float = Field(default=1.0, gt=0)
+    weight: Float = Field(default=1.0, gt=0)
 
 
-class TaskMixtureSpec(_Strict):
+class TaskMixtureSpec(StrictModel):
     """A weighted mixture of task families plus task augmentation: each drawn task picks a family
     with probability proportional to its weight, samples it, then is augmented (``augment``)."""
 
@@ -166,10 +162,10 @@ class TaskMixtureSpec(_Strict):
 class SuiteTask(TaskFamilySpec):
     """One concrete task of a suite: a family spec (usually with single values) and a seed."""
 
-    seed: int = 0
+    seed: Int = 0
 
 
-class SuiteSpec(_Strict):
+class SuiteSpec(StrictModel):
     """A held-out suite: named concrete tasks."""
 
     name: str
@@ -218,10 +214,7 @@ def load_task_family(ref: str | Path) -> TaskFamilySpec:
 def load_task_source(ref: str | Path) -> TaskFamilySpec | TaskMixtureSpec:
     """A task family or a task mixture (``kind: mixture``) from ``tasks/<ref>.yaml`` or a path."""
     path = _resolve(ref)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        raw = None  # _load reports the problem, naming the file
+    raw = read_yaml(path, TaskSpecError, "task", f" (tasks live in {tasks_dir()})")
     if isinstance(raw, dict) and raw.get("kind") == "mixture":
         return _load(path, TaskMixtureSpec)
     return _load(path, TaskFamilySpec)

@@ -5,24 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from nfopt.specs import Float, Int, Name, StrictModel
 
 __all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ZooDataSpec(_Strict):
+class ZooDataSpec(StrictModel):
     name: Literal["fashion_mnist", "mnist", "digits"] = "fashion_mnist"
-    size: int = Field(default=14, gt=0, description="image side (28 native for (Fashion-)MNIST, 8 for digits)")
+    size: Int = Field(default=14, gt=0, description="image side (28 native for (Fashion-)MNIST, 8 for digits)")
     root: str | None = Field(default=None, description="directory with IDX files (default: the usual places)")
 
 
-class Range(_Strict):
-    low: float
-    high: float
+class Range(StrictModel):
+    low: Float
+    high: Float
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -31,7 +29,7 @@ class Range(_Strict):
         return self
 
 
-class HyperSpace(_Strict):
+class HyperSpace(StrictModel):
     """What each zoo member samples. Learning rates, weight decay and init scale log-uniformly;
     dropout and the training fraction uniformly; activation and optimizer per shard."""
 
@@ -41,8 +39,10 @@ class HyperSpace(_Strict):
     init_scale: Range = Range(low=0.3, high=3.0)
     dropout: Range = Range(low=0.0, high=0.5)
     train_fraction: Range = Range(low=0.1, high=1.0)
-    activations: list[Literal["relu", "tanh", "gelu", "sigmoid", "elu", "silu"]] = ["relu", "tanh"]
-    optimizers: list[Literal["adam", "sgd"]] = ["adam", "sgd"]
+    activations: list[Literal["relu", "tanh", "gelu", "sigmoid", "elu", "silu"]] = Field(
+        default_factory=lambda: ["relu", "tanh"]
+    )
+    optimizers: list[Literal["adam", "sgd"]] = Field(default_factory=lambda: ["adam", "sgd"])
 
     @model_validator(mode="after")
     def _positive(self):
@@ -56,27 +56,27 @@ class HyperSpace(_Strict):
         return self
 
 
-class ZooSpec(_Strict):
+class ZooSpec(StrictModel):
     """A zoo of small CNNs (the Small CNN Zoo's shape: ``conv_layers`` 3x3 stride-2 convolutions
     of ``channels`` channels, global average pooling, a linear head) with sampled
     hyperparameters, weights saved after each epoch in ``save_epochs`` (0 = initialisation)."""
 
     experiment: Literal["zoo"] = "zoo"
-    name: str
+    name: Name
     data: ZooDataSpec = ZooDataSpec()
-    conv_layers: int = Field(default=3, ge=1)
-    channels: int = Field(default=16, gt=0)
-    runs: int = Field(default=256, gt=0, description="training runs (members); checkpoints = runs x len(save_epochs)")
-    shard_size: int = Field(default=16, gt=0, description="runs trained together as one population (one Ray task)")
-    epochs: int = Field(default=8, gt=0)
-    steps_per_epoch: int = Field(default=100, gt=0, description="minibatch steps per epoch (same for every run)")
-    save_epochs: list[int] = Field(default=[0, 1, 2, 3, 4, 5, 6, 7, 8])
-    batch_size: int = Field(default=64, gt=0)
-    eval_examples: int = Field(default=2000, gt=0, description="train/test examples for the saved accuracies")
+    conv_layers: Int = Field(default=3, ge=1)
+    channels: Int = Field(default=16, gt=0)
+    runs: Int = Field(default=256, gt=0, description="training runs (members); checkpoints = runs x len(save_epochs)")
+    shard_size: Int = Field(default=16, gt=0, description="runs trained together as one population (one Ray task)")
+    epochs: Int = Field(default=8, gt=0)
+    steps_per_epoch: Int = Field(default=100, gt=0, description="minibatch steps per epoch (same for every run)")
+    save_epochs: list[Int] = Field(default=[0, 1, 2, 3, 4, 5, 6, 7, 8])
+    batch_size: Int = Field(default=64, gt=0)
+    eval_examples: Int = Field(default=2000, gt=0, description="train/test examples for the saved accuracies")
     space: HyperSpace = HyperSpace()
     out: str = Field(default="zoos/{name}", description="'{name}' is replaced by the zoo name")
-    num_cpus: float = Field(default=1.0, gt=0, description="CPUs per shard task")
-    seed: int = 0
+    num_cpus: Float = Field(default=1.0, gt=0, description="CPUs per shard task")
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _epochs(self):
@@ -94,53 +94,55 @@ class ZooSpec(_Strict):
         return -(-self.runs // self.shard_size)
 
 
-class GeneralizationSpec(_Strict):
+class GeneralizationSpec(StrictModel):
     """Predict a zoo member's test accuracy from its weights (invariant NFN-NP/HNP, NFT, STATNN)."""
 
     experiment: Literal["generalization"] = "generalization"
-    name: str
+    name: Name
     zoo: str = Field(description="a zoo directory (written by `nfopt zoo`)")
-    predictors: list[Literal["nfn_np", "nfn_hnp", "nft", "statnn"]] = ["nfn_np", "nfn_hnp", "nft", "statnn"]
-    channels: int = Field(default=16, gt=0)
-    layers: int = Field(default=3, ge=1, description="equivariant layers (NFN) or blocks (NFT)")
-    epochs: int = Field(default=30, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=1e-3, gt=0)
-    test_fraction: float = Field(default=0.2, gt=0, lt=1, description="share of training runs held out")
-    min_epoch: int = Field(default=0, ge=0, description="use checkpoints saved at or after this epoch")
+    predictors: list[Literal["nfn_np", "nfn_hnp", "nft", "statnn"]] = Field(
+        default_factory=lambda: ["nfn_np", "nfn_hnp", "nft", "statnn"]
+    )
+    channels: Int = Field(default=16, gt=0)
+    layers: Int = Field(default=3, ge=1, description="equivariant layers (NFN) or blocks (NFT)")
+    epochs: Int = Field(default=30, gt=0)
+    batch_size: Int = Field(default=64, gt=0)
+    lr: Float = Field(default=1e-3, gt=0)
+    test_fraction: Float = Field(default=0.2, gt=0, lt=1, description="share of training runs held out")
+    min_epoch: Int = Field(default=0, ge=0, description="use checkpoints saved at or after this epoch")
     augment: bool = Field(default=True, description="random hidden-neuron permutations of training inputs")
     out: str = "runs/{name}"
     tracking: bool = True
     tracking_uri: str | None = None
-    seed: int = 0
+    seed: Int = 0
 
     @property
     def out_dir(self) -> Path:
         return Path(self.out.replace("{name}", self.name)).absolute()
 
 
-class TicketSpec(_Strict):
+class TicketSpec(StrictModel):
     """Winning tickets: IMP masks of small MLPs, and an NFN trained to predict them from the
     initialisation; compared by test accuracy of the masked network retrained from init."""
 
     experiment: Literal["tickets"] = "tickets"
-    name: str
+    name: Name
     data: ZooDataSpec = ZooDataSpec(name="digits", size=8)
-    widths: list[int] = Field(default=[64, 64], min_length=1, description="hidden widths of the MLPs")
-    inits: int = Field(default=128, gt=1, description="initialisations (each gets its IMP mask)")
-    test_inits: int = Field(default=32, gt=0, description="of which held out to test the mask predictor")
-    sparsity: float = Field(default=0.95, gt=0, lt=1)
-    prune_rate: float = Field(default=0.2, gt=0, lt=1, description="fraction of remaining weights pruned per round")
-    train_steps: int = Field(default=300, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=3e-3, gt=0)
-    channels: int = Field(default=16, gt=0)
-    layers: int = Field(default=3, ge=1)
-    nfn_epochs: int = Field(default=200, gt=0)
+    widths: list[Int] = Field(default=[64, 64], min_length=1, description="hidden widths of the MLPs")
+    inits: Int = Field(default=128, gt=1, description="initialisations (each gets its IMP mask)")
+    test_inits: Int = Field(default=32, gt=0, description="of which held out to test the mask predictor")
+    sparsity: Float = Field(default=0.95, gt=0, lt=1)
+    prune_rate: Float = Field(default=0.2, gt=0, lt=1, description="fraction of remaining weights pruned per round")
+    train_steps: Int = Field(default=300, gt=0)
+    batch_size: Int = Field(default=64, gt=0)
+    lr: Float = Field(default=3e-3, gt=0)
+    channels: Int = Field(default=16, gt=0)
+    layers: Int = Field(default=3, ge=1)
+    nfn_epochs: Int = Field(default=200, gt=0)
     out: str = "runs/{name}"
     tracking: bool = True
     tracking_uri: str | None = None
-    seed: int = 0
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _split(self):

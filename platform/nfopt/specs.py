@@ -1,0 +1,37 @@
+"""The one toolkit for YAML specs (jobs, task families, suites, zoos, INR sets): a strict base
+model and strict field types.
+
+``StrictModel`` forbids unknown keys, is frozen and refuses non-finite floats (``.inf``,
+``.nan``); ``Int`` refuses booleans, floats and strings (``outer_steps: 1e18`` or ``true`` is an
+error, not a number); ``Float`` refuses booleans and strings (integers are fine); ``Rate`` is a
+``Float`` > 0; ``Seed`` an ``Int`` in ``[0, 2**31)``; ``Name`` a name that is safe as a
+directory (no separators, no ``..``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+__all__ = ["NAME_PATTERN", "Float", "Int", "Name", "Rate", "Seed", "StrictModel"]
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Rate = Annotated[float, Strict(), Field(gt=0, description="a learning rate (> 0)")]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**31, description="random seed in [0, 2**31)")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=NAME_PATTERN,
+        description="letters, digits, '_', '-', '.'; no path separators, no leading '.' (outputs go under it)",
+    ),
+]
+
+
+class StrictModel(BaseModel):
+    """Base of every spec: unknown keys are errors; frozen; floats must be finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
