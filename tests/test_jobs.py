@@ -88,5 +88,5 @@ def test_a_directory_or_binary_job_file_is_a_clear_error(tmp_path):
         load_job(tmp_path)
     p = tmp_path / "job.yaml"
     p.write_bytes(b"\x80\x81\xff\x00binary")
-    with pytest.raises(JobSpecError, match="job.yaml: not a text file"):
+    with pytest.raises(JobSpecError, match=r"job\.yaml: not a text file"):
         load_job(p)

@@ -1,9 +1,11 @@
 """The ``nfopt`` command.
 
 Exit codes: 0 success; 2 bad arguments or an invalid job file (the message names the field);
-3 a missing checkpoint, sweep or data; 4 an unreachable cluster; 1 a failure during the run (or
-a followed job that did not succeed); 130 interrupted (a checkpoint up to the last completed
-outer step remains, so ``--resume`` continues).
+3 a missing checkpoint, sweep or data; 4 an unreachable cluster or tracking server; 5 a run
+already where a new one would go (``--resume`` or ``--overwrite``); 6 meta-training made no
+progress (no usable meta-gradient); 1 a failure during the run (or a followed job that did not
+succeed); 130 interrupted (a checkpoint up to the last completed outer step remains, so
+``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from rich.markup import escape
 
 __all__ = ["main"]
 
@@ -26,7 +30,7 @@ def _load(args):
     try:
         return load_job(args.job), console
     except JobSpecError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return None, console
 
 
@@ -37,14 +41,16 @@ def _run(args) -> int:
     spec, console = _load(args)
     if spec is None:
         return 2
+    from nfopt.cluster.submit import ClusterUnreachableError
     from nfopt.lopt.pretrained import pretrained_path
-    from nfopt.run import RunExistsError, run_job
+    from nfopt.run import NoProgressError, RunExistsError, run_job
+    from nfopt.track import TrackingUnreachableError
 
     for name in spec.evaluate.pretrained if spec.evaluate is not None else []:
         try:  # before meta-training, not after it
             pretrained_path(name)
         except KeyError as err:
-            console.print(f"[red]error:[/red] {args.job}: evaluate.pretrained: {err.args[0]}")
+            console.print("[red]error:[/red] " + escape(f"{args.job}: evaluate.pretrained: {err.args[0]}"))
             return 2
 
     try:
@@ -57,13 +63,19 @@ def _run(args) -> int:
             overwrite=args.overwrite,
         )
     except RunExistsError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 5
+    except NoProgressError as err:
+        console.print("[red]error:[/red] " + escape(f"{err}"))
+        return 6
+    except (ClusterUnreachableError, TrackingUnreachableError) as err:
+        console.print("[red]error:[/red] " + escape(f"{err}"))
+        return 4
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     except ValueError as err:  # a task or mixture file that does not validate (names the file and field)
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: resume with --resume")
@@ -164,10 +176,10 @@ def _evaluate_cmd(args) -> int:
         settings = EvalSettings(args.seeds, args.tuning_seeds, baselines, steps=args.steps, **extra)
         optimizers = load_optimizers(args.optimizer or [])
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     except ValueError as err:  # includes pydantic's ValidationError and malformed optimizer files
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 2
     if not optimizers and not settings.baselines:
         console.print("[red]error:[/red] nothing to evaluate: give --optimizer PATH (or keep the baselines)")
@@ -199,7 +211,9 @@ def _tune(args) -> int:
     if spec is None:
         return 2
     if spec.search is None:
-        console.print(f"[red]error:[/red] {args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
+        console.print(
+            "[red]error:[/red] " + escape(f"{args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
+        )
         return 2
     from nfopt.cluster import init_ray
     from nfopt.cluster.tune import run_sweep
@@ -208,7 +222,7 @@ def _tune(args) -> int:
     try:
         result = run_sweep(spec, Path(args.job), resume=args.resume)
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     table = Table(title=f"nfopt tune {spec.name}: trials")
     cols = list(result.rows[0]) if result.rows else []
@@ -232,7 +246,7 @@ def _submit(args) -> int:
     try:
         job_id = submit(args.address, args.job, tune=args.tune)
     except ClusterUnreachableError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 4
     print(job_id)
     if args.follow:
@@ -257,7 +271,7 @@ def _jobs(args) -> int:
     try:
         c = client(args.address)
     except ClusterUnreachableError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}")
+        Console(stderr=True).print("[red]error:[/red] " + escape(f"{err}"))
         return 4
     if args.action == "list":
         for info in c.list_jobs():
@@ -279,10 +293,10 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
     try:
         spec = load_experiment(args.job, kinds)
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     except ExperimentSpecError as err:
-        console.print(f"[red]error:[/red] {err}{hint}")
+        console.print("[red]error:[/red] " + escape(f"{err}{hint}"))
         return 2
     try:
         if spec.experiment == "zoo":
@@ -304,7 +318,7 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
             runners |= {"inr_classify": run_classify, "inr_edit": run_edit}
             runners[spec.experiment](spec)
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
@@ -358,17 +372,50 @@ def _pretrained(args) -> int:
     try:
         dest = ship_pretrained(args.run_dir, args.name, args.report, overwrite=args.overwrite)
     except FileNotFoundError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 3
     except (FileExistsError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print("[red]error:[/red] " + escape(f"{err}"))
         return 2
     console.print(f"shipped {args.name}: {dest}")
     return 0
 
 
+def _runs(args) -> int:
+    from rich.console import Console
+
+    from nfopt.track import repair_runs
+
+    fixed = repair_runs(args.tracking_uri, args.experiment)
+    Console().print(f"marked {len(fixed)} run(s) whose process died as KILLED" + "".join(f"\n  {r}" for r in fixed))
+    return 0
+
+
+EXIT_CODES = """exit codes:
+  0    success
+  1    a failure during the run (or a followed job that did not succeed)
+  2    bad arguments or an invalid file (the message names the file and the field)
+  3    a missing file: checkpoint, sweep, data, optimizer
+  4    an unreachable Ray cluster or MLflow tracking server
+  5    a run already where a new one would go (use --resume or --overwrite)
+  6    meta-training made no progress (no usable meta-gradient)
+  130  interrupted (--resume continues from the last checkpoint)"""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nfopt", description="Learned optimizers from neural functionals.")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("nfopt")
+    except PackageNotFoundError:  # run from a source tree without installing
+        ver = "unknown"
+    parser = argparse.ArgumentParser(
+        prog="nfopt",
+        description="Learned optimizers from neural functionals.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"nfopt {ver}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="meta-train a learned optimizer from a job spec")
     run.add_argument("job", help="path to jobs/<name>.yaml")
@@ -431,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     pt.add_argument("--report", default=None, help="ship: its evaluation report (markdown)")
     pt.add_argument("--overwrite", action="store_true", help="ship: replace a shipped optimizer of that name")
     pt.set_defaults(fn=_pretrained)
+    rn = sub.add_parser("runs", help="repair the MLflow record: runs whose process died are marked KILLED")
+    rn.add_argument("action", choices=["repair"])
+    rn.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
+    rn.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    rn.set_defaults(fn=_runs)
     ui = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--tracking-uri", default=None)

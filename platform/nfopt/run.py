@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,11 +21,21 @@ from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
 
-__all__ = ["RunExistsError", "RunResult", "build_rule", "run_job"]
+__all__ = ["MAX_IDLE_STEPS", "NoProgressError", "RunExistsError", "RunResult", "build_rule", "run_job"]
 
 
 class RunExistsError(FileExistsError):
     """Starting a job whose checkpoint directory already holds a run (never silently replaced)."""
+
+
+class NoProgressError(RuntimeError):
+    """Meta-training produced no usable meta-gradient: no live estimate (every worker failed or
+    none was placed) or a zero one (every inner loss at its clip value: a blown-up rule) for
+    :data:`MAX_IDLE_STEPS` steps in a row, or in every step of the run."""
+
+
+#: Consecutive outer steps without a usable meta-gradient after which a run stops with an error.
+MAX_IDLE_STEPS = 5
 
 
 log = logging.getLogger(__name__)
@@ -141,6 +153,11 @@ def run_job(
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
     estimator = _estimator(spec)
     w = spec.workers
+    if use_ray and address is None and w.num_cpus > (os.cpu_count() or 1):
+        raise ValueError(
+            f"workers.num_cpus={w.num_cpus}: the embedded Ray has {os.cpu_count()} CPUs, so no worker could be "
+            "placed; lower it, or pass --address of a cluster with larger nodes"
+        )
     if use_ray:
         from nfopt.cluster import RayPool, init_ray
 
@@ -177,6 +194,7 @@ def run_job(
         tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, spec.name, spec.model_dump(), run_id=run_id)
         run_id = tracker.run_id
     result = RunResult(steps=learner.step_count, run_id=run_id)
+    start_step = learner.step_count
     end = spec.outer_steps if max_steps is None else min(spec.outer_steps, learner.step_count + max_steps)
     status = "FAILED"
 
@@ -205,10 +223,18 @@ def run_job(
         )
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(spec.name, total=spec.outer_steps, completed=learner.step_count, loss="")
+            idle = usable_steps = 0
             while learner.step_count < end:
                 t0 = time.perf_counter()
                 m = learner.step()
                 m["step"] = learner.step_count
+                usable = math.isfinite(m.get("grad_norm", math.nan)) and m.get("grad_norm", 0.0) > 0
+                m["usable_gradient"] = float(usable)
+                idle = 0 if usable else idle + 1
+                usable_steps += usable
+                if not usable:
+                    why = "no live estimate" if "grad_norm" not in m else "a zero meta-gradient (every loss clipped?)"
+                    log.warning("outer step %d: %s (%d in a row)", learner.step_count, why, idle)
                 elapsed = time.perf_counter() - t0
                 m["inner_steps_per_s"] = m["inner_steps"] / max(elapsed, 1e-9)
                 budget["inner_steps"] += m["inner_steps"]
@@ -223,6 +249,15 @@ def run_job(
                     live = getattr(pool, "placed", pool.size)
                     tracker.log_metrics({**m, "live_workers": live}, step=learner.step_count)
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
+                if idle >= MAX_IDLE_STEPS:
+                    raise NoProgressError(
+                        f"{spec.name}: {idle} outer steps in a row without a usable meta-gradient ({why}); "
+                        "check workers.num_cpus against the cluster, the task, and meta_model.step_mult"
+                    )
+            if learner.step_count > start_step and usable_steps == 0:
+                raise NoProgressError(
+                    f"{spec.name}: no outer step produced a usable meta-gradient ({why}); the rule was not trained"
+                )
         result.checkpoint = checkpoint()
         rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})
         metadata = {
@@ -241,7 +276,7 @@ def run_job(
             for p in (result.checkpoint, result.optimizer_path, ckdir / "job.json", curve):
                 if p is not None:
                     tracker.log_artifact(p)
-        status = "FINISHED"
+        status = "FINISHED" if learner.step_count >= spec.outer_steps else "KILLED"  # KILLED: partial, resumable
     finally:
         result.steps = learner.step_count
         if tracker:

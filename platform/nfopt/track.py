@@ -5,7 +5,76 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["Tracker", "default_tracking_uri", "download_artifact", "ensure_experiment", "flatten"]
+__all__ = [
+    "Tracker",
+    "TrackingUnreachableError",
+    "default_tracking_uri",
+    "download_artifact",
+    "ensure_experiment",
+    "flatten",
+    "repair_runs",
+]
+
+#: Tags every run gets: which process on which machine runs it (:func:`repair_runs` reads them)
+#: and its state: ``running``, ``complete``, ``partial`` (stopped early, resumable), ``failed``,
+#: ``killed`` (its process died).
+PID_TAG, HOST_TAG, STATE_TAG = "nfopt.pid", "nfopt.host", "nfopt.state"
+
+
+class TrackingUnreachableError(ConnectionError):
+    """The tracking server did not answer within a few seconds."""
+
+
+def _bound_http(uri: str) -> None:
+    """For a tracking server (http/https): fail in seconds, not after minutes of retries."""
+    if uri.startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def repair_runs(uri: str | None = None, experiment: str | None = None) -> list[str]:
+    """Mark runs left RUNNING by a process of this machine that no longer exists (SIGKILL,
+    power loss) as KILLED, tag ``nfopt.state=killed``; returns their ids. Runs of other
+    machines, or without nfopt's process tags, are left alone."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(default_tracking_uri(uri))
+    client = MlflowClient()
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        ids = [exp.experiment_id] if exp else []
+    fixed = []
+    if not ids:
+        return fixed
+    for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        if tags.get(HOST_TAG) != _host() or not tags.get(PID_TAG, "").isdigit():
+            continue
+        if int(tags[PID_TAG]) == os.getpid() or _alive(int(tags[PID_TAG])):
+            continue
+        client.set_tag(run.info.run_id, STATE_TAG, "killed")
+        client.set_terminated(run.info.run_id, status="KILLED")
+        fixed.append(run.info.run_id)
+    return fixed
 
 
 def default_tracking_uri(uri: str | None = None) -> str:
@@ -42,8 +111,19 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        mlflow.set_tracking_uri(default_tracking_uri(uri))
-        mlflow.set_experiment(experiment)
+        uri = default_tracking_uri(uri)
+        _bound_http(uri)
+        mlflow.set_tracking_uri(uri)
+        try:
+            mlflow.set_experiment(experiment)
+        except Exception as err:
+            if uri.startswith(("http://", "https://")):
+                raise TrackingUnreachableError(
+                    f"tracking.uri {uri}: the MLflow server did not answer ({type(err).__name__}); start it, "
+                    "or leave tracking.uri out for the local store"
+                ) from None
+            raise
+        repair_runs(uri, experiment)  # runs of this experiment whose process died: KILLED, not RUNNING
         if run_id is not None:
             try:
                 mlflow.get_run(run_id)
@@ -52,13 +132,29 @@ class Tracker:
         self.run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         if run_id is None:
             mlflow.log_params(flatten(params))
+        mlflow.set_tags({PID_TAG: str(os.getpid()), HOST_TAG: _host(), STATE_TAG: "running"})
+        self.last_step = self._last_logged_step()
+
+    def _last_logged_step(self) -> int:
+        """The highest step with a logged metric (-1 for a new run): a resumed run logs each step once."""
+        from mlflow.tracking import MlflowClient
+
+        keys = self.mlflow.get_run(self.run_id).data.metrics
+        if not keys:
+            return -1
+        history = MlflowClient().get_metric_history(self.run_id, next(iter(keys)))
+        return max((m.step for m in history), default=-1)
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
     def log_metrics(self, metrics: dict, step: int) -> None:
+        """Log numeric ``metrics`` at ``step``; a step logged before (by the run this one resumes) is skipped."""
+        if step <= self.last_step:
+            return
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}, step=step)
+        self.last_step = step
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Log a file, or every file under a directory."""
@@ -67,7 +163,10 @@ class Tracker:
         else:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
-    def end(self, status: str = "FINISHED") -> None:
+    def end(self, status: str = "FINISHED", state: str | None = None) -> None:
+        """Close the run with MLflow ``status`` and tag ``nfopt.state`` (default: from the status)."""
+        default = {"FINISHED": "complete", "FAILED": "failed", "KILLED": "partial"}.get(status, status.lower())
+        self.mlflow.set_tag(STATE_TAG, state or default)
         self.mlflow.end_run(status=status)
 
 

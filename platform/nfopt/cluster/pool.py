@@ -13,10 +13,12 @@ it), later steps go on without it and it joins as soon as Ray places it (a node 
 from __future__ import annotations
 
 import logging
-import os
+import socket
 
 import ray
 
+from nfopt.cluster.reaper import start_reaper
+from nfopt.cluster.submit import ClusterUnreachableError
 from nfopt.meta.learner import Worker
 
 __all__ = ["PopulationWorker", "RayPool", "init_ray"]
@@ -28,12 +30,16 @@ PopulationWorker = ray.remote(Worker)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Attach to ``address`` or start an embedded local Ray bound to 127.0.0.1 (token auth off
-    for the embedded cluster; a remote cluster's ``RAY_AUTH_MODE``/token come from the env)."""
+    """Attach to ``address`` (its ``RAY_AUTH_MODE``/token come from the env) or start an embedded
+    local Ray: node address 127.0.0.1, no dashboard, Ray's token authentication (its default;
+    Ray 2.60 offers no way to bind every listener to loopback, so the token, generated in
+    ``~/.ray/auth_token``, is what keeps other clients out: see the README's security section;
+    ``RAY_AUTH_MODE=disabled`` in the environment turns it off), and a watchdog
+    (:mod:`nfopt.cluster.reaper`) that kills the cluster's processes if this driver dies without
+    shutting it down."""
     if ray.is_initialized():
         return
     if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
@@ -41,8 +47,27 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
             log_to_driver=False,
             configure_logging=False,
         )
+        start_reaper()
     else:
+        _reachable(address)
         ray.init(address=address, log_to_driver=False)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail within ``timeout`` seconds (:class:`ClusterUnreachableError`) when nothing listens at
+    a ``HOST:PORT`` cluster address, instead of Ray's minutes of retries; ``auto`` and
+    ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as err:
+        raise ClusterUnreachableError(
+            f"--address {address}: no Ray cluster answers there ({err}); start one with "
+            "`ray start --head --node-ip-address=127.0.0.1` and pass its GCS address (HOST:6379)"
+        ) from None
 
 
 class RayPool:

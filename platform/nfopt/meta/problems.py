@@ -73,7 +73,9 @@ class TaskProblem:
     (``meta_loss="mean"``), the mean of its logarithm (``"log"``: every task's relative progress
     counts alike, late gains as much as early ones), or the normalised loss at the last step
     only (``"final"``); non-finite or huge values are clipped at ``clip_loss`` and counted, and a
-    task with a non-finite loss or parameters is marked done (its estimator resets it). The rule
+    task with a member whose loss is non-finite or above ``clip_loss`` times its initial loss
+    (blown up, even if finite), or with non-finite parameters, is marked done: its estimator
+    resets it with fresh members. The rule
     is told each episode's length (``num_steps``).
 
     Horizons come from the task (``horizon="task"``), a constant, or log-uniformly between
@@ -159,8 +161,8 @@ class TaskProblem:
             p = pop.params_from_features(params)
             loss, grads = pop.loss_and_grad(xb, yb, p)
             norm = loss / state["loss0"]
-            diverged = diverged or not bool(torch.isfinite(norm).all())
             bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
+            diverged = diverged or bool(bad.any())  # blown up (non-finite, or > clip_loss x its start): reset
             nonfinite += int(bad.sum())
             norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
             losses.append((torch.log(norm.clamp_min(1e-6)) if self.meta_loss == "log" else norm).mean())
