@@ -7,8 +7,8 @@ separate process (its own session, so a signal to the driver's group does not re
 records every descendant of the driver every ``interval`` seconds and, once the driver is gone,
 kills those still alive (matched by pid *and* start time, so a recycled pid is never hit).
 
-Run as ``python reaper.py DRIVER_PID`` (standard library only: it starts in milliseconds). Linux (reads ``/proc``); elsewhere it exits
-at once and Ray's own clean-up is all there is.
+Run as ``python reaper.py DRIVER_PID`` (standard library only: it starts in milliseconds).
+Linux (reads ``/proc``); elsewhere it exits at once and Ray's own clean-up is all there is.
 """
 
 from __future__ import annotations
