@@ -135,6 +135,7 @@ def run_job(
     max_steps: int | None = None,
     on_step=None,
     overwrite: bool = False,
+    _pool=None,
 ) -> RunResult:
     """Meta-train per ``spec``. ``resume`` continues from ``<checkpoint_dir>/latest.pt``; a
     fresh start where a run already is raises :class:`RunExistsError` unless ``overwrite``;
@@ -158,7 +159,9 @@ def run_job(
             f"workers.num_cpus={w.num_cpus}: the embedded Ray has {os.cpu_count()} CPUs, so no worker could be "
             "placed; lower it, or pass --address of a cluster with larger nodes"
         )
-    if use_ray:
+    if _pool is not None:  # tests: a pool that fails in a chosen way
+        pool = _pool
+    elif use_ray:
         from nfopt.cluster import RayPool, init_ray
 
         init_ray(address)

@@ -155,3 +155,59 @@ def test_init_from_starts_at_that_optimizer_and_carries_its_budget(tmp_path, cap
     assert main_run(unknown, tmp_path) == 2
     out = " ".join(" ".join(capsys.readouterr()).split())
     assert "init_from" in out and "nfn_np_small" in out
+
+
+def test_a_blown_up_rule_is_an_error_not_a_success(tmp_path, capsys):
+    """step_mult 1e6: every step saturates the bound, the meta-gradient is exactly 0, nothing
+    trains; the run stops (exit 6) instead of saving an untrained optimizer with exit 0."""
+    spec = tiny_spec(
+        tmp_path, outer_steps=8, meta_model={"kind": "nfn_np", "channels": 4, "layers": 2, "step_mult": 1e6}
+    )
+    assert main_run(spec, tmp_path) == 6
+    out = " ".join(" ".join(capsys.readouterr()).split())
+    assert "usable meta-gradient" in out
+    assert not (spec.checkpoint_dir / "learned_optimizer.pt").exists()
+
+
+def test_no_live_estimate_is_an_error(tmp_path):
+    import pytest
+
+    from nfopt.run import MAX_IDLE_STEPS, NoProgressError
+
+    class DeadPool:  # every worker failed: no estimate at all
+        size = 1
+
+        def estimate_all(self, theta):
+            return [None]
+
+        def get_states(self):
+            return [None]
+
+    seen = []
+    with pytest.raises(NoProgressError, match="no live estimate"):
+        run_job(
+            tiny_spec(tmp_path, outer_steps=50),
+            use_ray=False,
+            progress=False,
+            on_step=lambda learner, pool, m: seen.append(m),
+            _pool=DeadPool(),
+        )
+    assert len(seen) == MAX_IDLE_STEPS and all(m["usable_gradient"] == 0 for m in seen)
+
+
+def test_unreachable_tracking_server_and_cluster_fail_in_seconds(tmp_path, capsys):
+    import time
+
+    spec = tiny_spec(tmp_path, tracking={"enabled": True, "uri": "http://127.0.0.1:9", "experiment": "e"})
+    t0 = time.monotonic()
+    assert main_run(spec, tmp_path) == 4
+    assert time.monotonic() - t0 < 30
+    assert "did not answer" in " ".join(" ".join(capsys.readouterr()).split())
+    import yaml
+
+    job = tmp_path / "job2.yaml"
+    job.write_text(yaml.safe_dump(tiny_spec(tmp_path / "b").model_dump(mode="json")))
+    t0 = time.monotonic()
+    assert main(["run", str(job), "--address", "127.0.0.1:9"]) == 4
+    assert time.monotonic() - t0 < 30
+    assert "no Ray cluster answers" in " ".join(" ".join(capsys.readouterr()).split())
