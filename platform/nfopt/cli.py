@@ -46,6 +46,14 @@ def _run(args) -> int:
     from nfopt.run import NoProgressError, RunExistsError, run_job
     from nfopt.track import TrackingUnreachableError
 
+    if spec.evaluate is not None:  # the suite is checked before meta-training, not after it
+        from nfopt.tasks.spec import load_suite
+
+        try:
+            load_suite(spec.evaluate.suite)
+        except ValueError as err:
+            console.print("[red]error:[/red] " + escape(f"{args.job}: evaluate.suite: {err}"))
+            return 2
     for name in spec.evaluate.pretrained if spec.evaluate is not None else []:
         try:  # before meta-training, not after it
             pretrained_path(name)
@@ -181,22 +189,27 @@ def _evaluate_cmd(args) -> int:
     except ValueError as err:  # includes pydantic's ValidationError and malformed optimizer files
         console.print("[red]error:[/red] " + escape(f"{err}"))
         return 2
+    out = Path(args.out or f"reports/{Path(args.suite).stem}")
+    if out.exists() and not out.is_dir():
+        console.print("[red]error:[/red] " + escape(f"--out {out}: is a file; give a directory for the report"))
+        return 2
     if not optimizers and not settings.baselines:
         console.print("[red]error:[/red] nothing to evaluate: give --optimizer PATH (or keep the baselines)")
         return 2
-    from pathlib import Path
-
-    out = Path(args.out or f"reports/{Path(args.suite).stem}")
-    run = run_evaluation(
-        tasks,
-        optimizers,
-        settings,
-        out,
-        title=f"held-out suite {Path(args.suite).stem}",
-        use_ray=not args.no_ray,
-        address=args.address,
-        tracking=None if args.no_track else {"uri": args.tracking_uri, "experiment": args.experiment},
-    )
+    try:
+        run = run_evaluation(
+            tasks,
+            optimizers,
+            settings,
+            out,
+            title=f"held-out suite {Path(args.suite).stem}",
+            use_ray=not args.no_ray,
+            address=args.address,
+            tracking=None if args.no_track else {"uri": args.tracking_uri, "experiment": args.experiment},
+        )
+    except FileNotFoundError as err:  # a dataset's files (DataNotFoundError says where it looked)
+        console.print("[red]error:[/red] " + escape(f"{args.suite}: {err}"))
+        return 3
     console.print(f"report: {run.paths['report']}" + (f"  MLflow run: {run.run_id}" if run.run_id else ""))
     return 0
 

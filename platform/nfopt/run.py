@@ -18,7 +18,7 @@ from nfopt.jobs import JobSpec
 from nfopt.lopt import LearnedUpdateRule, load_optimizer, save_optimizer
 from nfopt.lopt.pretrained import load_pretrained
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
-from nfopt.meta.checkpoint import load_checkpoint, save_checkpoint
+from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
 
 __all__ = ["MAX_IDLE_STEPS", "NoProgressError", "RunExistsError", "RunResult", "build_rule", "run_job"]
@@ -72,6 +72,27 @@ def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
     meta = source.metadata or {}
     budget = {"inner_steps": int(meta.get("inner_steps") or 0), "wall_s": float(meta.get("meta_train_wall_s") or 0)}
     return {k: v.detach().clone() for k, v in source.rule.named_parameters()}, budget
+
+
+#: Job fields a checkpoint must share with the job that resumes it (the rest may change: steps, tracking, ...).
+RESUME_FIELDS = ("task", "meta_model", "estimator", "inner", "workers.count", "init_from")
+
+
+def _check_same_job(path: Path, saved: dict, spec: JobSpec) -> None:
+    """A checkpoint written by another job (other task, rule, population...) is refused, naming the fields."""
+    now = spec.model_dump()
+    diff = []
+    for name in RESUME_FIELDS:
+        a, b = saved, now
+        for part in name.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            diff.append(f"{name}: checkpoint {a!r} vs job {b!r}")
+    if diff:
+        raise CheckpointError(
+            f"{path}: written by a different job ({'; '.join(diff)}); resume it with the job that wrote it, "
+            "or start again with --overwrite"
+        )
 
 
 def _make_problem(spec_json: str) -> TaskProblem:
@@ -187,7 +208,12 @@ def run_job(
         if not latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {latest}; run without --resume to start")
         ck = load_checkpoint(latest)
-        learner.load_state_dict(ck["learner"])
+        _check_same_job(latest, ck.get("job") or {}, spec)
+        try:
+            learner.load_state_dict(ck["learner"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            detail = " ".join(str(err).split())[:200]
+            raise CheckpointError(f"{latest}: does not fit this job ({detail}); start again with --overwrite") from None
         run_id = ck.get("run_id")
         budget = dict(ck.get("budget") or budget)
     tracker = None

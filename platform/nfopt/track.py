@@ -175,4 +175,7 @@ def download_artifact(uri: str, tracking_uri: str | None = None) -> Path:
     import mlflow
 
     mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except mlflow.exceptions.MlflowException as err:
+        raise FileNotFoundError(f"{uri}: no such MLflow artifact ({str(err).splitlines()[0][:200]})") from None

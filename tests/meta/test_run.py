@@ -211,3 +211,31 @@ def test_unreachable_tracking_server_and_cluster_fail_in_seconds(tmp_path, capsy
     assert main(["run", str(job), "--address", "127.0.0.1:9"]) == 4
     assert time.monotonic() - t0 < 30
     assert "no Ray cluster answers" in " ".join(" ".join(capsys.readouterr()).split())
+
+
+def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long paths mid-word
+    spec = tiny_spec(tmp_path, outer_steps=1)
+    assert main_run(spec, tmp_path) == 0
+    latest = spec.checkpoint_dir / "latest.pt"
+    good = latest.read_bytes()
+    cases = {
+        "truncated": (lambda: latest.write_bytes(good[: len(good) // 2]), spec, "not a checkpoint nfopt can load"),
+        "random": (lambda: latest.write_bytes(bytes(range(256)) * 8), spec, "not a checkpoint nfopt can load"),
+        "other channels": (
+            lambda: latest.write_bytes(good),
+            tiny_spec(tmp_path, outer_steps=2, meta_model={"kind": "nfn_np", "channels": 8, "layers": 2}),
+            "meta_model: checkpoint",
+        ),
+        "other task": (
+            lambda: latest.write_bytes(good),
+            tiny_spec(tmp_path, outer_steps=2, task="mnist1d_mlp"),
+            "task: checkpoint",
+        ),
+    }
+    for name, (damage, job, message) in cases.items():
+        damage()
+        capsys.readouterr()
+        assert main_run(job, tmp_path, "--resume") == 2, name
+        out = " ".join(" ".join(capsys.readouterr()).split())
+        assert "latest.pt" in out and message in out and "Traceback" not in out, (name, out)

@@ -8,6 +8,7 @@ grid, one member per (learning rate, tuning seed)) trains all of them in one bat
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,8 +69,14 @@ class EvalSettings:
             raise ValueError("seeds and tuning_seeds must be >= 1")
         for name in ("adam_lrs", "sgd_lrs"):
             lrs = getattr(self, name)
-            if not lrs or any(lr <= 0 for lr in lrs):
-                raise ValueError(f"{name}: give a non-empty grid of positive learning rates, e.g. 1e-3,1e-2,1e-1")
+            if not lrs or any(not math.isfinite(lr) or lr <= 0 for lr in lrs):
+                raise ValueError(
+                    f"{name}={list(lrs)}: give a non-empty grid of finite positive learning rates, e.g. 1e-3,1e-2,1e-1"
+                )
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(
+                f"steps={self.steps}: give a positive number of inner steps (or leave it out: each horizon)"
+            )
 
     @property
     def eval_seeds(self) -> list[int]:

@@ -10,7 +10,7 @@ from nfopt._files import atomic_save
 from nfopt.lopt.optimizer import LearnedOptimizer
 from nfopt.lopt.rules import LearnedUpdateRule
 
-__all__ = ["FORMAT", "TrainedOptimizer", "load_optimizer", "save_optimizer"]
+__all__ = ["FORMAT", "OptimizerFileError", "TrainedOptimizer", "load_optimizer", "save_optimizer"]
 
 FORMAT = "nfopt.learned_optimizer/1"
 
@@ -40,17 +40,47 @@ class TrainedOptimizer:
         return f"TrainedOptimizer({self.rule.kind!r}, metadata={self.metadata})"
 
 
+class OptimizerFileError(ValueError):
+    """A learned-optimizer file that cannot be used; the message names the file and what is wrong."""
+
+
 def load_optimizer(path: str | Path) -> TrainedOptimizer:
-    """Load a file written by :func:`save_optimizer` (``torch.load(weights_only=True)``)."""
+    """Load a file written by :func:`save_optimizer` (``torch.load(weights_only=True)``).
+
+    ``FileNotFoundError`` when it is missing; :class:`OptimizerFileError` (a ``ValueError``)
+    naming the file and the problem when it is not a complete, finite nfopt optimizer file
+    (truncated, not a torch file, another format, no config, weights of other shapes, NaN/inf)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such learned-optimizer file")
+    if path.is_dir():
+        raise OptimizerFileError(f"{path}: is a directory; give its learned_optimizer.pt")
     try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: not a readable nfopt learned-optimizer file ({err})") from err
+        size = path.stat().st_size
+        raise OptimizerFileError(
+            f"{path}: not a readable nfopt learned-optimizer file ({size} bytes: truncated, or not written by "
+            f"nfopt.lopt.save_optimizer; torch.load said: {str(err).splitlines()[0][:160]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: format {got!r} is not {FORMAT!r}; save with nfopt.lopt.save_optimizer")
-    rule = LearnedUpdateRule.from_config(payload["config"])
-    rule.load_state_dict(payload["state_dict"])
+        raise OptimizerFileError(f"{path}: format {got!r} is not {FORMAT!r}; save with nfopt.lopt.save_optimizer")
+    for field, kind in (("config", dict), ("state_dict", dict)):
+        if not isinstance(payload.get(field), kind):
+            raise OptimizerFileError(
+                f"{path}: field {field!r} is missing or not a {kind.__name__}; the file is damaged"
+            )
+    try:
+        rule = LearnedUpdateRule.from_config(payload["config"])
+    except (TypeError, ValueError, KeyError) as err:
+        raise OptimizerFileError(f"{path}: field 'config' does not describe a learned update rule ({err})") from None
+    try:
+        rule.load_state_dict(payload["state_dict"])
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise OptimizerFileError(f"{path}: field 'state_dict' does not fit its config ({detail})") from None
+    bad = [k for k, v in payload["state_dict"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise OptimizerFileError(f"{path}: non-finite (NaN/inf) weights in {bad[:3]}; the run that wrote it diverged")
     return TrainedOptimizer(rule.eval(), payload.get("metadata"))

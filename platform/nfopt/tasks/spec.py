@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -9,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, Field, model_validator
 
 from nfopt._files import load_yaml_model, read_yaml
+from nfopt.data import DATASETS
 from nfopt.specs import Float, Int, StrictModel
 
 __all__ = [
@@ -52,14 +54,31 @@ def _check_range(r: tuple[int, int], name: str, low: int = 1) -> None:
         raise ValueError(f"{name}={list(r)}: need {low} <= min <= max")
 
 
+#: Largest image side a task may ask for (28x28 sources; 256 already means 84x more pixels).
+MAX_IMAGE_SIZE = 256
+
+
 class DatasetSpec(StrictModel):
     """Which data: a name from :data:`nfopt.data.DATASETS`, an image ``size`` (8, 14, 28, ...),
     a training subset, and loader ``options`` (e.g. ``n_in`` for teacher-student)."""
 
     name: Literal["digits", "fashion_mnist", "mnist", "cifar10", "mnist1d", "teacher_student"]
-    size: Int | None = Field(default=None, gt=0)
+    size: Int | None = Field(default=None, gt=0, le=MAX_IMAGE_SIZE, description="image side (pixels)")
     num_train: Int | None = Field(default=None, gt=0)
     options: dict[str, Int | Float | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _loader_takes_them(self):
+        params = inspect.signature(DATASETS[self.name]).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return self
+        takes = set(params) - {"size"}
+        unknown = sorted(set(self.options) - takes)
+        if unknown:
+            raise ValueError(f"options {unknown} are not options of dataset {self.name!r}; it takes {sorted(takes)}")
+        if self.size is not None and "size" not in params:
+            raise ValueError(f"dataset {self.name!r} has no image size; leave `size` out")
+        return self
 
 
 class MLPSpec(StrictModel):
