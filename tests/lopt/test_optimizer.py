@@ -138,3 +138,72 @@ def test_untrained_learned_optimizer_trains_like_adam():
     train(b, torch.optim.Adam(b.parameters(), lr=1e-2), 20)
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+class _Reversed(nn.Module):
+    """A square MLP whose layers are registered in the opposite order to the one forward uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.second = nn.Linear(6, 6)
+        self.first = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.second(torch.tanh(self.first(x)))))
+
+
+def test_a_model_is_read_in_the_order_forward_calls_its_layers():
+    model = _Reversed()
+    opt = LearnedOptimizer(model, LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2}))
+    names = [n for n, _ in nfopt.lopt.module_parameters(model)]
+    assert names == ["first.weight", "first.bias", "second.weight", "second.bias", "head.weight", "head.bias"]
+    assert opt.spec.weight_shapes == ((6, 6), (6, 6), (2, 6))
+
+
+@pytest.mark.parametrize(
+    "model, match",
+    [
+        (
+            nn.Sequential(nn.Embedding(4, 4), nn.Linear(4, 3)),
+            r"'0' \(Embedding\) has parameters but is not a Linear/Conv",
+        ),
+        (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 3)), r"'1' \(LayerNorm\)"),
+    ],
+)
+def test_modules_the_rule_cannot_see_are_refused_by_name(model, match):
+    with pytest.raises(ValueError, match=match):
+        LearnedOptimizer(model, Adam(1e-3))
+
+
+def test_param_groups_added_later_and_foreign_state_dicts_are_refused():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = LearnedOptimizer(model, LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2}))
+    with pytest.raises(ValueError, match="one fixed weight space"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(3))]})
+    adam = torch.optim.Adam(model.parameters())
+    with pytest.raises(ValueError, match="not a LearnedOptimizer state_dict"):
+        opt.load_state_dict(adam.state_dict())
+    other = LearnedOptimizer(
+        nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)),
+        LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2}),
+    )
+    with pytest.raises(ValueError, match="another model or rule"):
+        opt.load_state_dict(other.state_dict())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_parameters_of_any_float_dtype_train_in_their_dtype(dtype):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    opt = nfopt.load_optimizer("nfn_np_small")(model)
+    x, y = torch.randn(32, 4, dtype=dtype), torch.randint(3, (32,))
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step(loss=loss)
+        losses.append(loss.item())
+    assert all(p.dtype == dtype for p in model.parameters())
+    assert losses[-1] < losses[0]

@@ -5,7 +5,7 @@ from nfopt.lopt.baselines import SGD, Adam
 from nfopt.lopt.features import FeatureConfig, build_features
 from nfopt.lopt.io import TrainedOptimizer, load_optimizer, save_optimizer
 from nfopt.lopt.metamodels import NFNMetaModel, NFTMetaModel, PerParamMLP, build_meta_model
-from nfopt.lopt.optimizer import LearnedOptimizer, weight_space_layout
+from nfopt.lopt.optimizer import LearnedOptimizer, module_parameters, weight_space_layout
 from nfopt.lopt.pretrained import list_pretrained, load_pretrained, ship_pretrained
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
 from nfopt.lopt.rules import LearnedUpdateRule
@@ -27,6 +27,7 @@ __all__ = [
     "list_pretrained",
     "load_optimizer",
     "load_pretrained",
+    "module_parameters",
     "save_optimizer",
     "ship_pretrained",
     "unflatten_state",

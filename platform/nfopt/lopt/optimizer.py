@@ -9,7 +9,53 @@ import torch
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["LearnedOptimizer", "weight_space_layout"]
+__all__ = ["LearnedOptimizer", "module_parameters", "weight_space_layout"]
+
+#: Modules whose weights form the MLP/CNN chain the equivariant rule sees.
+CHAIN_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+
+
+def _call_order(model: torch.nn.Module) -> list[str]:
+    """Names of the submodules in the order ``forward`` calls them (``torch.fx``); the order
+    they were registered in when the model cannot be traced."""
+    registered = [n for n, m in model.named_modules() if n and not list(m.children())]
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # data-dependent control flow etc.: fall back to registration order
+        return registered
+    called = [str(node.target) for node in graph.nodes if node.op == "call_module"]
+    if len(set(called)) != len(called):
+        dup = sorted({n for n in called if called.count(n) > 1})
+        raise ValueError(f"module(s) {dup} are called more than once in forward; a shared layer is not a chain")
+    return called + [n for n in registered if n not in called]
+
+
+def module_parameters(model: torch.nn.Module) -> list[tuple[str, Tensor]]:
+    """``(name, parameter)`` of ``model``'s Linear/Conv layers in the order ``forward`` calls
+    them (weight, then bias), whatever order ``named_parameters()`` gives. ``ValueError``
+    naming the module when a parameter belongs to anything else (an ``Embedding``, a norm, a
+    parameter of its own): this optimizer sees one MLP/CNN weight space."""
+    modules = dict(model.named_modules())
+    out = []
+    for name in _call_order(model):
+        mod = modules[name]
+        own = [(f"{name}.{k}", v) for k, v in mod.named_parameters(recurse=False) if v.requires_grad]
+        if not own:
+            continue
+        if not isinstance(mod, CHAIN_MODULES):
+            raise ValueError(
+                f"module {name!r} ({type(mod).__name__}) has parameters but is not a Linear/Conv layer; this learned "
+                "optimizer updates MLP/CNN weight spaces (Linear/Conv layers only): optimize it with another optimizer"
+            )
+        out.extend(own)
+    seen = {id(p) for _, p in out}
+    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if stray:
+        raise ValueError(
+            f"parameters {stray} belong to no Linear/Conv layer; this learned optimizer cannot update them"
+        )
+    return out
+
 
 Tensor = torch.Tensor
 
@@ -43,25 +89,50 @@ class LearnedOptimizer(torch.optim.Optimizer):
     """``torch.optim.Optimizer`` driven by an :class:`~nfopt.lopt.protocol.UpdateRule` (a
     learned rule or a baseline): ``loss.backward(); opt.step()``.
 
-    ``params`` (or ``named_parameters()``) must be a model's parameters in layer order forming an
-    MLP/CNN weight space; the rule sees them as one network (``P=1``). ``num_steps`` (optional)
-    tells the rule the training horizon. ``state_dict()`` carries the rule's state, so a run
-    resumed with ``load_state_dict`` continues exactly.
+    ``params``: the model itself (best: its Linear/Conv layers are read in the order ``forward``
+    calls them, and anything that is not one is refused by name), or its ``parameters()`` /
+    ``named_parameters()`` in layer order forming an MLP/CNN weight space (a list cannot say
+    which layer type a 2-d tensor belongs to). The rule sees them as one network (``P=1``) and
+    runs in float32 on the parameters' device; float64/float16/bfloat16 parameters are updated
+    in their own dtype. ``num_steps`` (optional) tells the rule the training horizon.
+    ``state_dict()`` carries the rule's state, so a run resumed with ``load_state_dict``
+    continues exactly.
     """
 
-    def __init__(self, params: Iterable, rule: UpdateRule, num_steps: int | None = None) -> None:
-        items = list(params)
+    def __init__(self, params: Iterable | torch.nn.Module, rule: UpdateRule, num_steps: int | None = None) -> None:
+        items = module_parameters(params) if isinstance(params, torch.nn.Module) else list(params)
         if items and isinstance(items[0], tuple):
             names, tensors = [n for n, _ in items], [t for _, t in items]
         else:
             names, tensors = None, items
         if not tensors or isinstance(tensors[0], dict):
-            raise ValueError("LearnedOptimizer takes a model's parameters (one group, in layer order)")
+            raise ValueError(
+                "LearnedOptimizer takes a model, or its parameters as one group in layer order (param-group dicts "
+                "are not supported)"
+            )
+        dtypes = {t.dtype for t in tensors}
+        devices = {t.device for t in tensors}
+        if len(dtypes) > 1 or len(devices) > 1 or not next(iter(dtypes)).is_floating_point:
+            raise ValueError(
+                f"parameters must share one floating dtype and device; got {sorted(map(str, dtypes))} on "
+                f"{sorted(map(str, devices))}"
+            )
         super().__init__(tensors, {})
         self.rule = rule
         self.spec, self._layout = weight_space_layout(tensors, names)
         p0 = tensors[0]
-        self._rule_state = rule.init(self.spec, 1, dtype=p0.dtype, device=p0.device, num_steps=num_steps)
+        self._compute_dtype = torch.float32  # the rule's dtype; parameters keep theirs
+        if hasattr(rule, "to"):
+            rule.to(p0.device)
+        self._rule_state = rule.init(self.spec, 1, dtype=self._compute_dtype, device=p0.device, num_steps=num_steps)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if getattr(self, "_layout", None) is not None:  # after __init__: the weight space is fixed
+            raise ValueError(
+                "LearnedOptimizer sees one fixed weight space; parameters cannot be added later (make a new "
+                "optimizer over the whole model, or use another optimizer for the new parameters)"
+            )
+        super().add_param_group(param_group)
 
     def _params(self) -> list[Tensor]:
         return self.param_groups[0]["params"]
@@ -81,15 +152,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = self._features(lambda p: p.detach())
-        grads = self._features(lambda p: p.grad if p.grad is not None else torch.zeros_like(p))
-        loss_t = None if loss is None else torch.as_tensor(loss).detach().reshape(1)
+        dt = self._compute_dtype
+        params = self._features(lambda p: p.detach().to(dt))
+        grads = self._features(lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(dt).reshape(1)
         new, self._rule_state = self.rule.update(None, self._rule_state, params, grads, loss_t)
         ps = self._params()
-        for (w_i, b_i), (w, b) in zip(self._layout, new):
-            ps[w_i].copy_(w[0, 0])
+        for (w_i, b_i), (w, b), (w0, b0) in zip(self._layout, new, params):
+            ps[w_i].add_((w[0, 0] - w0[0, 0]).to(ps[w_i].dtype))  # the step, applied in the parameter's dtype
             if b_i is not None:
-                ps[b_i].copy_(b[0, 0])
+                ps[b_i].add_((b[0, 0] - b0[0, 0]).to(ps[b_i].dtype))
         return loss
 
     def state_dict(self) -> dict:
@@ -100,6 +172,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         rule_state = state_dict.pop("nfopt_rule_state", None)
+        if rule_state is None:
+            raise ValueError(
+                "not a LearnedOptimizer state_dict (no 'nfopt_rule_state'; another optimizer's, e.g. Adam's?): "
+                "load one saved by LearnedOptimizer.state_dict()"
+            )
+        state = unflatten_state({k: v.clone() for k, v in rule_state.items()})
+        fresh = flatten_state(self._rule_state)
+        got = flatten_state(state)
+        wrong = sorted(
+            k for k in fresh.keys() | got.keys() if k not in fresh or k not in got or fresh[k].shape != got[k].shape
+        )
+        if wrong:
+            raise ValueError(f"state_dict is for another model or rule: rule state {wrong[:4]} do not match")
         super().load_state_dict(state_dict)
-        if rule_state is not None:
-            self._rule_state = unflatten_state({k: v.clone() for k, v in rule_state.items()})
+        device = self._params()[0].device
+        self._rule_state = unflatten_state({k: v.to(device) for k, v in got.items()})
