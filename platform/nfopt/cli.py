@@ -80,10 +80,10 @@ def _run(args) -> int:
         console.print("[red]error:[/red] " + escape(f"{err}"))
         return 4
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        console.print("[red]error:[/red] " + escape(f"{args.job}: {err}"))
         return 3
     except ValueError as err:  # a task or mixture file that does not validate (names the file and field)
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        console.print("[red]error:[/red] " + escape(f"{args.job}: {err}"))
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: resume with --resume")

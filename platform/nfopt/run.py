@@ -162,7 +162,12 @@ def run_job(
     fresh start where a run already is raises :class:`RunExistsError` unless ``overwrite``;
     ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
     called after every outer step. Returns the history and output paths."""
-    load_tasks(spec.task)  # a bad task fails here, naming the file, before any worker starts
+    try:
+        load_tasks(spec.task)  # a bad task fails here, naming the file, before any worker starts
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"task: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"task: {err}") from None
     ckdir = spec.checkpoint_dir
     existing = [p for p in (ckdir / "latest.pt", ckdir / "learned_optimizer.pt") if p.exists()]
     if existing and not resume and not overwrite:
