@@ -61,6 +61,7 @@ def _run(args) -> int:
             console.print("[red]error:[/red] " + escape(f"{args.job}: evaluate.pretrained: {err.args[0]}"))
             return 2
 
+    console.print(f"[dim]outputs: {escape(str(spec.checkpoint_dir))}[/dim]")
     try:
         result = run_job(
             spec,

@@ -65,3 +65,71 @@ def test_a_jobs_evaluate_section_writes_the_report_next_to_the_run(tiny_suite, t
     assert names == {"adam", "sgd", "adam_1e-3", *learned, "untrained (mlp (learned), mlp (learned, same budget))"}
     report = (tmp_path / "runs" / "withEval" / "evaluation" / "report.md").read_text()
     assert all(f"**{n}** beats its untrained initialisation on" in report for n in learned)  # one shared row
+
+
+def _damaged_files(tmp_path):
+    import torch
+
+    good = _saved(tmp_path)
+    payload = torch.load(good, weights_only=True)
+    files = {}
+    files["truncated"] = tmp_path / "trunc.pt"
+    files["truncated"].write_bytes(good.read_bytes()[:500])
+    files["random"] = tmp_path / "rand.pt"
+    files["random"].write_bytes(bytes(range(256)) * 4)
+    files["no config"] = tmp_path / "noconfig.pt"
+    torch.save({k: v for k, v in payload.items() if k != "config"}, files["no config"])
+    sd = {k: v.clone() for k, v in payload["state_dict"].items()}
+    key = next(iter(sd))
+    files["wrong shapes"] = tmp_path / "shapes.pt"
+    torch.save({**payload, "state_dict": {**sd, key: torch.zeros(3, 3)}}, files["wrong shapes"])
+    files["nan"] = tmp_path / "nan.pt"
+    torch.save({**payload, "state_dict": {**sd, key: torch.full_like(sd[key], float("nan"))}}, files["nan"])
+    return files
+
+
+MESSAGES = {
+    "truncated": "not a readable nfopt learned-optimizer file",
+    "random": "not a readable nfopt learned-optimizer file",
+    "no config": "field 'config' is missing",
+    "wrong shapes": "field 'state_dict' does not fit its config",
+    "nan": "non-finite (NaN/inf) weights",
+}
+
+
+def test_damaged_optimizer_files_are_clear_errors(tiny_suite, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    for name, path in _damaged_files(tmp_path).items():
+        args = ["evaluate", "--optimizer", str(path), "--suite", str(tiny_suite), "--no-ray", "--no-track"]
+        assert main(args) == 2, name
+        err = capsys.readouterr().err
+        assert path.name in err and MESSAGES[name] in err and "Traceback" not in err, (name, err)
+
+
+def test_bad_arguments_and_data_are_clear_errors(tiny_suite, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    (tmp_path / "a_file").write_text("x")
+    base = ["evaluate", "--suite", str(tiny_suite), "--no-ray", "--no-track", "--baselines", "adam"]
+    suite = tmp_path / "suite.yaml"
+    cases = [
+        (["--steps", "0"], 2, "steps=0"),
+        (["--steps", "-5"], 2, "steps=-5"),
+        (["--adam-lrs", "inf,nan"], 2, "finite positive learning rates"),
+        (["--out", str(tmp_path / "a_file")], 2, "is a file"),
+        (["--optimizer", "runs:/bogus/learned_optimizer.pt"], 3, "no such MLflow artifact"),
+        (["--suite", str(tmp_path)], 2, "is a directory"),
+    ]
+    for extra, code, message in cases:
+        assert main(base + extra + ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == code, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    task = "  - name: t\n    model: {kind: mlp}\n    batch_size: 8\n    horizon: 5\n"
+    for dataset, code, message in [
+        ("{name: digits, options: {bogus: 1}}", 2, "options ['bogus'] are not options of dataset 'digits'"),
+        ("{name: fashion_mnist, size: 100000}", 2, "size: Input should be less than or equal to 256"),
+        ("{name: cifar10, options: {data_dir: /nonexistent}}", 3, "CIFAR-10 pickle batches"),
+    ]:
+        suite.write_text(f"name: s\ntasks:\n{task}    dataset: {dataset}\n")
+        assert main(["evaluate", "--suite", str(suite), "--no-ray", "--no-track", "--baselines", "adam"]) == code
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (dataset, err)

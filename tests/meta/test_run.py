@@ -239,3 +239,17 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, monk
         assert main_run(job, tmp_path, "--resume") == 2, name
         out = " ".join(" ".join(capsys.readouterr()).split())
         assert "latest.pt" in out and message in out and "Traceback" not in out, (name, out)
+
+
+def test_a_blown_up_but_finite_task_is_reset():
+    fam = TaskFamily.load("digits_mlp")
+    rule = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2})
+    prob = TaskProblem(fam, rule, population=2, offsets=False)
+    est = TruncatedBackprop(unroll=3)
+    worker = Worker(lambda: prob, est, num_tasks=1, seed=0)
+    inner = worker.states[0]["inner"]
+    inner["params"] = inner["params"].map(lambda t: t * 50)  # finite, but the loss is far above its start
+    seed_before = inner["seed"]
+    m = Learner({k: v.detach() for k, v in rule.named_parameters()}, LocalPool([worker]), lr=1e-2).step()
+    assert m["nonfinite"] > 0 and math.isfinite(m["meta_loss"])
+    assert worker.states[0]["inner"]["seed"] != seed_before and worker.states[0]["inner"]["step"] == 0

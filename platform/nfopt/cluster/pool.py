@@ -33,7 +33,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Attach to ``address`` (its ``RAY_AUTH_MODE``/token come from the env) or start an embedded
     local Ray: node address 127.0.0.1, no dashboard, Ray's token authentication (its default;
     Ray 2.60 offers no way to bind every listener to loopback, so the token, generated in
-    ``~/.ray/auth_token``, is what keeps other clients out: see the README's security section;
+    ``~/.ray/auth_token``, is what keeps other clients out: see the README's "Safe by default";
     ``RAY_AUTH_MODE=disabled`` in the environment turns it off), and a watchdog
     (:mod:`nfopt.cluster.reaper`) that kills the cluster's processes if this driver dies without
     shutting it down."""

@@ -11,6 +11,7 @@ best configuration as a runnable job file, and its learned optimizer exported (a
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +45,7 @@ def _trial_spec(base_json: str, overrides: dict, trial_dir: Path, experiment: st
     every = base.search.report_every
     return spec.model_copy(
         update={
-            "name": f"{base.name}-{trial_dir.name}",
+            "name": re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{base.name}-{trial_dir.name}")[:128],  # a valid Name
             "search": None,
             "evaluate": None,
             "checkpoint": spec.checkpoint.model_copy(update={"every": every, "dir": str(trial_dir / "ckpt")}),
