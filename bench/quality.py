@@ -42,6 +42,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="inner steps per held-out task (default: horizons)")
     p.add_argument("--tasks", default=None, help="only these tasks of the suite, comma-separated")
     p.add_argument("--out", default="bench/results/quality")
+    p.add_argument(
+        "--use",
+        action="append",
+        default=[],
+        help="KIND=PATH: evaluate this learned-optimizer file as KIND instead of the shipped one (repeat)",
+    )
     args = p.parse_args()
 
     optimizers, budgets = {}, {}
@@ -55,7 +61,8 @@ def main() -> None:
             trained = load_optimizer(result.optimizer_path)
             print(f"meta-trained {kind}: {result.steps} outer steps, {time.perf_counter() - start:.0f} s", flush=True)
         else:
-            trained = nfopt.load_optimizer(SHIPPED[kind])
+            use = dict(u.split("=", 1) for u in args.use)
+            trained = nfopt.load_optimizer(use.get(kind, SHIPPED[kind]))
         optimizers[kind] = trained.rule
         budgets[kind] = trained.metadata.get("inner_steps")
         print(f"{kind}: {budgets[kind]} inner steps of meta-training ({trained.metadata.get('job')})", flush=True)
