@@ -5,6 +5,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow  # starts Ray: seconds to a minute
+
 from nfopt.cluster import RayPool  # noqa: E402
 from nfopt.meta import PES, QuadraticProblem  # noqa: E402
 from tests.helpers import tiny_job  # noqa: E402

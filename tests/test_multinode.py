@@ -8,6 +8,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow  # starts Ray: seconds to a minute
+
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from tests.helpers import tiny_job  # noqa: E402

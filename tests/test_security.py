@@ -15,6 +15,8 @@ from nfopt.cluster.reaper import _alive, descendants
 
 pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow  # starts Ray: seconds to a minute
+
 DRIVER = textwrap.dedent(
     """
     import time

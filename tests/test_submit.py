@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # starts Ray: seconds to a minute
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

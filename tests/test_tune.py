@@ -5,6 +5,8 @@ import yaml
 
 ray = pytest.importorskip("ray")
 
+pytestmark = pytest.mark.slow  # starts Ray: seconds to a minute
+
 from nfopt.jobs import load_job  # noqa: E402
 from tests.helpers import tiny_job  # noqa: E402
 
