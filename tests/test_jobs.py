@@ -90,3 +90,19 @@ def test_a_directory_or_binary_job_file_is_a_clear_error(tmp_path):
     p.write_bytes(b"\x80\x81\xff\x00binary")
     with pytest.raises(JobSpecError, match=r"job\.yaml: not a text file"):
         load_job(p)
+
+
+def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
+    from nfopt.run import build_rule
+
+    p = tmp_path / "job.yaml"
+    p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [fraction], lr_head: false}\n")
+    rule = build_rule(load_job(p))
+    f = rule.features
+    assert (f.adam_direction, f.loss_features, f.fraction, f.tensor_features) == (False, False, True, False)
+    assert rule.lr_head is False
+    full = build_rule(load_job(ROOT / "jobs" / "pretrain_nfn_np.yaml")).features
+    assert full.loss_features and full.fraction and full.tensor_features and full.adam_direction
+    p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [momentum]}\n")
+    with pytest.raises(JobSpecError, match="meta_model.inputs.0"):
+        load_job(p)

@@ -29,6 +29,11 @@ class MetaModelSpec(StrictModel):
     exp_mult: Float = Field(default=1e-3, gt=0)
     bound: Float = Field(default=0.1, gt=0, description="largest per-parameter step")
     hand: Literal["adam", "momentum", "none"] = "adam"
+    inputs: list[Literal["adam_direction", "loss_features", "fraction", "tensor_features"]] = Field(
+        default_factory=lambda: ["adam_direction", "loss_features", "fraction", "tensor_features"],
+        description="the rule's optional inputs (ablations leave some out)",
+    )
+    lr_head: bool = Field(default=True, description="per-tensor log step sizes from the meta-model's pooled output")
 
     @model_validator(mode="after")
     def _fits_kind(self):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from nfopt.jobs import JobSpec
-from nfopt.lopt import LearnedUpdateRule, load_optimizer, save_optimizer
+from nfopt.lopt import FeatureConfig, LearnedUpdateRule, load_optimizer, save_optimizer
 from nfopt.lopt.pretrained import load_pretrained
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -44,8 +44,16 @@ log = logging.getLogger(__name__)
 def build_rule(spec: JobSpec) -> LearnedUpdateRule:
     m = spec.meta_model
     torch.manual_seed(spec.seed)
+    flags = ("adam_direction", "loss_features", "fraction", "tensor_features")
     return LearnedUpdateRule(
-        m.kind, meta_model=m.meta_kwargs(), step_mult=m.step_mult, exp_mult=m.exp_mult, bound=m.bound, hand=m.hand
+        m.kind,
+        meta_model=m.meta_kwargs(),
+        features=FeatureConfig(**{f: f in m.inputs for f in flags}),
+        step_mult=m.step_mult,
+        exp_mult=m.exp_mult,
+        bound=m.bound,
+        hand=m.hand,
+        lr_head=m.lr_head,
     )
 
 
@@ -81,6 +89,10 @@ RESUME_FIELDS = ("task", "meta_model", "estimator", "inner", "workers.count", "i
 def _check_same_job(path: Path, saved: dict, spec: JobSpec) -> None:
     """A checkpoint written by another job (other task, rule, population...) is refused, naming the fields."""
     now = spec.model_dump()
+    try:  # fields added since the checkpoint was written take their defaults
+        saved = JobSpec.model_validate(saved).model_dump()
+    except ValueError:
+        pass
     diff = []
     for name in RESUME_FIELDS:
         a, b = saved, now
