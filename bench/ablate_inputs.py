@@ -56,9 +56,12 @@ def main() -> None:
     p.add_argument("--suite", default="heldout")
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--tasks", default=None, help="only these tasks of the suite, comma-separated")
+    p.add_argument("--variants", default="full,no_horizon,no_loss,no_lr_head", help="which of them, comma-separated")
     args = p.parse_args()
     rule = nfopt.load_optimizer(args.optimizer).rule
-    variants = ["full", "no_horizon", "no_loss"] + (["no_lr_head"] if rule.lr_head else [])
+    variants = [v for v in args.variants.split(",") if v != "no_lr_head" or rule.lr_head]
+    if variants[0] != "full":
+        variants = ["full", *[v for v in variants if v != "full"]]
     tasks = load_suite_tasks(args.suite)
     if args.tasks:
         tasks = [t for t in tasks if t.name in set(args.tasks.split(","))]
