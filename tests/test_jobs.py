@@ -104,5 +104,5 @@ def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
     full = build_rule(load_job(ROOT / "jobs" / "pretrain_nfn_np.yaml")).features
     assert full.loss_features and full.fraction and full.tensor_features and full.adam_direction
     p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [momentum]}\n")
-    with pytest.raises(JobSpecError, match="meta_model.inputs.0"):
+    with pytest.raises(JobSpecError, match=r"meta_model\.inputs\.0"):
         load_job(p)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -207,3 +209,37 @@ def test_parameters_of_any_float_dtype_train_in_their_dtype(dtype):
         losses.append(loss.item())
     assert all(p.dtype == dtype for p in model.parameters())
     assert losses[-1] < losses[0]
+
+
+def test_lr_schedulers_param_groups_and_weight_decay():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(16, 4), torch.randint(3, (16,))
+
+    def run(make_opt, steps=5):
+        m = copy.deepcopy(model)
+        opt = make_opt(m)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for _ in range(steps):
+            opt.zero_grad()
+            nn.functional.cross_entropy(m(x), y).backward()
+            opt.step()
+            sched.step()
+        return m, opt
+
+    rule = Adam(1e-2)
+    plain, _ = run(lambda m: LearnedOptimizer(m, rule))
+    # lr 0 in one group: its parameters never move; the other group's do
+    frozen, opt = run(
+        lambda m: LearnedOptimizer(
+            [{"params": list(m[0].parameters()), "lr": 0.0}, {"params": list(m[2].parameters())}], rule
+        )
+    )
+    assert [g["lr"] for g in opt.param_groups] == [0.0, pytest.approx(0.0, abs=1e-12)]  # cosine reached 0
+    assert all(torch.equal(a, b) for a, b in zip(frozen[0].parameters(), model[0].parameters()))
+    assert not any(torch.equal(a, b) for a, b in zip(frozen[2].parameters(), model[2].parameters()))
+    # decoupled weight decay shrinks the weights further than no decay
+    decayed, _ = run(lambda m: LearnedOptimizer(m, rule, weight_decay=1.0))
+    assert decayed[0].weight.norm() < plain[0].weight.norm()
+    with pytest.raises(ValueError, match="weight_decay=-1"):
+        LearnedOptimizer(model, rule, weight_decay=-1)

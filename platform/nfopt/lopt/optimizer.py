@@ -97,19 +97,39 @@ class LearnedOptimizer(torch.optim.Optimizer):
     in their own dtype. ``num_steps`` (optional) tells the rule the training horizon.
     ``state_dict()`` carries the rule's state, so a run resumed with ``load_state_dict``
     continues exactly.
+
+    Param groups (dicts, together one weight space in the order given) carry ``lr``, a
+    multiplier of the rule's step (1: the step it was meta-trained to take), so every
+    ``torch.optim.lr_scheduler`` works, and ``weight_decay``, decoupled as in AdamW:
+    ``p <- p (1 - lr b wd)`` with ``b`` the rule's base learning rate (``step_mult``).
     """
 
-    def __init__(self, params: Iterable | torch.nn.Module, rule: UpdateRule, num_steps: int | None = None) -> None:
-        items = module_parameters(params) if isinstance(params, torch.nn.Module) else list(params)
-        if items and isinstance(items[0], tuple):
-            names, tensors = [n for n, _ in items], [t for _, t in items]
+    def __init__(
+        self,
+        params: Iterable | torch.nn.Module,
+        rule: UpdateRule,
+        num_steps: int | None = None,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        if isinstance(params, torch.nn.Module):
+            groups = [{"params": [t for _, t in module_parameters(params)]}]
+            names = [n for n, _ in module_parameters(params)]
         else:
-            names, tensors = None, items
-        if not tensors or isinstance(tensors[0], dict):
-            raise ValueError(
-                "LearnedOptimizer takes a model, or its parameters as one group in layer order (param-group dicts "
-                "are not supported)"
-            )
+            items = list(params)
+            if items and isinstance(items[0], dict):  # param groups: one weight space, per-group lr / weight decay
+                groups = [{**g, "params": list(g["params"])} for g in items]
+                names = None
+            elif items and isinstance(items[0], tuple):
+                groups, names = [{"params": [t for _, t in items]}], [n for n, _ in items]
+            else:
+                groups, names = [{"params": items}], None
+        tensors = [t for g in groups for t in g["params"]]
+        if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise ValueError("LearnedOptimizer takes a model, its parameters (in layer order) or param-group dicts")
+        for k, v in (("lr", lr), ("weight_decay", weight_decay)):
+            if not (v >= 0 and v < float("inf")):
+                raise ValueError(f"{k}={v}: must be finite and >= 0")
         dtypes = {t.dtype for t in tensors}
         devices = {t.device for t in tensors}
         if len(dtypes) > 1 or len(devices) > 1 or not next(iter(dtypes)).is_floating_point:
@@ -117,7 +137,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"parameters must share one floating dtype and device; got {sorted(map(str, dtypes))} on "
                 f"{sorted(map(str, devices))}"
             )
-        super().__init__(tensors, {})
+        super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
         self.rule = rule
         self.spec, self._layout = weight_space_layout(tensors, names)
         p0 = tensors[0]
@@ -135,7 +155,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
 
     def _params(self) -> list[Tensor]:
-        return self.param_groups[0]["params"]
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _group_of(self) -> list[dict]:
+        return [g for g in self.param_groups for _ in g["params"]]
+
+    def _base_lr(self) -> float:
+        """The rule's own learning rate (``step_mult`` of a learned rule, ``lr`` of a baseline)."""
+        return float(getattr(self.rule, "step_mult", getattr(self.rule, "lr", 1.0)))
 
     def _features(self, get) -> WeightSpaceFeatures:
         ps = self._params()
@@ -157,11 +184,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
         grads = self._features(lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
         loss_t = None if loss is None else torch.as_tensor(loss).detach().to(dt).reshape(1)
         new, self._rule_state = self.rule.update(None, self._rule_state, params, grads, loss_t)
-        ps = self._params()
+        ps, groups, base = self._params(), self._group_of(), self._base_lr()
+
+        def apply(i: int, step: Tensor) -> None:  # the step, scaled by its group's lr, in the parameter's dtype
+            g = groups[i]
+            if g["weight_decay"]:
+                ps[i].mul_(1 - g["lr"] * base * g["weight_decay"])  # decoupled, as AdamW
+            ps[i].add_((step * g["lr"]).to(ps[i].dtype))
+
         for (w_i, b_i), (w, b), (w0, b0) in zip(self._layout, new, params):
-            ps[w_i].add_((w[0, 0] - w0[0, 0]).to(ps[w_i].dtype))  # the step, applied in the parameter's dtype
+            apply(w_i, w[0, 0] - w0[0, 0])
             if b_i is not None:
-                ps[b_i].add_((b[0, 0] - b0[0, 0]).to(ps[b_i].dtype))
+                apply(b_i, b[0, 0] - b0[0, 0])
         return loss
 
     def state_dict(self) -> dict:
