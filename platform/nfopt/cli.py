@@ -24,14 +24,82 @@ def _load(args):
     """``(spec, console)``; ``spec`` is ``None`` (error printed) when the job file is invalid."""
     from rich.console import Console
 
-    from nfopt.jobs import JobSpecError, load_job
+    from nfopt.jobs import JobSpecError, apply_overrides, load_job
 
     console = Console(stderr=True)
     try:
-        return load_job(args.job), console
+        spec = load_job(args.job)
+        sets = getattr(args, "set", None) or []
+        if sets:
+            spec = apply_overrides(spec, _parse_sets(sets), what="--set")
+        return spec, console
     except JobSpecError as err:
         console.print("[red]error:[/red] " + escape(f"{err}"))
         return None, console
+
+
+def _parse_sets(items: list[str]) -> dict:
+    """``["a.b=1e-3", "c=[1, 2]"]`` -> ``{"a.b": 0.001, "c": [1, 2]}`` (values read as YAML)."""
+    import yaml
+
+    from nfopt.jobs import JobSpecError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JobSpecError(f"--set {item!r}: write FIELD=VALUE, e.g. --set meta_optimizer.lr=1e-3")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise JobSpecError(f"--set {item!r}: the value is not valid YAML ({err})") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 as a string: numbers as Python writes them
+            for cast in (int, float):
+                try:
+                    parsed = cast(parsed)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = parsed
+    return out
+
+
+def _preflight(spec, job: str) -> str | None:
+    """Everything that can be checked before meta-training starts; the error text, or ``None``."""
+    from nfopt.lopt.pretrained import pretrained_path
+    from nfopt.tasks import load_tasks
+
+    try:
+        load_tasks(spec.task)
+    except (ValueError, FileNotFoundError) as err:
+        return f"{job}: task: {err}"
+    if spec.evaluate is not None:  # the suite is checked before meta-training, not after it
+        from nfopt.tasks.spec import load_suite
+
+        try:
+            load_suite(spec.evaluate.suite)
+        except (ValueError, FileNotFoundError) as err:
+            return f"{job}: evaluate.suite: {err}"
+        for name in spec.evaluate.pretrained:
+            try:
+                pretrained_path(name)
+            except KeyError as err:
+                return f"{job}: evaluate.pretrained: {err.args[0]}"
+    return None
+
+
+def _validate(args) -> int:
+    spec, console = _load(args)
+    if spec is None:
+        return 2
+    problem = _preflight(spec, args.job)
+    if problem:
+        console.print("[red]error:[/red] " + escape(problem))
+        return 2
+    from rich.console import Console
+
+    Console().print(f"{args.job}: valid; outputs would go to {spec.checkpoint_dir}")
+    return 0
 
 
 def _run(args) -> int:
@@ -42,24 +110,13 @@ def _run(args) -> int:
     if spec is None:
         return 2
     from nfopt.cluster.submit import ClusterUnreachableError
-    from nfopt.lopt.pretrained import pretrained_path
     from nfopt.run import NoProgressError, RunExistsError, run_job
     from nfopt.track import TrackingUnreachableError
 
-    if spec.evaluate is not None:  # the suite is checked before meta-training, not after it
-        from nfopt.tasks.spec import load_suite
-
-        try:
-            load_suite(spec.evaluate.suite)
-        except ValueError as err:
-            console.print("[red]error:[/red] " + escape(f"{args.job}: evaluate.suite: {err}"))
-            return 2
-    for name in spec.evaluate.pretrained if spec.evaluate is not None else []:
-        try:  # before meta-training, not after it
-            pretrained_path(name)
-        except KeyError as err:
-            console.print("[red]error:[/red] " + escape(f"{args.job}: evaluate.pretrained: {err.args[0]}"))
-            return 2
+    problem = _preflight(spec, args.job)
+    if problem:
+        console.print("[red]error:[/red] " + escape(problem))
+        return 2
 
     console.print(f"[dim]outputs: {escape(str(spec.checkpoint_dir))}[/dim]")
     try:
@@ -438,7 +495,14 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-ray", action="store_true", help="run the workers in this process (debugging)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many outer steps (resumable)")
     run.add_argument("--overwrite", action="store_true", help="start again where a run already is (replaces it)")
+    run.add_argument(
+        "--set", action="append", metavar="FIELD=VALUE", help="override a job field, e.g. meta_optimizer.lr=1e-3"
+    )
     run.set_defaults(fn=_run)
+    va = sub.add_parser("validate", help="check a job (its task, suite and pretrained names too) without running it")
+    va.add_argument("job")
+    va.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field")
+    va.set_defaults(fn=_validate)
     tn = sub.add_parser("tune", help="run the job's `search` section as a Ray Tune sweep (ASHA)")
     tn.add_argument("job")
     tn.add_argument("--resume", action="store_true", help="restore an interrupted sweep (Tuner.restore)")

@@ -180,7 +180,7 @@ class JobSpecError(ValueError):
 _SIZE_FIELDS = ("channels", "layers", "hidden", "blocks", "heads")
 
 
-def apply_overrides(spec: JobSpec, overrides: dict) -> JobSpec:
+def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") -> JobSpec:
     """``spec`` with dotted fields replaced (``{"meta_optimizer.lr": 1e-3}``), validated. A new
     ``meta_model.kind`` drops size fields the kind does not take."""
     raw = spec.model_dump()
@@ -189,10 +189,10 @@ def apply_overrides(spec: JobSpec, overrides: dict) -> JobSpec:
         cur = raw
         for part in path:
             if not isinstance(cur.get(part), dict):
-                raise JobSpecError(f"search.space: {key!r} is not a job field")
+                raise JobSpecError(f"{what}: {key!r} is not a job field")
             cur = cur[part]
         if leaf not in cur:
-            raise JobSpecError(f"search.space: {key!r} is not a job field")
+            raise JobSpecError(f"{what}: {key!r} is not a job field")
         cur[leaf] = value
     kind = overrides.get("meta_model.kind")
     if kind is not None and kind != spec.meta_model.kind:
@@ -203,7 +203,8 @@ def apply_overrides(spec: JobSpec, overrides: dict) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        raise JobSpecError(f"search override {overrides}: {err}") from None
+        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+        raise JobSpecError(f"{what} {overrides}: invalid JobSpec:\n  " + "\n  ".join(lines)) from None
 
 
 def load_job(path: str | Path) -> JobSpec:

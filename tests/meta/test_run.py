@@ -254,3 +254,24 @@ def test_a_blown_up_but_finite_task_is_reset():
     m = Learner({k: v.detach() for k, v in rule.named_parameters()}, LocalPool([worker]), lr=1e-2).step()
     assert m["nonfinite"] > 0 and math.isfinite(m["meta_loss"])
     assert worker.states[0]["inner"]["seed"] != seed_before and worker.states[0]["inner"]["step"] == 0
+
+
+def test_validate_and_set_check_a_job_without_running_it(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(tiny_spec(tmp_path).model_dump(mode="json")))
+    assert main(["validate", str(job)]) == 0
+    assert "valid" in capsys.readouterr().out and not (tmp_path / "runs").exists()
+    assert main(["validate", str(job), "--set", "meta_optimizer.lr=1e-3", "--set", "inner.population=3"]) == 0
+    for bad, message in [
+        ("meta_optimizer.lr=.inf", "meta_optimizer.lr: Input should be a finite number"),
+        ("nope=1", "'nope' is not a job field"),
+        ("outer_steps", "write FIELD=VALUE"),
+        ("task=no_such_task", "no such task file"),
+    ]:
+        assert main(["validate", str(job), "--set", bad]) == 2, bad
+        assert message in capsys.readouterr().err, bad
+    assert main(["run", str(job), "--no-ray", "--set", "outer_steps=1"]) == 0
+    assert torch.load(tmp_path / "runs" / "tiny" / "latest.pt", weights_only=True)["learner"]["step"] == 1
