@@ -101,7 +101,7 @@ def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
     f = rule.features
     assert (f.adam_direction, f.loss_features, f.fraction, f.tensor_features) == (False, False, True, False)
     assert rule.lr_head is False
-    full = build_rule(load_job(ROOT / "jobs" / "pretrain_nfn_np.yaml")).features
+    full = build_rule(load_job(ROOT / "jobs" / "ablate_nfn_np_all.yaml")).features
     assert full.loss_features and full.fraction and full.tensor_features and full.adam_direction
     p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [momentum]}\n")
     with pytest.raises(JobSpecError, match=r"meta_model\.inputs\.0"):
