@@ -6,58 +6,20 @@ from collections.abc import Iterable
 
 import torch
 
+from nfopt.lopt.layout import SpaceLayout, discover_spaces, tensor_view
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["LearnedOptimizer", "module_parameters", "weight_space_layout"]
 
-#: Modules whose weights form the MLP/CNN chain the equivariant rule sees.
-CHAIN_MODULES = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-
-
-def _call_order(model: torch.nn.Module) -> list[str]:
-    """Names of the submodules in the order ``forward`` calls them (``torch.fx``); the order
-    they were registered in when the model cannot be traced."""
-    registered = [n for n, m in model.named_modules() if n and not list(m.children())]
-    try:
-        graph = torch.fx.symbolic_trace(model).graph
-    except Exception:  # data-dependent control flow etc.: fall back to registration order
-        return registered
-    called = [str(node.target) for node in graph.nodes if node.op == "call_module"]
-    if len(set(called)) != len(called):
-        dup = sorted({n for n in called if called.count(n) > 1})
-        raise ValueError(f"module(s) {dup} are called more than once in forward; a shared layer is not a chain")
-    return called + [n for n in registered if n not in called]
+Tensor = torch.Tensor
 
 
 def module_parameters(model: torch.nn.Module) -> list[tuple[str, Tensor]]:
-    """``(name, parameter)`` of ``model``'s Linear/Conv layers in the order ``forward`` calls
-    them (weight, then bias), whatever order ``named_parameters()`` gives. ``ValueError``
-    naming the module when a parameter belongs to anything else (an ``Embedding``, a norm, a
-    parameter of its own): this optimizer sees one MLP/CNN weight space."""
-    modules = dict(model.named_modules())
-    out = []
-    for name in _call_order(model):
-        mod = modules[name]
-        own = [(f"{name}.{k}", v) for k, v in mod.named_parameters(recurse=False) if v.requires_grad]
-        if not own:
-            continue
-        if not isinstance(mod, CHAIN_MODULES):
-            raise ValueError(
-                f"module {name!r} ({type(mod).__name__}) has parameters but is not a Linear/Conv layer; this learned "
-                "optimizer updates MLP/CNN weight spaces (Linear/Conv layers only): optimize it with another optimizer"
-            )
-        out.extend(own)
-    seen = {id(p) for _, p in out}
-    stray = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
-    if stray:
-        raise ValueError(
-            f"parameters {stray} belong to no Linear/Conv layer; this learned optimizer cannot update them"
-        )
-    return out
-
-
-Tensor = torch.Tensor
+    """``(name, parameter)`` of every trainable parameter of ``model`` in the order the learned
+    optimizer uses them: its Linear/Conv chains in forward's data-flow order (weight, then bias),
+    then every other parameter (see :mod:`nfopt.lopt.layout`)."""
+    return discover_spaces(model)[0]
 
 
 def weight_space_layout(params: list[Tensor], names: list[str] | None = None) -> tuple[NetworkSpec, list]:
@@ -85,23 +47,40 @@ def weight_space_layout(params: list[Tensor], names: list[str] | None = None) ->
     return spec, layers
 
 
+def _list_spaces(tensors: list[Tensor], names: list[str] | None) -> list[SpaceLayout]:
+    """A parameter list: one MLP/CNN chain when it forms one (in the order given), else one
+    weight space per tensor."""
+    try:
+        spec, layers = weight_space_layout(tensors, names)
+    except ValueError:
+        out = []
+        for i, t in enumerate(tensors):
+            view = tensor_view(tuple(t.shape))
+            out.append(SpaceLayout(NetworkSpec((view,), (False,)), ((i, None),), (view,), "tensor"))
+        return out
+    views = tuple(tuple(tensors[w].shape) for w, _ in layers)
+    return [SpaceLayout(spec, tuple(layers), views, "chain")]
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """``torch.optim.Optimizer`` driven by an :class:`~nfopt.lopt.protocol.UpdateRule` (a
     learned rule or a baseline): ``loss.backward(); opt.step()``.
 
-    ``params``: the model itself (best: its Linear/Conv layers are read in the order ``forward``
-    calls them, and anything that is not one is refused by name), or its ``parameters()`` /
-    ``named_parameters()`` in layer order forming an MLP/CNN weight space (a list cannot say
-    which layer type a 2-d tensor belongs to). The rule sees them as one network (``P=1``) and
-    runs in float32 on the parameters' device; float64/float16/bfloat16 parameters are updated
-    in their own dtype. ``num_steps`` (optional) tells the rule the training horizon.
+    ``params``: best the model itself: its Linear/Conv chains are found from the data flow of
+    ``forward`` (:mod:`nfopt.lopt.layout`; any order of ``named_parameters()``) and each is one
+    weight space with its permutation symmetry; every other parameter (norms, embeddings,
+    attention projections, stray tensors) is its own one-layer weight space, updated by the same
+    rule; nothing is refused. A parameter list (``parameters()``, ``named_parameters()``, or
+    param-group dicts) is read as one chain in the order given when it forms one (a list cannot
+    say which layer type a 2-d tensor belongs to), else tensor by tensor. The rule runs in
+    float32 on the parameters' device (it is moved there); float64/float16/bfloat16 parameters
+    are updated in their own dtype. ``num_steps`` (optional) tells the rule the horizon.
     ``state_dict()`` carries the rule's state, so a run resumed with ``load_state_dict``
     continues exactly.
 
-    Param groups (dicts, together one weight space in the order given) carry ``lr``, a
-    multiplier of the rule's step (1: the step it was meta-trained to take), so every
-    ``torch.optim.lr_scheduler`` works, and ``weight_decay``, decoupled as in AdamW:
-    ``p <- p (1 - lr b wd)`` with ``b`` the rule's base learning rate (``step_mult``).
+    Param groups carry ``lr``, a multiplier of the rule's step (1: the step it was meta-trained
+    to take), so every ``torch.optim.lr_scheduler`` works, and ``weight_decay``, decoupled as in
+    AdamW: ``p <- p (1 - lr b wd)`` with ``b`` the rule's base learning rate (``step_mult``).
     """
 
     def __init__(
@@ -112,12 +91,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float = 1.0,
         weight_decay: float = 0.0,
     ) -> None:
+        spaces = None
         if isinstance(params, torch.nn.Module):
-            groups = [{"params": [t for _, t in module_parameters(params)]}]
-            names = [n for n, _ in module_parameters(params)]
+            named, spaces = discover_spaces(params)
+            groups, names = [{"params": [t for _, t in named]}], [n for n, _ in named]
         else:
             items = list(params)
-            if items and isinstance(items[0], dict):  # param groups: one weight space, per-group lr / weight decay
+            if items and isinstance(items[0], dict):  # param groups: per-group lr / weight decay
                 groups = [{**g, "params": list(g["params"])} for g in items]
                 names = None
             elif items and isinstance(items[0], tuple):
@@ -126,7 +106,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 groups, names = [{"params": items}], None
         tensors = [t for g in groups for t in g["params"]]
         if not tensors or not all(isinstance(t, torch.Tensor) for t in tensors):
-            raise ValueError("LearnedOptimizer takes a model, its parameters (in layer order) or param-group dicts")
+            raise ValueError("LearnedOptimizer takes a model, its parameters or param-group dicts (none given)")
         for k, v in (("lr", lr), ("weight_decay", weight_decay)):
             if not (v >= 0 and v < float("inf")):
                 raise ValueError(f"{k}={v}: must be finite and >= 0")
@@ -139,17 +119,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
             )
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
         self.rule = rule
-        self.spec, self._layout = weight_space_layout(tensors, names)
+        self.spaces = spaces if spaces is not None else _list_spaces(tensors, names)
+        self.spec = self.spaces[0].spec  # the first (main) weight space
         p0 = tensors[0]
         self._compute_dtype = torch.float32  # the rule's dtype; parameters keep theirs
         if hasattr(rule, "to"):
             rule.to(p0.device)
-        self._rule_state = rule.init(self.spec, 1, dtype=self._compute_dtype, device=p0.device, num_steps=num_steps)
+        self._rule_states = [
+            rule.init(sp.spec, 1, dtype=self._compute_dtype, device=p0.device, num_steps=num_steps)
+            for sp in self.spaces
+        ]
 
     def add_param_group(self, param_group: dict) -> None:
-        if getattr(self, "_layout", None) is not None:  # after __init__: the weight space is fixed
+        if getattr(self, "spaces", None) is not None:  # after __init__: the weight spaces are fixed
             raise ValueError(
-                "LearnedOptimizer sees one fixed weight space; parameters cannot be added later (make a new "
+                "LearnedOptimizer sees fixed weight spaces; parameters cannot be added later (make a new "
                 "optimizer over the whole model, or use another optimizer for the new parameters)"
             )
         super().add_param_group(param_group)
@@ -164,11 +148,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """The rule's own learning rate (``step_mult`` of a learned rule, ``lr`` of a baseline)."""
         return float(getattr(self.rule, "step_mult", getattr(self.rule, "lr", 1.0)))
 
-    def _features(self, get) -> WeightSpaceFeatures:
-        ps = self._params()
+    @staticmethod
+    def _features(space: SpaceLayout, ps: list[Tensor], get) -> WeightSpaceFeatures:
         ws, bs = [], []
-        for w_i, b_i in self._layout:
-            w = get(ps[w_i])
+        for (w_i, b_i), view in zip(space.layers, space.views):
+            w = get(ps[w_i]).reshape(view)
             ws.append(w[None, None])
             bs.append(get(ps[b_i])[None, None] if b_i is not None else w.new_zeros(1, 1, w.shape[0]))
         return WeightSpaceFeatures(ws, bs)
@@ -180,27 +164,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         dt = self._compute_dtype
-        params = self._features(lambda p: p.detach().to(dt))
-        grads = self._features(lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
-        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(dt).reshape(1)
-        new, self._rule_state = self.rule.update(None, self._rule_state, params, grads, loss_t)
         ps, groups, base = self._params(), self._group_of(), self._base_lr()
+        loss_t = None if loss is None else torch.as_tensor(loss).detach().to(dt).reshape(1)
 
         def apply(i: int, step: Tensor) -> None:  # the step, scaled by its group's lr, in the parameter's dtype
             g = groups[i]
             if g["weight_decay"]:
                 ps[i].mul_(1 - g["lr"] * base * g["weight_decay"])  # decoupled, as AdamW
-            ps[i].add_((step * g["lr"]).to(ps[i].dtype))
+            ps[i].add_((step.reshape(ps[i].shape) * g["lr"]).to(ps[i].dtype))
 
-        for (w_i, b_i), (w, b), (w0, b0) in zip(self._layout, new, params):
-            apply(w_i, w[0, 0] - w0[0, 0])
-            if b_i is not None:
-                apply(b_i, b[0, 0] - b0[0, 0])
+        for k, space in enumerate(self.spaces):
+            params = self._features(space, ps, lambda p: p.detach().to(dt))
+            grads = self._features(space, ps, lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
+            new, self._rule_states[k] = self.rule.update(None, self._rule_states[k], params, grads, loss_t)
+            for (w_i, b_i), (w, b), (w0, b0) in zip(space.layers, new, params):
+                apply(w_i, w[0, 0] - w0[0, 0])
+                if b_i is not None:
+                    apply(b_i, b[0, 0] - b0[0, 0])
         return loss
 
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        sd["nfopt_rule_state"] = {k: v.clone() for k, v in flatten_state(self._rule_state).items()}
+        sd["nfopt_rule_state"] = {
+            f"{k}/{name}": v.clone() for k, st in enumerate(self._rule_states) for name, v in flatten_state(st).items()
+        }
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -211,14 +198,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 "not a LearnedOptimizer state_dict (no 'nfopt_rule_state'; another optimizer's, e.g. Adam's?): "
                 "load one saved by LearnedOptimizer.state_dict()"
             )
-        state = unflatten_state({k: v.clone() for k, v in rule_state.items()})
-        fresh = flatten_state(self._rule_state)
-        got = flatten_state(state)
-        wrong = sorted(
-            k for k in fresh.keys() | got.keys() if k not in fresh or k not in got or fresh[k].shape != got[k].shape
-        )
+        per_space: list[dict] = [{} for _ in self._rule_states]
+        wrong = []
+        for key, v in rule_state.items():
+            k, _, name = key.partition("/")
+            if not k.isdigit() or int(k) >= len(per_space):
+                wrong.append(key)
+                continue
+            per_space[int(k)][name] = v
+        for k, st in enumerate(self._rule_states):
+            fresh = flatten_state(st)
+            got = per_space[k]
+            wrong += sorted(
+                f"{k}/{n}"
+                for n in fresh.keys() | got.keys()
+                if n not in fresh or n not in got or fresh[n].shape != got[n].shape
+            )
         if wrong:
             raise ValueError(f"state_dict is for another model or rule: rule state {wrong[:4]} do not match")
         super().load_state_dict(state_dict)
         device = self._params()[0].device
-        self._rule_state = unflatten_state({k: v.to(device) for k, v in got.items()})
+        self._rule_states = [unflatten_state({n: v.clone().to(device) for n, v in got.items()}) for got in per_space]
