@@ -94,3 +94,21 @@ def test_invalid_mixtures_name_the_file_and_field(tmp_path: Path, text, match):
     with pytest.raises(TaskSpecError, match=f"(?s)bad_mix.yaml|{match}") as err:
         load_tasks(p)
     assert __import__("re").search(f"(?s){match}", str(err.value)), str(err.value)
+
+
+def test_named_tasks_are_found_outside_the_repository(tmp_path, monkeypatch):
+    """After `pip install` elsewhere: no ./tasks, no repository beside the package: the copy
+    the wheel installs under <prefix>/share/nfopt/tasks."""
+    import shutil
+    import sys
+
+    from nfopt.tasks import spec as task_spec
+
+    share = tmp_path / "share" / "nfopt" / "tasks"
+    shutil.copytree(task_spec.tasks_dir(), share)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NFOPT_TASKS_DIR", raising=False)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.setattr(task_spec, "__file__", str(tmp_path / "site-packages" / "nfopt" / "tasks" / "spec.py"))
+    assert task_spec.tasks_dir() == share
+    assert task_spec.load_suite("heldout").name == "heldout"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -205,13 +206,18 @@ class TaskSpecError(ValueError):
 
 
 def tasks_dir() -> Path:
-    """``$NFOPT_TASKS_DIR``, else ``./tasks``, else the repository's ``tasks/`` beside the package."""
+    """Where named task families and suites live: ``$NFOPT_TASKS_DIR``, else ``./tasks``, else
+    the repository's ``tasks/`` beside the package (editable install), else the copy a wheel
+    installs under ``<prefix>/share/nfopt/tasks`` (``pip install`` outside the repository)."""
     env = os.environ.get("NFOPT_TASKS_DIR")
     if env:
         return Path(env)
     if Path("tasks").is_dir():
         return Path("tasks")
-    return Path(__file__).resolve().parents[3] / "tasks"
+    repo = Path(__file__).resolve().parents[3] / "tasks"
+    if repo.is_dir():
+        return repo
+    return Path(sys.prefix) / "share" / "nfopt" / "tasks"
 
 
 def _resolve(ref: str | Path, sub: str = "") -> Path:
