@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import torch
 from mlflow.tracking import MlflowClient
 
 from nfopt.track import PID_TAG, STATE_TAG, Tracker, repair_runs
@@ -65,3 +66,21 @@ def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
     run = MlflowClient().get_run(full.run_id)
     assert full.run_id == part.run_id and run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "complete"
     assert _history(uri, full.run_id) == [1, 2, 3, 4]
+
+
+def test_a_learned_optimizer_is_an_mlflow_model_loadable_by_registry_name(tmp_path, monkeypatch):
+    import nfopt
+    from nfopt.run import run_job
+    from tests.meta.test_run import tiny_spec
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # the store's artifacts go under ./mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec = tiny_spec(tmp_path, outer_steps=1, tracking={"enabled": True, "uri": uri, "register_as": "tiny_lopt"})
+    result = run_job(spec, use_ray=False, progress=False)
+    assert result.model_uri == "models:/tiny_lopt/1"
+    trained = nfopt.load_optimizer("models:/tiny_lopt/1")
+    direct = nfopt.load_optimizer(result.optimizer_path)
+    assert trained.rule.config() == direct.rule.config()
+    for (k, a), (_, b) in zip(trained.rule.state_dict().items(), direct.rule.state_dict().items()):
+        assert torch.equal(a, b), k

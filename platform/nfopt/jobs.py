@@ -97,6 +97,11 @@ class CheckpointSpec(StrictModel):
 
 class TrackingSpec(StrictModel):
     enabled: bool = True
+    register_as: Name | None = Field(
+        default=None,
+        description="register the learned optimizer in the MLflow model registry under this name "
+        "(load it with nfopt.load_optimizer('models:/NAME/VERSION'))",
+    )
     uri: str | None = Field(default=None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
     experiment: str = "nfopt"
 

@@ -136,6 +136,7 @@ class RunResult:
     checkpoint: Path | None = None
     optimizer_path: Path | None = None
     run_id: str | None = None
+    model_uri: str | None = None  # the learned optimizer as an MLflow model (models:/NAME/VERSION if registered)
 
 
 def _plot(history: list[dict], path: Path) -> Path | None:
@@ -322,6 +323,7 @@ def run_job(
             for p in (result.checkpoint, result.optimizer_path, ckdir / "job.json", curve):
                 if p is not None:
                     tracker.log_artifact(p)
+            result.model_uri = tracker.log_optimizer_model(result.optimizer_path, spec.tracking.register_as)
         status = "FINISHED" if learner.step_count >= spec.outer_steps else "KILLED"  # KILLED: partial, resumable
     finally:
         result.steps = learner.step_count

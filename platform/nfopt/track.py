@@ -21,6 +21,28 @@ __all__ = [
 PID_TAG, HOST_TAG, STATE_TAG = "nfopt.pid", "nfopt.host", "nfopt.state"
 
 
+#: The MLflow "models from code" file a learned optimizer is logged with (no pickled object): a
+#: pyfunc whose ``predict`` returns the optimizer's config and metadata; nfopt itself loads the
+#: ``.pt`` in the model's artifacts with ``weights_only=True`` (``nfopt.load_optimizer("models:/NAME/VERSION")``).
+MODEL_CODE = """
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class LearnedOptimizerModel(PythonModel):
+    def load_context(self, context):
+        import nfopt
+
+        self.trained = nfopt.load_optimizer(context.artifacts["optimizer"])
+
+    def predict(self, context, model_input, params=None):
+        return [{"config": self.trained.rule.config(), "metadata": self.trained.metadata}]
+
+
+mlflow.models.set_model(LearnedOptimizerModel())
+"""
+
+
 class TrackingUnreachableError(ConnectionError):
     """The tracking server did not answer within a few seconds."""
 
@@ -163,6 +185,29 @@ class Tracker:
         else:
             self.mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_optimizer_model(self, path: str | Path, register_as: str | None = None) -> str:
+        """Log a learned-optimizer file as an MLflow model (``learned_optimizer``) and, with
+        ``register_as``, register it in the model registry; returns the model URI
+        (``models:/NAME/VERSION`` when registered)."""
+        import tempfile
+        import warnings
+
+        with tempfile.TemporaryDirectory() as d:
+            code = Path(d) / "learned_optimizer_model.py"
+            code.write_text(MODEL_CODE)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "add type hints to predict": not a data model
+                info = self.mlflow.pyfunc.log_model(
+                    name="learned_optimizer",
+                    python_model=str(code),
+                    artifacts={"optimizer": str(path)},
+                    pip_requirements=["nfopt", "torch"],
+                )
+        if register_as is None:
+            return info.model_uri
+        version = self.mlflow.register_model(info.model_uri, register_as)
+        return f"models:/{version.name}/{version.version}"
+
     def end(self, status: str = "FINISHED", state: str | None = None) -> None:
         """Close the run with MLflow ``status`` and tag ``nfopt.state`` (default: from the status)."""
         default = {"FINISHED": "complete", "FAILED": "failed", "KILLED": "partial"}.get(status, status.lower())
@@ -176,6 +221,12 @@ def download_artifact(uri: str, tracking_uri: str | None = None) -> Path:
 
     mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
     try:
-        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        if local.is_dir():  # a logged model (models:/NAME/VERSION): its learned-optimizer file
+            found = sorted(local.rglob("*.pt"))
+            if not found:
+                raise FileNotFoundError(f"{uri}: the model holds no learned-optimizer (.pt) file")
+            return found[0]
+        return local
     except mlflow.exceptions.MlflowException as err:
         raise FileNotFoundError(f"{uri}: no such MLflow artifact ({str(err).splitlines()[0][:200]})") from None
