@@ -72,3 +72,20 @@ def test_episodes_reset_when_the_horizon_ends():
         assert inner["step"] == 0 and inner["seed"] != 0  # a fresh task
         if isinstance(est, PES):
             assert state["xi"] is None
+
+
+def test_estimators_satisfy_the_protocol_and_answer_with_typed_messages():
+    from nfopt.meta import ESTIMATORS, Estimate, TaskEstimate, Worker
+    from nfopt.meta.messages import pack_theta, theta_layout, unpack_theta
+
+    prob = QuadraticProblem(dim=4, horizon=20)
+    for name, cls in ESTIMATORS.items():
+        est = cls(unroll=3) if name == "tbptt" else cls(unroll=3, sigma=0.1)
+        out = est.estimate(prob, THETA, est.init(prob, 1), torch.Generator().manual_seed(0))
+        assert isinstance(out, TaskEstimate) and set(out.grad) == set(THETA)
+        worker = Worker(lambda: prob, est, num_tasks=2, seed=0)
+        answer = worker.estimate(THETA)
+        assert isinstance(answer, Estimate) and answer.tasks == 2 and "meta_loss" in answer.metrics
+    flat = pack_theta(THETA)
+    back = unpack_theta(flat, theta_layout(THETA))
+    assert all(torch.equal(back[k], THETA[k]) for k in THETA)

@@ -20,6 +20,7 @@ import ray
 from nfopt.cluster.reaper import start_reaper
 from nfopt.cluster.submit import ClusterUnreachableError
 from nfopt.meta.learner import Worker
+from nfopt.meta.messages import Estimate, pack_theta, theta_layout, unpack_theta
 
 __all__ = ["PopulationWorker", "RayPool", "init_ray"]
 
@@ -134,11 +135,9 @@ class RayPool:
     def size(self) -> int:
         return len(self.workers)
 
-    def estimate_all(self, theta) -> list:
-        import torch
-
-        layout = [(k, tuple(v.shape)) for k, v in theta.items()]
-        ref = ray.put(torch.cat([v.detach().reshape(-1) for v in theta.values()]).cpu().numpy())
+    def estimate_all(self, theta) -> list[Estimate]:
+        layout = theta_layout(theta)
+        ref = ray.put(pack_theta(theta))
         futures = {self.workers[k].estimate_flat.remote(ref, layout): k for k in self._placed()}
         if not futures:
             return []
@@ -147,13 +146,8 @@ class RayPool:
         for f in ready:
             k = futures[f]
             try:
-                flat, n, metrics = ray.get(f)
-                t, grad, offset = torch.from_numpy(flat.copy()), {}, 0  # Ray hands out read-only buffers
-                for name, shape in layout:
-                    size = t[offset:].new_empty(shape).numel()
-                    grad[name] = t[offset : offset + size].view(shape)
-                    offset += size
-                results[k] = (grad, n, metrics)
+                est = ray.get(f)
+                results[k] = est._replace(grad=unpack_theta(est.grad, layout))
             except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as err:
                 log.warning("worker %d failed (%s); replacing it with fresh tasks", k, type(err).__name__)
                 self._replace(k)

@@ -2,17 +2,20 @@
 
 from nfopt.meta.estimators import ES, ESTIMATORS, PES, Estimator, TruncatedBackprop
 from nfopt.meta.learner import Learner, LocalPool, Worker, atomic_save
+from nfopt.meta.messages import Estimate, TaskEstimate
 from nfopt.meta.problems import InnerProblem, QuadraticProblem, TaskProblem
 
 __all__ = [
     "ES",
     "ESTIMATORS",
     "PES",
+    "Estimate",
     "Estimator",
     "InnerProblem",
     "Learner",
     "LocalPool",
     "QuadraticProblem",
+    "TaskEstimate",
     "TaskProblem",
     "TruncatedBackprop",
     "Worker",

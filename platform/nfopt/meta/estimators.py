@@ -1,7 +1,8 @@
 """Meta-gradient estimators behind one protocol.
 
 ``state = est.init(problem, seed)`` holds everything an estimator keeps for one inner task;
-``grad, metrics, state = est.estimate(problem, theta, state, generator)`` returns an estimate of
+``grad, metrics, state = est.estimate(problem, theta, state, generator)`` (a
+:class:`~nfopt.meta.messages.TaskEstimate`) returns an estimate of
 the meta-loss gradient for that task. Tasks whose episode ends (horizon reached, non-finite
 parameters) are reset to a fresh seed drawn from ``generator``.
 
@@ -17,15 +18,16 @@ parameters) are reset to a fresh seed drawn from ``generator``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from nfopt.meta.messages import TaskEstimate, Theta
 from nfopt.meta.problems import InnerProblem
 
 __all__ = ["ES", "ESTIMATORS", "PES", "Estimator", "TruncatedBackprop", "detach_state"]
 
 Tensor = torch.Tensor
-Theta = dict[str, Tensor]
 
 
 def detach_state(state):
@@ -56,18 +58,16 @@ def _metrics(loss: Tensor, info: dict) -> dict:
     return {"meta_loss": float(loss), "nonfinite": info.get("nonfinite", 0), "inner_steps": info.get("inner_steps", 0)}
 
 
-class Estimator:
-    """Protocol (see the module docstring)."""
+class Estimator(Protocol):
+    """What every meta-gradient estimator provides (see the module docstring)."""
 
-    def init(self, problem: InnerProblem, seed: int) -> dict:  # pragma: no cover - protocol
-        raise NotImplementedError
+    def init(self, problem: InnerProblem, seed: int) -> dict: ...
 
-    def estimate(self, problem, theta: Theta, state: dict, gen: torch.Generator):  # pragma: no cover
-        raise NotImplementedError
+    def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator) -> TaskEstimate: ...
 
 
 @dataclass
-class ES(Estimator):
+class ES:
     sigma: float = 0.01
     unroll: int = 10
 
@@ -83,11 +83,11 @@ class ES(Estimator):
         grad = {k: coef * e for k, e in eps.items()}
         info = _both(info, info_m)
         state = self.init(problem, _new_seed(gen)) if info["done"] or info_m["done"] else {"inner": s_plus}
-        return grad, _metrics((lp + lm) / 2, info), state
+        return TaskEstimate(grad, _metrics((lp + lm) / 2, info), state)
 
 
 @dataclass
-class PES(Estimator):
+class PES:
     sigma: float = 0.01
     unroll: int = 10
 
@@ -106,11 +106,11 @@ class PES(Estimator):
         info = _both(info, info_m)
         done = info["done"] or info_m["done"]
         state = self.init(problem, _new_seed(gen)) if done else {"plus": s_plus, "minus": s_minus, "xi": xi}
-        return grad, _metrics((lp + lm) / 2, info), state
+        return TaskEstimate(grad, _metrics((lp + lm) / 2, info), state)
 
 
 @dataclass
-class TruncatedBackprop(Estimator):
+class TruncatedBackprop:
     unroll: int = 10
 
     def init(self, problem: InnerProblem, seed: int) -> dict:
@@ -123,7 +123,7 @@ class TruncatedBackprop(Estimator):
             grads = torch.autograd.grad(loss, list(th.values()), allow_unused=True)
         grad = {k: (g if g is not None else torch.zeros_like(th[k])) for k, g in zip(th, grads)}
         state = self.init(problem, _new_seed(gen)) if info["done"] else {"inner": detach_state(new)}
-        return grad, _metrics(loss.detach(), info), state
+        return TaskEstimate(grad, _metrics(loss.detach(), info), state)
 
 
 ESTIMATORS = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop}

@@ -14,11 +14,9 @@ import torch
 
 from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
+from nfopt.meta.messages import Estimate, Theta, pack_theta, unpack_theta
 
 __all__ = ["Learner", "LocalPool", "Worker", "atomic_save"]
-
-Tensor = torch.Tensor
-Theta = dict[str, Tensor]
 
 
 class Worker:
@@ -34,16 +32,17 @@ class Worker:
             for _ in range(num_tasks)
         ]
 
-    def estimate(self, theta: Theta) -> tuple[Theta, int, dict]:
+    def estimate(self, theta: Theta) -> Estimate:
         t0 = time.perf_counter()
         total: Theta | None = None
         losses, nonfinite, inner = [], 0, 0
         for k, st in enumerate(self.states):
-            g, m, self.states[k] = self.estimator.estimate(self.problem, theta, st, self.gen)
-            total = g if total is None else {n: total[n] + g[n] for n in total}
-            losses.append(m["meta_loss"])
-            nonfinite += m["nonfinite"]
-            inner += m.get("inner_steps", 0)
+            est = self.estimator.estimate(self.problem, theta, st, self.gen)
+            self.states[k] = est.state
+            total = est.grad if total is None else {n: total[n] + est.grad[n] for n in total}
+            losses.append(est.metrics["meta_loss"])
+            nonfinite += est.metrics["nonfinite"]
+            inner += est.metrics.get("inner_steps", 0)
         n = len(self.states)
         grad = {k: (v / n).cpu() for k, v in total.items()}  # estimates travel on the CPU
         metrics = {
@@ -52,21 +51,13 @@ class Worker:
             "inner_steps": inner,
             "compute_s": time.perf_counter() - t0,
         }
-        return grad, n, metrics
+        return Estimate(grad, n, metrics)
 
-    def estimate_flat(self, flat, layout: list[tuple[str, tuple[int, ...]]]):
-        """:meth:`estimate` with θ and the estimate as one flat numpy array each (what travels
+    def estimate_flat(self, flat, layout: list[tuple[str, tuple[int, ...]]]) -> Estimate:
+        """:meth:`estimate` with θ and the gradient as one flat numpy array each (what travels
         between processes: one buffer instead of one pickled tensor per parameter)."""
-        import numpy as np
-
-        theta, offset = {}, 0
-        t = torch.from_numpy(np.array(flat))  # a writable copy of the (read-only) shared buffer
-        for name, shape in layout:
-            n = int(np.prod(shape)) if shape else 1
-            theta[name] = t[offset : offset + n].view(shape)
-            offset += n
-        grad, n, metrics = self.estimate(theta)
-        return torch.cat([grad[k].reshape(-1) for k, _ in layout]).numpy(), n, metrics
+        est = self.estimate(unpack_theta(flat, layout))
+        return est._replace(grad=pack_theta(est.grad))
 
     def get_state(self) -> dict:
         return {"gen": self.gen.get_state(), "states": self.states}
@@ -82,7 +73,7 @@ class LocalPool:
     def __init__(self, workers: list[Worker]) -> None:
         self.workers = workers
 
-    def estimate_all(self, theta: Theta) -> list[tuple[Theta, int, dict]]:
+    def estimate_all(self, theta: Theta) -> list[Estimate]:
         return [w.estimate(theta) for w in self.workers]
 
     def get_states(self) -> list[dict]:
@@ -119,21 +110,21 @@ class Learner:
         t0 = time.perf_counter()
         results = self.pool.estimate_all(self.current_theta())
         results = [r for r in results if r is not None]
-        good = [r for r in results if all(torch.isfinite(g).all() for g in r[0].values())]
-        total_n = sum(n for _, n, _ in good)
+        good = [r for r in results if all(torch.isfinite(g).all() for g in r.grad.values())]
+        total_n = sum(r.tasks for r in good)
         metrics: dict = {"workers": len(results), "dropped_estimates": len(results) - len(good)}
         if total_n:
-            grad = {k: sum(g[k] * n for g, n, _ in good) / total_n for k in self.theta}
+            grad = {k: sum(r.grad[k] * r.tasks for r in good) / total_n for k in self.theta}
             norm = math.sqrt(sum(float(g.square().sum()) for g in grad.values()))
             scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip else 1.0
             for k, p in self.theta.items():
                 p.grad = (grad[k] * scale).to(p)
             self.opt.step()
             metrics["grad_norm"] = norm
-            metrics["meta_loss"] = sum(m["meta_loss"] * n for _, n, m in good) / total_n
-        metrics["nonfinite"] = sum(m["nonfinite"] for _, _, m in results)
-        metrics["inner_steps"] = sum(m.get("inner_steps", 0) for _, _, m in results)
-        compute = max((m["compute_s"] for _, _, m in results), default=0.0)
+            metrics["meta_loss"] = sum(r.metrics["meta_loss"] * r.tasks for r in good) / total_n
+        metrics["nonfinite"] = sum(r.metrics["nonfinite"] for r in results)
+        metrics["inner_steps"] = sum(r.metrics.get("inner_steps", 0) for r in results)
+        compute = max((r.metrics["compute_s"] for r in results), default=0.0)
         metrics["step_s"] = time.perf_counter() - t0
         metrics["overhead"] = max(0.0, metrics["step_s"] - compute) / max(metrics["step_s"], 1e-9)
         self.step_count += 1
