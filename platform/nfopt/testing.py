@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from nfopt.nn.symmetry import symmetry_of
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
@@ -93,6 +94,8 @@ def _prepare(layer, spec, in_channels, batch_size, seed, inputs):
 
 
 def _check(layer, spec, in_channels, hidden_only, num_permutations, batch_size, rtol, seed, inputs, equivariant):
+    if hidden_only is None:  # the layer's declared symmetry (nfopt.nn.symmetry); a plain callable: every neuron
+        hidden_only = isinstance(layer, torch.nn.Module) and symmetry_of(layer) == "hnp"
     layer64, x, gen = _prepare(layer, spec, in_channels, batch_size, seed, inputs)
     worst = 0.0
     with torch.no_grad():
@@ -116,7 +119,7 @@ def assert_equivariant(
     spec: NetworkSpec,
     in_channels: int | None = None,
     *,
-    hidden_only: bool = False,
+    hidden_only: bool | None = None,
     num_permutations: int = 3,
     batch_size: int = 2,
     rtol: float = 1e-9,
@@ -125,9 +128,11 @@ def assert_equivariant(
 ) -> float:
     """Check ``layer(x.permute(σ)) == layer(x).permute(σ)`` in float64 for random ``σ``.
 
-    ``hidden_only=False`` samples permutations of every neuron layer (NP symmetry), ``True`` of
-    hidden layers only (HNP). The layer is deep-copied to float64 and put in eval mode.
-    Returns the largest relative error; raises :class:`EquivarianceError` above ``rtol``.
+    ``hidden_only=None`` (default) tests the layer's declared symmetry (``layer.symmetry``, or
+    the smallest among its parts: :func:`nfopt.nn.symmetry.symmetry_of`); ``False`` samples
+    permutations of every neuron layer (NP symmetry), ``True`` of hidden layers only (HNP).
+    The layer is deep-copied to float64 and put in eval mode. Returns the largest relative
+    error; raises :class:`EquivarianceError` above ``rtol``.
     """
     return _check(layer, spec, in_channels, hidden_only, num_permutations, batch_size, rtol, seed, inputs, True)
 
@@ -137,7 +142,7 @@ def assert_invariant(
     spec: NetworkSpec,
     in_channels: int | None = None,
     *,
-    hidden_only: bool = False,
+    hidden_only: bool | None = None,
     num_permutations: int = 3,
     batch_size: int = 2,
     rtol: float = 1e-9,

@@ -10,6 +10,7 @@ from torch import nn
 
 from nfopt.nn._layout import fold_weight, unfold_weight
 from nfopt.nn._mix import channel_mix
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["WeightSpaceAttention", "attend_weight_space", "attention_fp32"]
@@ -61,6 +62,8 @@ class WeightSpaceAttention(nn.Module):
     attends over the ``2L`` per-tensor means of ``q, k, v`` and is broadcast back. Output
     projections map ``C`` back to ``k_i C`` per tensor. Scores and softmax run in float32.
     """
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, spec: NetworkSpec, channels: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["FourierIOEncoding", "LearnedIOEmbedding"]
@@ -21,6 +22,8 @@ class LearnedIOEmbedding(nn.Module):
     """Add learned embeddings: ``W_1[:, :, j, k] += e_in[:, k]``, ``W_L[:, :, j, k] += e_out[:, j]``,
     ``b_L[:, :, j] += e_bias[:, j]`` (kernel positions get their own embedding).
     Shapes unchanged: ``(B, C, ...) -> (B, C, ...)``."""
+
+    symmetry: Symmetry = "hnp"  # see nfopt.nn.symmetry
 
     def __init__(self, spec: NetworkSpec, channels: int, init_std: float = 1.0) -> None:
         super().__init__()
@@ -50,6 +53,8 @@ class FourierIOEncoding(nn.Module):
     Sizes are read from the input, so one instance serves every architecture (``spec`` may be
     ``None``).
     """
+
+    symmetry: Symmetry = "hnp"  # see nfopt.nn.symmetry
 
     def __init__(
         self,

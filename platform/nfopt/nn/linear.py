@@ -11,6 +11,7 @@ from torch import nn
 from nfopt.nn import _core
 from nfopt.nn._layout import fold_bias, fold_weight, unfold_bias, unfold_weight
 from nfopt.nn._mix import functorch_active
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["HNPLinear", "NPLinear", "apply_plan", "fused_backward"]
@@ -156,6 +157,8 @@ class NPLinear(_EquivariantLinear):
     last bias before the map, which makes it equivariant to hidden permutations only.
     """
 
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
+
     def __init__(self, spec: NetworkSpec, in_channels: int, out_channels: int, io_embed: bool = False) -> None:
         L = spec.num_layers
         super().__init__(spec, in_channels, out_channels, (True,) * (L + 1), max_params=None)
@@ -193,6 +196,8 @@ class HNPLinear(_EquivariantLinear):
     Parameter count grows as ``(n_0 k_1 C)^2 + (n_L k_L C)^2``; construction fails with a clear
     error above ``max_params`` (default 50M). For wide inputs use ``NPLinear(io_embed=True)``.
     """
+
+    symmetry: Symmetry = "hnp"  # see nfopt.nn.symmetry
 
     def __init__(
         self, spec: NetworkSpec, in_channels: int, out_channels: int, max_params: int | None = 50_000_000

@@ -11,6 +11,7 @@ from torch import nn
 
 from nfopt.nn._layout import fold_weight, unfold_weight
 from nfopt.nn._mix import channel_mix
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["ChannelLayerNorm", "LearnedScale", "NFActivation", "NFDropout", "Pointwise"]
@@ -20,6 +21,8 @@ class Pointwise(nn.Module):
     """Per-entry linear map of channels, its own per layer: ``H_i[j,k] = A_i W_i[j,k] + a_i``,
     ``u_i[j] = B_i b_i[j] + c_i``. Kernel positions are folded into the channel vector
     (``(k_i C_in) -> (k_i C_out)``), as in the NP layer. Shapes: ``(B, C_in, ...) -> (B, C_out, ...)``."""
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, spec: NetworkSpec, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -46,6 +49,8 @@ class Pointwise(nn.Module):
 class NFActivation(nn.Module):
     """Apply an elementwise function (default ReLU) to every weight and bias feature."""
 
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
+
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor] | nn.Module = torch.relu) -> None:
         super().__init__()
         self.fn = fn
@@ -56,6 +61,8 @@ class NFActivation(nn.Module):
 
 class NFDropout(nn.Module):
     """Elementwise dropout on every feature (equivariant in distribution; identity in eval)."""
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, p: float = 0.1) -> None:
         super().__init__()
@@ -72,6 +79,8 @@ class NFDropout(nn.Module):
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel vector of each entry, with a per-tensor affine
     (``weight, bias: (C,)`` for each weight and each bias tensor). Shapes unchanged."""
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, spec: NetworkSpec, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -93,6 +102,8 @@ class ChannelLayerNorm(nn.Module):
 
 class LearnedScale(nn.Module):
     """Multiply each weight and bias tensor by its own learned scalar (init ``init_scale``)."""
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, spec: NetworkSpec, init_scale: float = 1.0) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["HNPPool", "NPPool"]
@@ -62,6 +63,8 @@ class NPPool(_Pool):
     """Invariant to permutations of every neuron layer: the mean of each weight (per kernel
     position) and each bias, per channel. Output ``(B, C * k)``, ``k = sum_i (prod(kernel_i) + 1)``."""
 
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
+
     hidden_only = False
 
 
@@ -69,5 +72,7 @@ class HNPPool(_Pool):
     """Invariant to hidden-neuron permutations: means over hidden axes only, so the first weight
     keeps its input axis, the last weight and bias their output axis. Output ``(B, C * k)`` with
     ``k = n_0 k_1 + 1 + sum_hidden (k_i + 1) + n_L k_L + n_L`` (depth 1: everything, ``n_1 n_0 k_1 + n_1``)."""
+
+    symmetry: Symmetry = "hnp"  # see nfopt.nn.symmetry
 
     hidden_only = True

@@ -21,6 +21,7 @@ from nfopt.nn import _core
 from nfopt.nn._mix import channel_mix
 from nfopt.nn.attention import attend_weight_space
 from nfopt.nn.linear import apply_plan
+from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = [
@@ -75,6 +76,8 @@ class SharedNPLinear(nn.Module):
     ``(B, C_in, ...) -> (B, C_out, ...)``. ``zero_init`` starts every map at zero (an output
     head that begins as the zero function).
     """
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, in_channels: int, out_channels: int, zero_init: bool = False) -> None:
         super().__init__()
@@ -281,6 +284,8 @@ class SharedWeightSpaceAttention(nn.Module):
     projections shared by layer role (weights) and across biases; queries, keys and values of
     conv weights are averaged over kernel positions and the attended result is added to every
     kernel position alike. ``(B, C, ...) -> (B, C, ...)``."""
+
+    symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
     def __init__(self, channels: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
