@@ -22,8 +22,9 @@ PID_TAG, HOST_TAG, STATE_TAG = "nfopt.pid", "nfopt.host", "nfopt.state"
 
 
 #: The MLflow "models from code" file a learned optimizer is logged with (no pickled object): a
-#: pyfunc whose ``predict`` returns the optimizer's config and metadata; nfopt itself loads the
-#: ``.pt`` in the model's artifacts with ``weights_only=True`` (``nfopt.load_optimizer("models:/NAME/VERSION")``).
+#: pyfunc whose ``predict`` returns the optimizer's config and metadata (JSON, one per input
+#: row); nfopt itself loads the ``.pt`` in the model's artifacts with ``weights_only=True``
+#: (``nfopt.load_optimizer("models:/NAME/VERSION")``).
 MODEL_CODE = """
 import mlflow
 from mlflow.pyfunc import PythonModel
@@ -35,8 +36,11 @@ class LearnedOptimizerModel(PythonModel):
 
         self.trained = nfopt.load_optimizer(context.artifacts["optimizer"])
 
-    def predict(self, context, model_input, params=None):
-        return [{"config": self.trained.rule.config(), "metadata": self.trained.metadata}]
+    def predict(self, context, model_input: list[str], params=None) -> list[str]:
+        import json
+
+        about = json.dumps({"config": self.trained.rule.config(), "metadata": self.trained.metadata}, default=str)
+        return [about for _ in model_input]
 
 
 mlflow.models.set_model(LearnedOptimizerModel())
