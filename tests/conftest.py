@@ -1,5 +1,10 @@
 import os
 
+# In-process Ray clusters of the tests run without token auth, all of them: Ray reads the mode
+# once per process (at import), so one test's cluster must not set it for the next. The embedded
+# default of `nfopt run` (token auth on) is tested in a subprocess (tests/test_security.py).
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 import pytest
 from hypothesis import HealthCheck, settings
 
