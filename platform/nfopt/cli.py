@@ -437,6 +437,27 @@ def _pretrained(args) -> int:
         for name, desc in list_pretrained().items():
             console.print(f"[bold]{name}[/bold]  {desc}")
         return 0
+    if args.action == "show":
+        import json
+
+        from nfopt.lopt.pretrained import load_pretrained, pretrained_path
+
+        if not args.run_dir:
+            console.print("[red]error:[/red] show needs NAME (see `nfopt pretrained list`)")
+            return 2
+        try:
+            path = pretrained_path(args.run_dir)
+        except KeyError as err:
+            console.print("[red]error:[/red] " + escape(f"{err.args[0]}"))
+            return 2
+        trained = load_pretrained(args.run_dir)
+        meta = {k: v for k, v in trained.metadata.items() if k != "spec"}
+        console.print(f"[bold]{args.run_dir}[/bold]  {escape(str(path))}")
+        console.print(escape(json.dumps({"config": trained.rule.config(), "metadata": meta}, indent=2, default=str)))
+        report = path.with_suffix(".md")
+        if report.is_file():
+            console.print(escape(report.read_text()))
+        return 0
     if not args.run_dir or not args.name:
         console.print("[red]error:[/red] ship needs RUN_DIR and --name NAME")
         return 2
@@ -549,9 +570,13 @@ def main(argv: list[str] | None = None) -> int:
     ir.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     ir.add_argument("--no-ray", action="store_true", help="fit shards one after another in this process")
     ir.set_defaults(fn=_inr)
-    pt = sub.add_parser("pretrained", help="list the shipped learned optimizers, or ship a finished run as one")
-    pt.add_argument("action", choices=["list", "ship"])
-    pt.add_argument("run_dir", nargs="?", default=None, help="ship: the run's directory (holds learned_optimizer.pt)")
+    pt = sub.add_parser(
+        "pretrained",
+        aliases=["optimizers"],
+        help="list or show the shipped learned optimizers, or ship a finished run as one",
+    )
+    pt.add_argument("action", choices=["list", "show", "ship"])
+    pt.add_argument("run_dir", nargs="?", default=None, help="show: the optimizer's NAME; ship: the run's directory")
     pt.add_argument("--name", default=None, help="ship: the name to load it by")
     pt.add_argument("--report", default=None, help="ship: its evaluation report (markdown)")
     pt.add_argument("--overwrite", action="store_true", help="ship: replace a shipped optimizer of that name")

@@ -80,3 +80,16 @@ def test_ship_and_load_from_a_directory_and_refuse_to_overwrite(tmp_path):
 def test_unknown_names_say_what_is_shipped():
     with pytest.raises(FileNotFoundError, match="nfn_np_small"):
         nfopt.load_optimizer("no_such_optimizer")
+
+
+def test_cli_lists_and_shows_shipped_optimizers(capsys, monkeypatch):
+    from nfopt.cli import main
+
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert main(["optimizers", "list"]) == 0
+    assert "nfn_np_small" in capsys.readouterr().out
+    assert main(["optimizers", "show", "nfn_np_small"]) == 0
+    out = capsys.readouterr().out
+    assert '"kind": "nfn_np"' in out and '"inner_steps": 448000' in out and "Held-out suite" in out
+    assert main(["pretrained", "show", "no_such"]) == 2
+    assert "nfn_np_small" in capsys.readouterr().out
