@@ -145,3 +145,18 @@ def test_submit_waits_for_the_job_agent_and_not_for_other_errors(monkeypatch):
     monkeypatch.setattr(sub, "client", lambda address: fake)
     with pytest.raises(RuntimeError, match="dashboard-agent-listen-port"):
         sub.submit("http://x", "jobs/smoke.yaml", agent_wait_s=0)
+
+
+def test_set_overrides_travel_with_the_submitted_job(monkeypatch):
+    from nfopt.cluster import submit as sub
+
+    seen = {}
+
+    class FakeClient:
+        def submit_job(self, entrypoint, runtime_env):
+            seen["entrypoint"] = entrypoint
+            return "job-1"
+
+    monkeypatch.setattr(sub, "client", lambda address: FakeClient())
+    assert sub.submit("http://x:8265", "jobs/smoke.yaml", sets=["meta_optimizer.lr=1e-3", "name=a b"]) == "job-1"
+    assert seen["entrypoint"].endswith("run jobs/smoke.yaml --set meta_optimizer.lr=1e-3 --set 'name=a b'")

@@ -309,13 +309,14 @@ def _tune(args) -> int:
 
 
 def _submit(args) -> int:
-    from rich.console import Console
 
     from nfopt.cluster.submit import ClusterUnreachableError, client, submit
 
-    console = Console(stderr=True)
+    spec, console = _load(args)  # validated here (with its --set overrides) before it travels
+    if spec is None:
+        return 2
     try:
-        job_id = submit(args.address, args.job, tune=args.tune)
+        job_id = submit(args.address, args.job, tune=args.tune, sets=args.set)
     except ClusterUnreachableError as err:
         console.print("[red]error:[/red] " + escape(f"{err}"))
         return 4
@@ -528,12 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     tn.add_argument("job")
     tn.add_argument("--resume", action="store_true", help="restore an interrupted sweep (Tuner.restore)")
     tn.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
+    tn.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field")
     tn.set_defaults(fn=_tune)
     sb = sub.add_parser("submit", help="submit `nfopt run` (or `tune`) to a Ray cluster via the Jobs API")
     sb.add_argument("job")
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HOST:8265")
     sb.add_argument("--tune", action="store_true", help="submit `nfopt tune` instead of `nfopt run`")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    sb.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field (applied remotely)")
     sb.set_defaults(fn=_submit)
     jb = sub.add_parser("jobs", help="list, show logs of, or stop submitted jobs")
     jb.add_argument("action", choices=["list", "logs", "stop"])

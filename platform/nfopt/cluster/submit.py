@@ -42,15 +42,21 @@ def client(address: str):
 
 
 def submit(
-    address: str, job: str, tune: bool = False, working_dir: str | Path = ".", agent_wait_s: float = 60.0
+    address: str,
+    job: str,
+    tune: bool = False,
+    working_dir: str | Path = ".",
+    agent_wait_s: float = 60.0,
+    sets: list[str] | None = None,
 ) -> str:
-    """Submit ``nfopt run|tune JOB`` with ``working_dir`` (the repository: ``tasks/``,
+    """Submit ``nfopt run|tune JOB [--set FIELD=VALUE ...]`` with ``working_dir`` (the repository: ``tasks/``,
     ``jobs/``, ``platform/``) as the runtime environment; returns the job id.
 
     Right after a head starts, its dashboard answers before a job agent has registered ("No
     available agent to submit job"); that answer is retried for up to ``agent_wait_s`` seconds."""
     command = "tune" if tune else "run"
     entrypoint = f"PYTHONPATH=platform python -m nfopt.cli {command} {shlex.quote(str(job))}"
+    entrypoint += "".join(f" --set {shlex.quote(item)}" for item in sets or [])
     jobs = client(address)
     deadline = time.monotonic() + agent_wait_s
     while True:
