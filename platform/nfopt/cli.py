@@ -20,6 +20,11 @@ from rich.markup import escape
 __all__ = ["main"]
 
 
+def _error(console, text: str) -> None:
+    """Print ``error: TEXT`` (``TEXT`` literal: rich markup such as ``[min, max]`` is not interpreted)."""
+    console.print("[red]error:[/red] " + escape(text))
+
+
 def _load(args):
     """``(spec, console)``; ``spec`` is ``None`` (error printed) when the job file is invalid."""
     from rich.console import Console
@@ -34,7 +39,7 @@ def _load(args):
             spec = apply_overrides(spec, _parse_sets(sets), what="--set")
         return spec, console
     except JobSpecError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return None, console
 
 
@@ -88,13 +93,20 @@ def _preflight(spec, job: str) -> str | None:
     return None
 
 
-def _validate(args) -> int:
+def _load_checked(args):
+    """:func:`_load` and :func:`_preflight`: ``(spec, console)``, ``spec`` ``None`` (error printed)
+    when anything checkable before meta-training is wrong."""
     spec, console = _load(args)
-    if spec is None:
-        return 2
-    problem = _preflight(spec, args.job)
+    problem = None if spec is None else _preflight(spec, args.job)
     if problem:
-        console.print("[red]error:[/red] " + escape(problem))
+        _error(console, problem)
+        return None, console
+    return spec, console
+
+
+def _validate(args) -> int:
+    spec, _ = _load_checked(args)
+    if spec is None:
         return 2
     from rich.console import Console
 
@@ -106,17 +118,12 @@ def _run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    spec, console = _load(args)
+    spec, console = _load_checked(args)
     if spec is None:
         return 2
     from nfopt.cluster.submit import ClusterUnreachableError
     from nfopt.run import NoProgressError, RunExistsError, run_job
     from nfopt.track import TrackingUnreachableError
-
-    problem = _preflight(spec, args.job)
-    if problem:
-        console.print("[red]error:[/red] " + escape(problem))
-        return 2
 
     console.print(f"[dim]outputs: {escape(str(spec.checkpoint_dir))}[/dim]")
     try:
@@ -129,19 +136,19 @@ def _run(args) -> int:
             overwrite=args.overwrite,
         )
     except RunExistsError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 5
     except NoProgressError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 6
     except (ClusterUnreachableError, TrackingUnreachableError) as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 4
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{args.job}: {err}"))
+        _error(console, f"{args.job}: {err}")
         return 3
     except ValueError as err:  # a task or mixture file that does not validate (names the file and field)
-        console.print("[red]error:[/red] " + escape(f"{args.job}: {err}"))
+        _error(console, f"{args.job}: {err}")
         return 2
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: resume with --resume")
@@ -242,17 +249,17 @@ def _evaluate_cmd(args) -> int:
         settings = EvalSettings(args.seeds, args.tuning_seeds, baselines, steps=args.steps, **extra)
         optimizers = load_optimizers(args.optimizer or [])
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 3
     except ValueError as err:  # includes pydantic's ValidationError and malformed optimizer files
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 2
     out = Path(args.out or f"reports/{Path(args.suite).stem}")
     if out.exists() and not out.is_dir():
-        console.print("[red]error:[/red] " + escape(f"--out {out}: is a file; give a directory for the report"))
+        _error(console, f"--out {out}: is a file; give a directory for the report")
         return 2
     if not optimizers and not settings.baselines:
-        console.print("[red]error:[/red] nothing to evaluate: give --optimizer PATH (or keep the baselines)")
+        _error(console, "nothing to evaluate: give --optimizer PATH (or keep the baselines)")
         return 2
     try:
         run = run_evaluation(
@@ -266,7 +273,7 @@ def _evaluate_cmd(args) -> int:
             tracking=None if args.no_track else {"uri": args.tracking_uri, "experiment": args.experiment},
         )
     except FileNotFoundError as err:  # a dataset's files (DataNotFoundError says where it looked)
-        console.print("[red]error:[/red] " + escape(f"{args.suite}: {err}"))
+        _error(console, f"{args.suite}: {err}")
         return 3
     console.print(f"report: {run.paths['report']}" + (f"  MLflow run: {run.run_id}" if run.run_id else ""))
     return 0
@@ -282,9 +289,7 @@ def _tune(args) -> int:
     if spec is None:
         return 2
     if spec.search is None:
-        console.print(
-            "[red]error:[/red] " + escape(f"{args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
-        )
+        _error(console, f"{args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
         return 2
     from nfopt.cluster import init_ray
     from nfopt.cluster.tune import run_sweep
@@ -293,7 +298,7 @@ def _tune(args) -> int:
     try:
         result = run_sweep(spec, Path(args.job), resume=args.resume)
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 3
     table = Table(title=f"nfopt tune {spec.name}: trials")
     cols = list(result.rows[0]) if result.rows else []
@@ -309,7 +314,6 @@ def _tune(args) -> int:
 
 
 def _submit(args) -> int:
-
     from nfopt.cluster.submit import ClusterUnreachableError, client, submit
 
     spec, console = _load(args)  # validated here (with its --set overrides) before it travels
@@ -318,7 +322,7 @@ def _submit(args) -> int:
     try:
         job_id = submit(args.address, args.job, tune=args.tune, sets=args.set)
     except ClusterUnreachableError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 4
     print(job_id)
     if args.follow:
@@ -343,7 +347,7 @@ def _jobs(args) -> int:
     try:
         c = client(args.address)
     except ClusterUnreachableError as err:
-        Console(stderr=True).print("[red]error:[/red] " + escape(f"{err}"))
+        _error(Console(stderr=True), str(err))
         return 4
     if args.action == "list":
         for info in c.list_jobs():
@@ -365,10 +369,10 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
     try:
         spec = load_experiment(args.job, kinds)
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 3
     except ExperimentSpecError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}{hint}"))
+        _error(console, f"{err}{hint}")
         return 2
     try:
         if spec.experiment == "zoo":
@@ -390,7 +394,7 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
             runners |= {"inr_classify": run_classify, "inr_edit": run_edit}
             runners[spec.experiment](spec)
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 3
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]: run the same command again to resume (complete shards are kept)")
@@ -441,17 +445,18 @@ def _pretrained(args) -> int:
     if args.action == "show":
         import json
 
-        from nfopt.lopt.pretrained import load_pretrained, pretrained_path
+        from nfopt.lopt import load_optimizer
+        from nfopt.lopt.pretrained import pretrained_path
 
         if not args.run_dir:
-            console.print("[red]error:[/red] show needs NAME (see `nfopt pretrained list`)")
+            _error(console, "show needs NAME (see `nfopt pretrained list`)")
             return 2
         try:
             path = pretrained_path(args.run_dir)
         except KeyError as err:
-            console.print("[red]error:[/red] " + escape(f"{err.args[0]}"))
+            _error(console, f"{err.args[0]}")
             return 2
-        trained = load_pretrained(args.run_dir)
+        trained = load_optimizer(path)
         meta = {k: v for k, v in trained.metadata.items() if k != "spec"}
         console.print(f"[bold]{args.run_dir}[/bold]  {escape(str(path))}")
         console.print(escape(json.dumps({"config": trained.rule.config(), "metadata": meta}, indent=2, default=str)))
@@ -460,15 +465,15 @@ def _pretrained(args) -> int:
             console.print(escape(report.read_text()))
         return 0
     if not args.run_dir or not args.name:
-        console.print("[red]error:[/red] ship needs RUN_DIR and --name NAME")
+        _error(console, "ship needs RUN_DIR and --name NAME")
         return 2
     try:
         dest = ship_pretrained(args.run_dir, args.name, args.report, overwrite=args.overwrite)
     except FileNotFoundError as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 3
     except (FileExistsError, ValueError) as err:
-        console.print("[red]error:[/red] " + escape(f"{err}"))
+        _error(console, str(err))
         return 2
     console.print(f"shipped {args.name}: {dest}")
     return 0
@@ -482,6 +487,10 @@ def _runs(args) -> int:
     fixed = repair_runs(args.tracking_uri, args.experiment)
     Console().print(f"marked {len(fixed)} run(s) whose process died as KILLED" + "".join(f"\n  {r}" for r in fixed))
     return 0
+
+
+def _add_set(parser: argparse.ArgumentParser, what: str = "override a job field") -> None:
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE", help=f"{what}, e.g. meta_optimizer.lr=1e-3")
 
 
 EXIT_CODES = """exit codes:
@@ -517,26 +526,24 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--no-ray", action="store_true", help="run the workers in this process (debugging)")
     run.add_argument("--max-steps", type=int, default=None, help="stop after this many outer steps (resumable)")
     run.add_argument("--overwrite", action="store_true", help="start again where a run already is (replaces it)")
-    run.add_argument(
-        "--set", action="append", metavar="FIELD=VALUE", help="override a job field, e.g. meta_optimizer.lr=1e-3"
-    )
+    _add_set(run)
     run.set_defaults(fn=_run)
     va = sub.add_parser("validate", help="check a job (its task, suite and pretrained names too) without running it")
     va.add_argument("job")
-    va.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field")
+    _add_set(va)
     va.set_defaults(fn=_validate)
     tn = sub.add_parser("tune", help="run the job's `search` section as a Ray Tune sweep (ASHA)")
     tn.add_argument("job")
     tn.add_argument("--resume", action="store_true", help="restore an interrupted sweep (Tuner.restore)")
     tn.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
-    tn.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field")
+    _add_set(tn)
     tn.set_defaults(fn=_tune)
     sb = sub.add_parser("submit", help="submit `nfopt run` (or `tune`) to a Ray cluster via the Jobs API")
     sb.add_argument("job")
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://HOST:8265")
     sb.add_argument("--tune", action="store_true", help="submit `nfopt tune` instead of `nfopt run`")
     sb.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
-    sb.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a job field (applied remotely)")
+    _add_set(sb, "override a job field (applied remotely)")
     sb.set_defaults(fn=_submit)
     jb = sub.add_parser("jobs", help="list, show logs of, or stop submitted jobs")
     jb.add_argument("action", choices=["list", "logs", "stop"])
