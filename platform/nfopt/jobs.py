@@ -168,7 +168,8 @@ class JobSpec(StrictModel):
     search: SearchSpec | None = None
     init_from: str | None = Field(
         default=None,
-        description="start θ from this learned optimizer (a shipped name, e.g. nfn_np_small, or a .pt file) "
+        description="start θ from this learned optimizer (a shipped name, e.g. nfn_np_small, a .pt file, "
+        "or a runs:/ or models:/ URI) "
         "instead of the untrained rule; its meta_model must match; its budget is carried over",
     )
     seed: Seed = 0

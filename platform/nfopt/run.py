@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
+import nfopt
 from nfopt.jobs import JobSpec
-from nfopt.lopt import FeatureConfig, LearnedUpdateRule, load_optimizer, save_optimizer
-from nfopt.lopt.pretrained import load_pretrained
+from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
@@ -59,19 +59,17 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
 
 def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
     """θ to start from and the meta-training budget already in it: the untrained rule, or the
-    learned optimizer named by ``spec.init_from`` (a shipped name or a file; ``ValueError``
+    learned optimizer named by ``spec.init_from`` (a shipped name, a file or a ``runs:/`` or
+    ``models:/`` URI; ``ValueError``
     naming the field that differs when its rule is not the job's ``meta_model``)."""
     budget = {"inner_steps": 0, "wall_s": 0.0}
     if spec.init_from is None:
         return {k: v.detach() for k, v in rule.named_parameters()}, budget
     ref = spec.init_from
-    if Path(ref).exists() or Path(ref).suffix == ".pt":
-        source = load_optimizer(ref)
-    else:
-        try:
-            source = load_pretrained(ref)
-        except KeyError as err:
-            raise ValueError(f"init_from: {err.args[0]} (or give a .pt file)") from None
+    try:  # a shipped name, a path, or an MLflow URI: nfopt.load_optimizer's one resolution
+        source = nfopt.load_optimizer(ref)
+    except FileNotFoundError as err:  # names the shipped ones
+        raise ValueError(f"init_from: {err}") from None
     want, got = rule.config(), source.rule.config()
     diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
     if diff:
@@ -275,7 +273,8 @@ def run_job(
                 t0 = time.perf_counter()
                 m = learner.step()
                 m["step"] = learner.step_count
-                usable = math.isfinite(m.get("grad_norm", math.nan)) and m.get("grad_norm", 0.0) > 0
+                norm = m.get("grad_norm", 0.0)  # absent: no live estimate
+                usable = math.isfinite(norm) and norm > 0
                 m["usable_gradient"] = float(usable)
                 idle = 0 if usable else idle + 1
                 usable_steps += usable
