@@ -25,7 +25,7 @@ from torch import nn
 
 from nfopt.weightspace import NetworkSpec
 
-__all__ = ["CHAIN_MODULES", "SpaceLayout", "chains_of", "discover_spaces", "tensor_view"]
+__all__ = ["CHAIN_MODULES", "SpaceLayout", "chains_of", "discover_spaces", "tensor_space", "tensor_view"]
 
 Tensor = torch.Tensor
 
@@ -94,7 +94,8 @@ def tensor_view(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], math.prod(shape[1:]))
 
 
-def _tensor_space(i: int, t: Tensor) -> SpaceLayout:
+def tensor_space(i: int, t: Tensor) -> SpaceLayout:
+    """Tensor ``t``, parameter ``i`` of the optimizer's flat list, as its own one-layer weight space."""
     view = tensor_view(tuple(t.shape))
     return SpaceLayout(NetworkSpec((view,), (False,)), ((i, None),), (view,), "tensor")
 
@@ -175,11 +176,10 @@ def discover_spaces(model: nn.Module) -> tuple[list[tuple[str, Tensor]], list[Sp
         chains = _registration_chains(model)
     flat: list[tuple[str, Tensor]] = []
     spaces: list[SpaceLayout] = []
-    taken: set[int] = set()
     for chain in chains:
         mods = [modules[n] for n in chain]
         for piece in _split_valid(mods):
-            layers, views, shapes, biases = [], [], [], []
+            layers, views = [], []
             for k in piece:
                 name, mod = chain[k], mods[k]
                 if not mod.weight.requires_grad:
@@ -192,16 +192,13 @@ def discover_spaces(model: nn.Module) -> tuple[list[tuple[str, Tensor]], list[Sp
                     flat.append((f"{name}.bias", mod.bias))
                 layers.append((w_i, b_i))
                 views.append(tuple(mod.weight.shape))
-                shapes.append(tuple(mod.weight.shape))
-                biases.append(b_i is not None)
             if layers:
-                spec = NetworkSpec(tuple(shapes), tuple(biases))
+                spec = NetworkSpec(tuple(views), tuple(b is not None for _, b in layers))
                 spaces.append(SpaceLayout(spec, tuple(layers), tuple(views), "chain"))
-                taken.update(id(flat[w][1]) for w, _ in layers)
-                taken.update(id(flat[b][1]) for _, b in layers if b is not None)
+    taken = {id(p) for _, p in flat}
     for name, p in model.named_parameters():
         if p.requires_grad and id(p) not in taken:
-            spaces.append(_tensor_space(len(flat), p))
+            spaces.append(tensor_space(len(flat), p))
             flat.append((name, p))
             taken.add(id(p))
     return flat, spaces

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from nfopt.lopt.layout import SpaceLayout, discover_spaces, tensor_view
+from nfopt.lopt.layout import SpaceLayout, discover_spaces, tensor_space
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -53,11 +53,7 @@ def _list_spaces(tensors: list[Tensor], names: list[str] | None) -> list[SpaceLa
     try:
         spec, layers = weight_space_layout(tensors, names)
     except ValueError:
-        out = []
-        for i, t in enumerate(tensors):
-            view = tensor_view(tuple(t.shape))
-            out.append(SpaceLayout(NetworkSpec((view,), (False,)), ((i, None),), (view,), "tensor"))
-        return out
+        return [tensor_space(i, t) for i, t in enumerate(tensors)]
     views = tuple(tuple(tensors[w].shape) for w, _ in layers)
     return [SpaceLayout(spec, tuple(layers), views, "chain")]
 
