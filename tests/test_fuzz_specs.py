@@ -8,20 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nfopt.cli import main
-from tests.helpers import TINY_SUITE
+from tests.helpers import TINY_SUITE, tiny_job
 
 EXIT_CODES = {2, 3, 5}  # invalid file, missing file, a run already there (see `nfopt --help`)
 
-BASE_JOB = {
-    "name": "fuzz",
-    "task": "digits_mlp",
-    "outer_steps": 2,
-    "meta_model": {"kind": "nfn_np", "channels": 4, "layers": 2},
-    "estimator": {"kind": "tbptt", "unroll": 2},
-    "inner": {"population": 2, "tasks_per_worker": 1},
-    "workers": {"count": 1},
-    "tracking": {"enabled": False},
-}
 JOB_FIELDS = [
     ("name",),
     ("task",),
@@ -91,7 +81,7 @@ def test_malformed_jobs_fail_cleanly_and_never_touch_an_existing_run(tmp_path_fa
     run_dir = tmp / "existing_run"
     run_dir.mkdir()
     (run_dir / "latest.pt").write_bytes(b"a user's checkpoint")
-    job = _set(BASE_JOB, ("checkpoint",), {"dir": str(run_dir)})
+    job = tiny_job(tmp, checkpoint={"dir": str(run_dir)}).model_dump(mode="json")
     for path, value in mutations:
         job = _set(job, path, value)
     job_file = tmp / "job.yaml"

@@ -44,23 +44,7 @@ def test_shipped_jobs_validate():
         (BASE + "meta_optimizer: {lr: 0}\n", r"meta_optimizer.lr"),
         ("name: [oops\n", r"not valid YAML"),
         ("- 1\n", r"expected a mapping"),
-    ],
-)
-def test_malformed_jobs_name_file_field_and_allowed_values(tmp_path, text, match):
-    p = tmp_path / "job.yaml"
-    p.write_text(text)
-    with pytest.raises(JobSpecError, match=f"(?s)job.yaml.*{match}"):
-        load_job(p)
-
-
-def test_missing_job_file(tmp_path):
-    with pytest.raises(JobSpecError, match="no such job file"):
-        load_job(tmp_path / "none.yaml")
-
-
-@pytest.mark.parametrize(
-    "text, match",
-    [
+        # strict numbers, safe names, unique keys
         ("name: ../../etc\ntask: digits_mlp\nouter_steps: 3\n", r"name: String should match pattern"),
         ("name: a/b\ntask: digits_mlp\nouter_steps: 3\n", r"name: String should match pattern"),
         ("name: j\ntask: digits_mlp\nouter_steps: 1e18\n", r"outer_steps: Input should be a valid integer"),
@@ -76,11 +60,16 @@ def test_missing_job_file(tmp_path):
         (BASE + "outer_steps: 4\n", r"duplicate key 'outer_steps' \(line 4\)"),
     ],
 )
-def test_numbers_names_and_keys_are_checked_strictly(tmp_path, text, match):
+def test_malformed_jobs_name_file_field_and_allowed_values(tmp_path, text, match):
     p = tmp_path / "job.yaml"
     p.write_text(text)
     with pytest.raises(JobSpecError, match=f"(?s)job.yaml.*{match}"):
         load_job(p)
+
+
+def test_missing_job_file(tmp_path):
+    with pytest.raises(JobSpecError, match="no such job file"):
+        load_job(tmp_path / "none.yaml")
 
 
 def test_a_directory_or_binary_job_file_is_a_clear_error(tmp_path):

@@ -41,16 +41,21 @@ def test_stop_and_resume_gives_the_uninterrupted_theta(tmp_path):
     assert full.optimizer_path.exists() and (full.optimizer_path.parent / "meta_loss.png").exists()
 
 
-def test_nonfinite_inner_training_resets_the_task_and_theta_stays_finite():
+def _one_damaged_task(damage):
+    """A learner over one worker with one digits task whose inner parameters ``damage`` changed;
+    returns ``(learner, worker, the task's seed before the step)``."""
     fam = TaskFamily.load("digits_mlp")
     rule = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2})
     prob = TaskProblem(fam, rule, population=2, offsets=False)
-    est = TruncatedBackprop(unroll=3)
-    worker = Worker(lambda: prob, est, num_tasks=1, seed=0)
+    worker = Worker(lambda: prob, TruncatedBackprop(unroll=3), num_tasks=1, seed=0)
     inner = worker.states[0]["inner"]
-    inner["params"] = inner["params"].map(lambda t: t.clone().fill_(float("nan")))  # a diverged task
-    seed_before = inner["seed"]
+    inner["params"] = inner["params"].map(damage)
     learner = Learner({k: v.detach() for k, v in rule.named_parameters()}, LocalPool([worker]), lr=1e-2)
+    return learner, worker, inner["seed"]
+
+
+def test_nonfinite_inner_training_resets_the_task_and_theta_stays_finite():
+    learner, worker, seed_before = _one_damaged_task(lambda t: t.clone().fill_(float("nan")))  # a diverged task
     m = learner.step()
     assert m["nonfinite"] > 0
     assert worker.states[0]["inner"]["seed"] != seed_before and worker.states[0]["inner"]["step"] == 0
@@ -243,15 +248,8 @@ def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, capsys, monk
 
 
 def test_a_blown_up_but_finite_task_is_reset():
-    fam = TaskFamily.load("digits_mlp")
-    rule = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2})
-    prob = TaskProblem(fam, rule, population=2, offsets=False)
-    est = TruncatedBackprop(unroll=3)
-    worker = Worker(lambda: prob, est, num_tasks=1, seed=0)
-    inner = worker.states[0]["inner"]
-    inner["params"] = inner["params"].map(lambda t: t * 50)  # finite, but the loss is far above its start
-    seed_before = inner["seed"]
-    m = Learner({k: v.detach() for k, v in rule.named_parameters()}, LocalPool([worker]), lr=1e-2).step()
+    learner, worker, seed_before = _one_damaged_task(lambda t: t * 50)  # finite, loss far above its start
+    m = learner.step()
     assert m["nonfinite"] > 0 and math.isfinite(m["meta_loss"])
     assert worker.states[0]["inner"]["seed"] != seed_before and worker.states[0]["inner"]["step"] == 0
 
