@@ -69,44 +69,16 @@ def _parse_sets(items: list[str]) -> dict:
     return out
 
 
-def _preflight(spec, job: str) -> str | None:
-    """Everything that can be checked before meta-training starts; the error text, or ``None``."""
-    from nfopt.lopt.pretrained import pretrained_path
-    from nfopt.tasks import load_tasks
+def _validate(args) -> int:
+    spec, console = _load(args)
+    if spec is None:
+        return 2
+    from nfopt.run import check_job
 
     try:
-        load_tasks(spec.task)
+        check_job(spec)
     except (ValueError, FileNotFoundError) as err:
-        return f"{job}: task: {err}"
-    if spec.evaluate is not None:  # the suite is checked before meta-training, not after it
-        from nfopt.tasks.spec import load_suite
-
-        try:
-            load_suite(spec.evaluate.suite)
-        except (ValueError, FileNotFoundError) as err:
-            return f"{job}: evaluate.suite: {err}"
-        for name in spec.evaluate.pretrained:
-            try:
-                pretrained_path(name)
-            except KeyError as err:
-                return f"{job}: evaluate.pretrained: {err.args[0]}"
-    return None
-
-
-def _load_checked(args):
-    """:func:`_load` and :func:`_preflight`: ``(spec, console)``, ``spec`` ``None`` (error printed)
-    when anything checkable before meta-training is wrong."""
-    spec, console = _load(args)
-    problem = None if spec is None else _preflight(spec, args.job)
-    if problem:
-        _error(console, problem)
-        return None, console
-    return spec, console
-
-
-def _validate(args) -> int:
-    spec, _ = _load_checked(args)
-    if spec is None:
+        _error(console, f"{args.job}: {err}")
         return 2
     from rich.console import Console
 
@@ -118,7 +90,7 @@ def _run(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    spec, console = _load_checked(args)
+    spec, console = _load(args)
     if spec is None:
         return 2
     from nfopt.cluster.submit import ClusterUnreachableError

@@ -17,11 +17,13 @@ import torch
 import nfopt
 from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
+from nfopt.lopt.pretrained import pretrained_path
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
+from nfopt.tasks.spec import load_suite
 
-__all__ = ["MAX_IDLE_STEPS", "NoProgressError", "RunExistsError", "RunResult", "build_rule", "run_job"]
+__all__ = ["MAX_IDLE_STEPS", "NoProgressError", "RunExistsError", "RunResult", "build_rule", "check_job", "run_job"]
 
 
 class RunExistsError(FileExistsError):
@@ -55,6 +57,29 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
         hand=m.hand,
         lr_head=m.lr_head,
     )
+
+
+def check_job(spec: JobSpec) -> None:
+    """Everything that can be checked before meta-training starts, each error naming its field:
+    the task family or mixture (``ValueError``, ``FileNotFoundError``), and the evaluation suite
+    and shipped optimizers the ``evaluate`` section names (``ValueError``)."""
+    try:
+        load_tasks(spec.task)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"task: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"task: {err}") from None
+    if spec.evaluate is None:
+        return
+    try:
+        load_suite(spec.evaluate.suite)
+    except (ValueError, FileNotFoundError) as err:
+        raise ValueError(f"evaluate.suite: {err}") from None
+    for name in spec.evaluate.pretrained:
+        try:
+            pretrained_path(name)
+        except KeyError as err:
+            raise ValueError(f"evaluate.pretrained: {err.args[0]}") from None
 
 
 def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
@@ -173,12 +198,7 @@ def run_job(
     fresh start where a run already is raises :class:`RunExistsError` unless ``overwrite``;
     ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
     called after every outer step. Returns the history and output paths."""
-    try:
-        load_tasks(spec.task)  # a bad task fails here, naming the file, before any worker starts
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"task: {err}") from None
-    except ValueError as err:
-        raise ValueError(f"task: {err}") from None
+    check_job(spec)  # a bad task, suite or optimizer name fails here, before any worker starts
     ckdir = spec.checkpoint_dir
     existing = [p for p in (ckdir / "latest.pt", ckdir / "learned_optimizer.pt") if p.exists()]
     if existing and not resume and not overwrite:
