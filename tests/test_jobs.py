@@ -29,7 +29,11 @@ def test_shipped_jobs_validate():
     "text, match",
     [
         (BASE + "colour: red\n", r"colour: Extra inputs are not permitted"),
-        (BASE + "estimator: {kind: sgd}\n", r"estimator.kind: Input should be 'es', 'pes' or 'tbptt'"),
+        (BASE + "estimator: {kind: sgd}\n", r"estimator.kind: Input should be 'es', 'pes', 'tbptt' or 'episode_es'"),
+        (BASE + "estimator: {params: []}\n", r"estimator.params: List should have at least 1 item"),
+        (BASE + "estimator: {params: [a/b]}\n", r"estimator.params.0: String should match pattern"),
+        (BASE + "meta_model: {schedule_knots: 1}\n", r"schedule_knots=1: use 0"),
+        (BASE + "inner: {meta_loss: best}\n", r"inner.meta_loss: Input should be 'mean', 'log', 'final' or 'tail'"),
         (BASE + "estimator: {sigma: -1}\n", r"estimator.sigma: Input should be greater than 0"),
         (BASE + "estimator: {unroll: 0}\n", r"estimator.unroll"),
         ("name: j\ntask: digits_mlp\n", r"outer_steps: Field required"),

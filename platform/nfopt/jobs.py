@@ -34,6 +34,18 @@ class MetaModelSpec(StrictModel):
         description="the rule's optional inputs (ablations leave some out)",
     )
     lr_head: bool = Field(default=True, description="per-tensor log step sizes from the meta-model's pooled output")
+    schedule_knots: Int = Field(
+        default=0,
+        ge=0,
+        description="knots of a learned log step schedule over the training fraction (0: none; >= 2); "
+        "meta-train it with estimator.kind episode_es",
+    )
+
+    @model_validator(mode="after")
+    def _knots(self):
+        if self.schedule_knots == 1:
+            raise ValueError("schedule_knots=1: use 0 (no schedule) or at least 2 knots")
+        return self
 
     @model_validator(mode="after")
     def _fits_kind(self):
@@ -52,15 +64,21 @@ class MetaModelSpec(StrictModel):
 
 
 class EstimatorSpec(StrictModel):
-    kind: Literal["es", "pes", "tbptt"] = "pes"
-    sigma: Float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES)")
-    unroll: Int = Field(default=10, gt=0, description="inner steps per truncation")
+    kind: Literal["es", "pes", "tbptt", "episode_es"] = "pes"
+    sigma: Float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES/episode_es)")
+    unroll: Int = Field(default=10, gt=0, description="inner steps per truncation (episode_es: whole runs)")
+    params: list[Name] | None = Field(
+        default=None,
+        min_length=1,
+        description="meta-train only these meta-parameters (names or dotted prefixes, e.g. log_schedule, "
+        "log_step_scale, meta_model); the rest stay as they start (default: all)",
+    )
 
 
 class InnerSpec(StrictModel):
     population: Int = Field(default=4, gt=0, description="networks per task, trained together")
     tasks_per_worker: Int = Field(default=2, gt=0)
-    meta_loss: Literal["mean", "log", "final"] = "mean"
+    meta_loss: Literal["mean", "log", "final", "tail"] = "mean"
     horizon: Literal["task", "loguniform"] | Int = "task"
     horizon_range: tuple[Int, Int] | None = None
 

@@ -19,6 +19,7 @@ from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.lopt.pretrained import pretrained_path
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
+from nfopt.meta.estimators import selected
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfopt.tasks import load_tasks
 from nfopt.tasks.spec import load_suite
@@ -56,6 +57,7 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
         bound=m.bound,
         hand=m.hand,
         lr_head=m.lr_head,
+        schedule_knots=m.schedule_knots,
     )
 
 
@@ -96,13 +98,24 @@ def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
     except FileNotFoundError as err:  # names the shipped ones
         raise ValueError(f"init_from: {err}") from None
     want, got = rule.config(), source.rule.config()
-    diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+    addable = {"schedule_knots"} if not got.get("schedule_knots") else set()  # a schedule may be added
+    diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k) and k not in addable)
     if diff:
         fields = ", ".join(f"{k}: job {want.get(k)!r} vs {got.get(k)!r}" for k in diff)
         raise ValueError(f"init_from: {ref} is a different rule than meta_model ({fields}); make them match")
     meta = source.metadata or {}
     budget = {"inner_steps": int(meta.get("inner_steps") or 0), "wall_s": float(meta.get("meta_train_wall_s") or 0)}
-    return {k: v.detach().clone() for k, v in source.rule.named_parameters()}, budget
+    start = {k: v.detach() for k, v in rule.named_parameters()}  # entries the source lacks (a new schedule): at init
+    start.update({k: v.detach().clone() for k, v in source.rule.named_parameters()})
+    return start, budget
+
+
+def _check_params(spec: JobSpec, theta: dict) -> None:
+    """``estimator.params`` must each name a θ entry (or a dotted prefix of some)."""
+    for name in spec.estimator.params or []:
+        if not any(selected(k, [name]) for k in theta):
+            top = sorted({k.split(".")[0] for k in theta})
+            raise ValueError(f"estimator.params: {name!r} is no meta-parameter of this rule; it has {top}")
 
 
 #: Job fields a checkpoint must share with the job that resumes it (the rest may change: steps, tracking, ...).
@@ -142,14 +155,19 @@ def _make_problem(spec_json: str) -> TaskProblem:
         meta_loss=spec.inner.meta_loss,
         horizon=spec.inner.horizon,
         horizon_range=spec.inner.horizon_range,
+        offsets=spec.estimator.kind != "episode_es",  # whole runs: no shortened first episodes
         device=device,
     )
 
 
 def _estimator(spec: JobSpec):
     e = spec.estimator
-    cls = ESTIMATORS[e.kind]
-    return cls(unroll=e.unroll) if e.kind == "tbptt" else cls(sigma=e.sigma, unroll=e.unroll)
+    cls, params = ESTIMATORS[e.kind], e.params
+    if e.kind == "tbptt":
+        return cls(unroll=e.unroll, params=params)
+    if e.kind == "episode_es":
+        return cls(sigma=e.sigma, params=params)
+    return cls(sigma=e.sigma, unroll=e.unroll, params=params)
 
 
 @dataclass
@@ -208,6 +226,7 @@ def run_job(
         )
     rule = build_rule(spec)
     theta, budget = _initial_theta(spec, rule)  # budget: meta-training spent so far, over every resume
+    _check_params(spec, theta)
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
     estimator = _estimator(spec)
     w = spec.workers

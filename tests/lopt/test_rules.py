@@ -206,3 +206,69 @@ def test_per_tensor_step_size_comes_from_the_lr_head():
     gain = float(torch.exp(3.0 * torch.tanh(torch.tensor(1.0 / 3.0))))
     for a, b, p in zip(new.tensors(), ref.tensors(), params.tensors()):
         assert torch.allclose(p - a, (p - b) * gain, rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_untrained_rule_with_a_schedule_is_adam(kind):
+    rule = rule_of(kind, step_mult=1e-3, schedule_knots=5).double()
+    spec = random_spec(3, conv=False)
+    params, grads = inputs(spec, 2)
+    state, astate = rule.init(spec, 2, dtype=torch.float64, num_steps=4), Adam(lr=1e-3).init(spec, 2, dtype=torch.float64)
+    for _ in range(3):
+        new, state = rule.update(None, state, params, grads)
+        ref, astate = Adam(lr=1e-3).update(None, astate, params, grads)
+        assert new.allclose(ref, rtol=0, atol=1e-7)
+        params, grads = new, grads * 0.5
+
+
+def test_schedule_interpolates_its_knots_over_the_training_fraction():
+    rule = rule_of("mlp", schedule_knots=3).double()
+    with torch.no_grad():
+        rule.log_schedule.copy_(torch.tensor([0.0, -1.0, -3.0]))
+    one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    got = [float(rule.schedule_value(torch.tensor(f, dtype=torch.float64), one)) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)]
+    assert got == pytest.approx([0.0, -0.5, -1.0, -2.0, -3.0, -3.0])
+    assert float(rule.schedule_value(zero, zero)) == pytest.approx((-0.5 - 2.0) / 2)  # unknown horizon: the mean
+
+
+def test_schedule_scales_the_step_at_the_fraction_of_training_done():
+    rule = rule_of("nfn_np", step_mult=1e-3, schedule_knots=2).double()
+    spec = NetworkSpec.mlp([5, 4, 3])
+    params, grads = inputs(spec, 2)
+
+    def step(knots, num_steps, steps_done):
+        with torch.no_grad():
+            rule.log_schedule.copy_(torch.tensor(knots))
+        state = rule.init(spec, 2, dtype=torch.float64, num_steps=num_steps)
+        state["step"] = torch.tensor(steps_done)
+        return [p - n for p, n in zip(params.tensors(), rule.update(None, state, params, grads)[0].tensors())]
+
+    gain = torch.exp(torch.tensor(-1.0, dtype=torch.float64))
+    for num_steps, done in ((10, 5), (None, 5), (10, 0)):  # f = 0.5 and unknown: log multiplier -1; f = 0: 0
+        flat, sched = step([0.0, 0.0], num_steps, done), step([0.0, -2.0], num_steps, done)
+        for a, b in zip(flat, sched):
+            assert torch.allclose(b, a * (gain if num_steps is None or done else 1.0), rtol=1e-3, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["nfn_np", "nfn_hnp"])
+def test_rule_with_a_schedule_is_equivariant(kind):
+    rule = rule_of(kind, schedule_knots=4).double()
+    perturb_meta_model(rule)
+    with torch.no_grad():
+        rule.log_schedule.copy_(torch.tensor([0.5, -0.2, -1.0, -2.0]))
+    spec = NetworkSpec.mlp([5, 4, 6, 3])
+    params, grads = inputs(spec, 2)
+    state = rule.init(spec, 2, dtype=torch.float64, num_steps=7)
+    perm = spec.sample_permutation(torch.Generator().manual_seed(3), hidden_only=kind == "nfn_hnp")
+    new, _ = rule.update(None, state, params, grads)
+    new_p, _ = rule.update(None, state, params.permute(perm), grads.permute(perm))
+    assert new_p.allclose(new.permute(perm), atol=1e-10)
+
+
+def test_schedule_config_round_trips_and_old_configs_have_none():
+    rule = rule_of("nfn_np", schedule_knots=6)
+    assert LearnedUpdateRule.from_config(rule.config()).config() == rule.config()
+    old = {k: v for k, v in rule.config().items() if k != "schedule_knots"}
+    assert LearnedUpdateRule.from_config(old).schedule_knots == 0
+    with pytest.raises(ValueError, match="schedule_knots=1"):
+        LearnedUpdateRule("mlp", schedule_knots=1)

@@ -3,7 +3,8 @@ truncated backprop is exact, antithetic ES and PES are unbiased within their sta
 
 import torch
 
-from nfopt.meta import ES, PES, QuadraticProblem, TruncatedBackprop
+from nfopt.meta import ES, PES, EpisodeES, QuadraticProblem, TruncatedBackprop
+from nfopt.meta.estimators import selected
 
 THETA = {"log_lr": torch.tensor(-2.0, dtype=torch.float64)}
 
@@ -80,7 +81,9 @@ def test_estimators_satisfy_the_protocol_and_answer_with_typed_messages():
 
     prob = QuadraticProblem(dim=4, horizon=20)
     for name, cls in ESTIMATORS.items():
-        est = cls(unroll=3) if name == "tbptt" else cls(unroll=3, sigma=0.1)
+        est = {"tbptt": lambda: cls(unroll=3), "episode_es": lambda: cls(sigma=0.1)}.get(
+            name, lambda: cls(unroll=3, sigma=0.1)
+        )()
         out = est.estimate(prob, THETA, est.init(prob, 1), torch.Generator().manual_seed(0))
         assert isinstance(out, TaskEstimate) and set(out.grad) == set(THETA)
         worker = Worker(lambda: prob, est, num_tasks=2, seed=0)
@@ -89,3 +92,33 @@ def test_estimators_satisfy_the_protocol_and_answer_with_typed_messages():
     flat = pack_theta(THETA)
     back = unpack_theta(flat, theta_layout(THETA))
     assert all(torch.equal(back[k], THETA[k]) for k in THETA)
+
+
+def test_episode_es_is_unbiased_for_the_whole_run():
+    """Whole runs from scratch to the horizon: the estimate matches the gradient of the loss over
+    the entire run, and every estimate starts a fresh task."""
+    prob = QuadraticProblem(dim=4, noise=0.05, horizon=12)
+    est = EpisodeES(sigma=0.01)
+    gen = torch.Generator().manual_seed(3)
+    samples = [est.estimate(prob, THETA, est.init(prob, 0), gen)[0]["log_lr"] for _ in range(1500)]
+    mean, se = _mean_and_se(samples)
+    true = exact_grad(prob, THETA, 0, 1, 12)
+    assert abs(mean - true) < 4 * se, (mean, true, se)
+    _, metrics, state = est.estimate(prob, THETA, est.init(prob, 0), gen)
+    assert state["seed"] != 0 and metrics["meta_loss"] > 0
+
+
+def test_params_choose_which_meta_parameters_are_estimated():
+    theta = {**THETA, "frozen.w": torch.tensor([0.5, 1.0], dtype=torch.float64)}
+    prob = QuadraticProblem(dim=3, noise=0.05, horizon=6)
+    estimators = (ES, PES, TruncatedBackprop, EpisodeES)
+    for cls in estimators:
+        kw = {} if cls is EpisodeES else {"unroll": 3}
+        for params, live, dead in ((["log_lr"], "log_lr", "frozen.w"), (["frozen"], None, "log_lr")):
+            est = cls(params=params, **kw)
+            grad = est.estimate(prob, theta, est.init(prob, 0), torch.Generator().manual_seed(0))[0]
+            assert torch.equal(grad[dead], torch.zeros_like(grad[dead])), (cls, params)
+            if live:
+                assert grad[live].abs() > 0, cls
+    assert selected("meta_model.layers.0.weight", ["meta_model"]) and selected("log_schedule", None)
+    assert not selected("meta_model_x", ["meta_model"]) and not selected("log_step_scale", ["log_schedule"])

@@ -273,3 +273,31 @@ def test_validate_and_set_check_a_job_without_running_it(tmp_path, capsys, monke
         assert message in capsys.readouterr().err, bad
     assert main(["run", str(job), "--no-ray", "--set", "outer_steps=1"]) == 0
     assert torch.load(tmp_path / "runs" / "tiny" / "latest.pt", weights_only=True)["learner"]["step"] == 1
+
+
+def test_a_schedule_phase_trains_only_the_named_meta_parameters_from_a_schedule_free_optimizer(tmp_path, capsys):
+    """Phase 2 of a pretraining (Celo-style): start from a rule without a schedule, add one, and
+    meta-train only the schedule and the global step by ES over whole runs; the rest of θ stays."""
+    first = run_job(tiny_spec(tmp_path / "a", outer_steps=1), use_ray=False, progress=False)
+    model = {"kind": "nfn_np", "channels": 4, "layers": 2, "schedule_knots": 3}
+    spec = tiny_spec(
+        tmp_path / "b",
+        outer_steps=2,
+        init_from=str(first.optimizer_path),
+        meta_model=model,
+        estimator={"kind": "episode_es", "sigma": 0.2, "params": ["log_schedule", "log_step_scale"]},
+        inner={"population": 2, "tasks_per_worker": 1, "meta_loss": "tail", "horizon": 6},
+        meta_optimizer={"lr": 0.1},
+    )
+    second = run_job(spec, use_ray=False, progress=False)
+    before = torch.load(first.optimizer_path, weights_only=True)["state_dict"]
+    after = torch.load(second.optimizer_path, weights_only=True)["state_dict"]
+    assert set(after) == set(before) | {"log_schedule"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k != "log_step_scale")
+    assert not torch.equal(after["log_schedule"], torch.zeros(3)) and after["log_step_scale"] != 0
+    loaded = LearnedUpdateRule.from_config(torch.load(second.optimizer_path, weights_only=True)["config"])
+    assert loaded.schedule_knots == 3
+    bad = tiny_spec(tmp_path / "c", estimator={"kind": "episode_es", "params": ["no_such_thing"]})
+    assert main_run(bad, tmp_path) == 2
+    out = " ".join(" ".join(capsys.readouterr()).split())
+    assert "estimator.params" in out and "no_such_thing" in out and "log_step_scale" in out

@@ -33,7 +33,7 @@ class LearnedUpdateRule(nn.Module):
     With meta-model outputs ``(d, m[, ℓ])`` on the features of :mod:`nfopt.lopt.features` and the
     Adam direction ``u`` (bias-corrected first/second moments, decays ``0.9/0.999``):
 
-    .. math::  s = b\, e^{σ} e^{λ_T} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
+    .. math::  s = b\, e^{σ} e^{g(f)} e^{λ_T} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
                p \leftarrow p - B \tanh(s / B)
 
     with small fixed ``a`` (``exp_mult``), ``b`` (``step_mult``, the base learning rate), learnable
@@ -44,6 +44,15 @@ class LearnedUpdateRule(nn.Module):
     the authority to choose the step per task and per tensor. The meta-model's head starts at
     zero, so the untrained rule is Adam with learning rate ``b`` (up to the soft bound);
     non-finite steps are zeroed.
+
+    With ``schedule_knots = K > 0`` the rule also has a learned step schedule over the fraction of
+    training done ``f = t / num_steps`` (Celo's decoupled learned scheduler): ``g(f)`` is the
+    piecewise-linear interpolation of ``K`` learnable log multipliers at ``f = 0, 1/(K-1), ..., 1``
+    (all 0 at init: the untrained rule is still Adam). When the horizon is not known, ``g`` is the
+    schedule's mean over ``[0, 1]`` (a constant step with the schedule's average log size). The
+    schedule is a few numbers, so it is meta-trained by evolution strategies over whole training
+    runs (:class:`~nfopt.meta.estimators.EpisodeES`), which truncated unrolls cannot do without
+    short-horizon bias.
 
     ``kind``: ``"mlp"`` (per-parameter MLP), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``; one instance
     updates MLPs and CNNs of any depth and width. ``init(..., num_steps=N)`` tells the rule the
@@ -61,18 +70,21 @@ class LearnedUpdateRule(nn.Module):
         hand: str = "adam",
         lr_head: bool = True,
         lr_range: float = 3.0,
+        schedule_knots: int = 0,
     ) -> None:
         super().__init__()
         if hand not in ("adam", "momentum", "none"):
             raise ValueError(f"hand={hand!r}: use 'adam', 'momentum' or 'none'")
         if lr_range <= 0:
             raise ValueError(f"lr_range={lr_range}: must be > 0")
+        if schedule_knots < 0 or schedule_knots == 1:
+            raise ValueError(f"schedule_knots={schedule_knots}: use 0 (no schedule) or >= 2 knots")
         self.kind, self.meta_kwargs = kind, dict(meta_model or {})
         self.features = features or FeatureConfig()
         if 0.9 not in self.features.decays:
             raise ValueError("features.decays must include 0.9 (the hand-designed direction's momentum)")
         self.exp_mult, self.step_mult, self.bound, self.hand = exp_mult, step_mult, bound, hand
-        self.lr_head, self.lr_range = lr_head, lr_range
+        self.lr_head, self.lr_range, self.schedule_knots = lr_head, lr_range, schedule_knots
         self.meta_model = build_meta_model(
             kind,
             self.features.num_entry_features,
@@ -81,6 +93,8 @@ class LearnedUpdateRule(nn.Module):
         )
         self.log_step_scale = nn.Parameter(torch.zeros(()))
         self.log_hand_scale = nn.Parameter(torch.zeros(()))
+        if schedule_knots:
+            self.log_schedule = nn.Parameter(torch.zeros(schedule_knots))
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -95,12 +109,14 @@ class LearnedUpdateRule(nn.Module):
             "hand": self.hand,
             "lr_head": self.lr_head,
             "lr_range": self.lr_range,
+            "schedule_knots": self.schedule_knots,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> LearnedUpdateRule:
-        """Inverse of :meth:`config`; configs saved before ``lr_head`` existed rebuild without it."""
-        cfg = {"lr_head": False, **cfg}
+        """Inverse of :meth:`config`; configs saved before ``lr_head`` or the schedule existed
+        rebuild without them."""
+        cfg = {"lr_head": False, "schedule_knots": 0, **cfg}
         cfg["features"] = FeatureConfig.from_dict(cfg["features"])
         return cls(**cfg)
 
@@ -116,7 +132,7 @@ class LearnedUpdateRule(nn.Module):
         }
         if self.features.loss_features:
             state.update(init_loss_state(population, dtype=dtype, device=device))
-        if self.features.fraction:
+        if self._wants_horizon:
             state["num_steps"] = torch.tensor(int(num_steps or 0), dtype=torch.long, device=device)
         return state
 
@@ -145,7 +161,7 @@ class LearnedUpdateRule(nn.Module):
             loss_t = None if loss is None else torch.as_tensor(loss, device=params.device)
             loss_state = update_loss_state(state, loss_t)
             new_state.update(loss_state)
-        if cfg.fraction:
+        if self._wants_horizon:
             n = state["num_steps"]
             known = (n > 0).to(params.dtype)
             done = (state["step"].to(params.dtype) / n.clamp_min(1).to(params.dtype)).clamp(0, 1)
@@ -157,6 +173,8 @@ class LearnedUpdateRule(nn.Module):
         out = self.meta_model(feats, glob)  # (P, 2 or 3, ...)
         hand = {"adam": adam, "momentum": m09, "none": None}[self.hand]
         scale = self.step_mult * torch.exp(self.log_step_scale)
+        if self.schedule_knots:
+            scale = scale * torch.exp(self.schedule_value(frac[0, 0], frac[0, 1]))
         hand_scale = torch.exp(self.log_hand_scale)
         a, bound, r = self.exp_mult, self.bound, self.lr_range
 
@@ -178,6 +196,22 @@ class LearnedUpdateRule(nn.Module):
         )
         return new, new_state
 
+    @property
+    def _wants_horizon(self) -> bool:
+        return self.features.fraction or bool(self.schedule_knots)
+
+    def schedule_value(self, fraction: Tensor, known: Tensor) -> Tensor:
+        """``g(f)``: the learned log step multiplier at training fraction ``f`` (``known`` 1), or
+        its mean over ``[0, 1]`` when the horizon is unknown (``known`` 0); a 0-dim tensor."""
+        w = self.log_schedule
+        k = w.shape[0] - 1
+        x = fraction.clamp(0, 1) * k
+        i = x.floor().clamp(max=k - 1).long()
+        t = x - i.to(x)
+        at = w[i] * (1 - t) + w[i + 1] * t
+        mean = (w[:-1] + w[1:]).mean() / 2  # the integral of the interpolant over [0, 1]
+        return known * at + (1 - known) * mean
+
     @staticmethod
     def _adam(m: WSF, v: WSF, step: Tensor, dtype: torch.dtype) -> WSF:
         """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + 1e-8)`` (decays 0.9, 0.999)."""
@@ -189,5 +223,6 @@ class LearnedUpdateRule(nn.Module):
         return (
             f"kind={self.kind!r}, features={self.features.num_features}, step_mult={self.step_mult}, "
             f"exp_mult={self.exp_mult}, bound={self.bound}, hand={self.hand!r}, lr_head={self.lr_head}, "
+            f"schedule_knots={self.schedule_knots}, "
             f"lr={self.step_mult * math.exp(self.log_step_scale.item()):.2e}"
         )

@@ -1,6 +1,6 @@
 """Meta-training: inner problems, meta-gradient estimators, and the learner (no Ray here)."""
 
-from nfopt.meta.estimators import ES, ESTIMATORS, PES, Estimator, TruncatedBackprop
+from nfopt.meta.estimators import ES, ESTIMATORS, PES, EpisodeES, Estimator, TruncatedBackprop
 from nfopt.meta.learner import Learner, LocalPool, Worker, atomic_save
 from nfopt.meta.messages import Estimate, TaskEstimate
 from nfopt.meta.problems import InnerProblem, QuadraticProblem, TaskProblem
@@ -9,6 +9,7 @@ __all__ = [
     "ES",
     "ESTIMATORS",
     "PES",
+    "EpisodeES",
     "Estimate",
     "Estimator",
     "InnerProblem",

@@ -13,10 +13,19 @@ parameters) are reset to a fresh seed drawn from ``generator``.
   the accumulated perturbations ``ξ`` of the episode; ``(L⁺ - L⁻) ξ / (2σ²)`` is unbiased for the
   gradient of the smoothed loss over the whole episode.
 * :class:`TruncatedBackprop` — autograd through the unroll (exact within a truncation).
+* :class:`EpisodeES` — antithetic ES over *whole* training runs (a fresh task, network
+  initialisations and horizon per estimate): no truncation, so no short-horizon bias, at the
+  cost of the variance ES has in many dimensions; for the few meta-parameters of a learned
+  step schedule and global step size (``params``), as Celo meta-trains its scheduler.
+
+Every estimator takes ``params``: the names of the θ entries it estimates (an entry matches a
+name equal to it or a dotted prefix of it, e.g. ``meta_model``); the others get zero gradient,
+so the meta-optimizer leaves them where they are. ``None`` (the default) is all of θ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +34,7 @@ import torch
 from nfopt.meta.messages import TaskEstimate, Theta
 from nfopt.meta.problems import InnerProblem
 
-__all__ = ["ES", "ESTIMATORS", "PES", "Estimator", "TruncatedBackprop", "detach_state"]
+__all__ = ["ES", "ESTIMATORS", "PES", "EpisodeES", "Estimator", "TruncatedBackprop", "detach_state", "selected"]
 
 Tensor = torch.Tensor
 
@@ -44,8 +53,17 @@ def _new_seed(gen: torch.Generator) -> int:
     return int(torch.randint(2**31 - 1, (), generator=gen))
 
 
-def _perturb(theta: Theta, sigma: float, gen: torch.Generator) -> Theta:
-    return {k: sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) for k, v in theta.items()}
+def selected(name: str, params: Sequence[str] | None) -> bool:
+    """Whether θ entry ``name`` is among ``params`` (equal to one, or under one as a dotted prefix)."""
+    return params is None or any(name == p or name.startswith(p + ".") for p in params)
+
+
+def _perturb(theta: Theta, sigma: float, gen: torch.Generator, params: Sequence[str] | None = None) -> Theta:
+    """Gaussian perturbations of the selected entries (zeros elsewhere), drawn in θ's order."""
+    return {
+        k: sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) if selected(k, params) else torch.zeros_like(v)
+        for k, v in theta.items()
+    }
 
 
 def _both(info: dict, info_m: dict) -> dict:
@@ -70,13 +88,14 @@ class Estimator(Protocol):
 class ES:
     sigma: float = 0.01
     unroll: int = 10
+    params: Sequence[str] | None = None
 
     def init(self, problem: InnerProblem, seed: int) -> dict:
         return {"inner": problem.init_state(seed)}
 
     @torch.no_grad()
     def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
-        eps = _perturb(theta, self.sigma, gen)
+        eps = _perturb(theta, self.sigma, gen, self.params)
         lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, state["inner"], self.unroll)
         lm, _, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["inner"], self.unroll)
         coef = (lp - lm) / (2 * self.sigma**2)
@@ -90,6 +109,7 @@ class ES:
 class PES:
     sigma: float = 0.01
     unroll: int = 10
+    params: Sequence[str] | None = None
 
     def init(self, problem: InnerProblem, seed: int) -> dict:
         inner = problem.init_state(seed)
@@ -97,7 +117,7 @@ class PES:
 
     @torch.no_grad()
     def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
-        eps = _perturb(theta, self.sigma, gen)
+        eps = _perturb(theta, self.sigma, gen, self.params)
         xi = eps if state["xi"] is None else {k: state["xi"][k] + eps[k] for k in eps}
         lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, state["plus"], self.unroll)
         lm, s_minus, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["minus"], self.unroll)
@@ -112,18 +132,48 @@ class PES:
 @dataclass
 class TruncatedBackprop:
     unroll: int = 10
+    params: Sequence[str] | None = None
 
     def init(self, problem: InnerProblem, seed: int) -> dict:
         return {"inner": problem.init_state(seed)}
 
     def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
         with torch.enable_grad():
-            th = {k: v.detach().requires_grad_() for k, v in theta.items()}
+            th = {k: v.detach().requires_grad_(selected(k, self.params)) for k, v in theta.items()}
             loss, new, info = problem.unroll(th, state["inner"], self.unroll)
-            grads = torch.autograd.grad(loss, list(th.values()), allow_unused=True)
-        grad = {k: (g if g is not None else torch.zeros_like(th[k])) for k, g in zip(th, grads)}
+            wrt = [k for k in th if th[k].requires_grad]
+            grads = {}  # nothing selected reaches the loss: a zero gradient
+            if wrt and loss.requires_grad:
+                grads = dict(zip(wrt, torch.autograd.grad(loss, [th[k] for k in wrt], allow_unused=True)))
+        grad = {k: (grads.get(k) if grads.get(k) is not None else torch.zeros_like(th[k])) for k in th}
         state = self.init(problem, _new_seed(gen)) if info["done"] else {"inner": detach_state(new)}
         return TaskEstimate(grad, _metrics(loss.detach(), info), state)
 
 
-ESTIMATORS = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop}
+@dataclass
+class EpisodeES:
+    """Antithetic ES over whole training runs: each estimate draws a fresh task (its own seed:
+    networks, data order, horizon), trains it from scratch to its horizon with ``θ + ε`` and with
+    ``θ - ε`` on the same minibatches, and returns ``(L⁺ - L⁻) ε / (2σ²)`` — unbiased for the
+    gradient of the Gaussian-smoothed whole-run meta-loss (use the problem's ``"tail"`` meta-loss
+    to score how training ends). The problem should not shorten episodes by random offsets."""
+
+    sigma: float = 0.1
+    params: Sequence[str] | None = None
+
+    def init(self, problem: InnerProblem, seed: int) -> dict:
+        return {"seed": seed}
+
+    @torch.no_grad()
+    def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
+        inner = problem.init_state(state["seed"])
+        steps = max(1, int(inner["horizon"]) - int(inner.get("start", 0)))
+        eps = _perturb(theta, self.sigma, gen, self.params)
+        lp, _, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, inner, steps)
+        lm, _, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, inner, steps)
+        coef = (lp - lm) / (2 * self.sigma**2)
+        grad = {k: coef * e for k, e in eps.items()}
+        return TaskEstimate(grad, _metrics((lp + lm) / 2, _both(info, info_m)), self.init(problem, _new_seed(gen)))
+
+
+ESTIMATORS = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop, "episode_es": EpisodeES}

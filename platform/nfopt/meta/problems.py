@@ -19,7 +19,10 @@ import torch
 from nfopt.lopt.rules import LearnedUpdateRule
 from nfopt.tasks import TaskSampler
 
-__all__ = ["InnerProblem", "QuadraticProblem", "TaskProblem"]
+__all__ = ["META_LOSSES", "InnerProblem", "QuadraticProblem", "TaskProblem"]
+
+#: What a task problem's unroll returns as meta-loss (see :class:`TaskProblem`).
+META_LOSSES = ("mean", "log", "final", "tail")
 
 Tensor = torch.Tensor
 Theta = dict[str, Tensor]
@@ -48,6 +51,7 @@ class QuadraticProblem:
             "a": torch.linspace(0.5, 2.0, self.dim, dtype=torch.float64),
             "step": 0,
             "seed": seed,
+            "horizon": self.horizon,
         }
 
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
@@ -72,7 +76,8 @@ class TaskProblem:
     unroll steps of the train minibatch loss divided by the member's initial loss
     (``meta_loss="mean"``), the mean of its logarithm (``"log"``: every task's relative progress
     counts alike, late gains as much as early ones), or the normalised loss at the last step
-    only (``"final"``); non-finite or huge values are clipped at ``clip_loss`` and counted, and a
+    only (``"final"``), or the mean log of it over the last fifth of the unroll (``"tail"``: how a
+    whole training run ends, less noisy than one minibatch); non-finite or huge values are clipped at ``clip_loss`` and counted, and a
     task with a member whose loss is non-finite or above ``clip_loss`` times its initial loss
     (blown up, even if finite), or with non-finite parameters, is marked done: its estimator
     resets it with fresh members. The rule
@@ -94,8 +99,8 @@ class TaskProblem:
         offsets: bool = True,
         device: str | torch.device = "cpu",
     ) -> None:
-        if meta_loss not in ("mean", "log", "final"):
-            raise ValueError(f"meta_loss={meta_loss!r}: use 'mean', 'log' or 'final'")
+        if meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss={meta_loss!r}: use one of {', '.join(map(repr, META_LOSSES))}")
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
         self.clip_loss, self.offsets = clip_loss, offsets
@@ -165,9 +170,15 @@ class TaskProblem:
             diverged = diverged or bool(bad.any())  # blown up (non-finite, or > clip_loss x its start): reset
             nonfinite += int(bad.sum())
             norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
-            losses.append((torch.log(norm.clamp_min(1e-6)) if self.meta_loss == "log" else norm).mean())
+            logs = self.meta_loss in ("log", "tail")
+            losses.append((torch.log(norm.clamp_min(1e-6)) if logs else norm).mean())
             params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
-        meta = losses[-1] if self.meta_loss == "final" else torch.stack(losses).mean()
+        if self.meta_loss == "final":
+            meta = losses[-1]
+        elif self.meta_loss == "tail":
+            meta = torch.stack(losses[-max(1, steps // 5) :]).mean()
+        else:
+            meta = torch.stack(losses).mean()
         step = state["step"] + steps
         finite = all(torch.isfinite(t).all() for t in params.tensors())
         new = {**state, "params": params, "rule": rstate, "step": step}
