@@ -19,8 +19,8 @@ from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.lopt.pretrained import pretrained_path
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
-from nfopt.meta.estimators import selected
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nfopt.meta.estimators import selected
 from nfopt.tasks import load_tasks
 from nfopt.tasks.spec import load_suite
 

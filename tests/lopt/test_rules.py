@@ -213,7 +213,8 @@ def test_untrained_rule_with_a_schedule_is_adam(kind):
     rule = rule_of(kind, step_mult=1e-3, schedule_knots=5).double()
     spec = random_spec(3, conv=False)
     params, grads = inputs(spec, 2)
-    state, astate = rule.init(spec, 2, dtype=torch.float64, num_steps=4), Adam(lr=1e-3).init(spec, 2, dtype=torch.float64)
+    state = rule.init(spec, 2, dtype=torch.float64, num_steps=4)
+    astate = Adam(lr=1e-3).init(spec, 2, dtype=torch.float64)
     for _ in range(3):
         new, state = rule.update(None, state, params, grads)
         ref, astate = Adam(lr=1e-3).update(None, astate, params, grads)
@@ -226,7 +227,8 @@ def test_schedule_interpolates_its_knots_over_the_training_fraction():
     with torch.no_grad():
         rule.log_schedule.copy_(torch.tensor([0.0, -1.0, -3.0]))
     one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
-    got = [float(rule.schedule_value(torch.tensor(f, dtype=torch.float64), one)) for f in (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)]
+    fs = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)
+    got = [float(rule.schedule_value(torch.tensor(f, dtype=torch.float64), one)) for f in fs]
     assert got == pytest.approx([0.0, -0.5, -1.0, -2.0, -3.0, -3.0])
     assert float(rule.schedule_value(zero, zero)) == pytest.approx((-0.5 - 2.0) / 2)  # unknown horizon: the mean
 

@@ -81,9 +81,8 @@ def test_estimators_satisfy_the_protocol_and_answer_with_typed_messages():
 
     prob = QuadraticProblem(dim=4, horizon=20)
     for name, cls in ESTIMATORS.items():
-        est = {"tbptt": lambda: cls(unroll=3), "episode_es": lambda: cls(sigma=0.1)}.get(
-            name, lambda: cls(unroll=3, sigma=0.1)
-        )()
+        kw = {"tbptt": {"unroll": 3}, "episode_es": {"sigma": 0.1}}.get(name, {"unroll": 3, "sigma": 0.1})
+        est = cls(**kw)
         out = est.estimate(prob, THETA, est.init(prob, 1), torch.Generator().manual_seed(0))
         assert isinstance(out, TaskEstimate) and set(out.grad) == set(THETA)
         worker = Worker(lambda: prob, est, num_tasks=2, seed=0)

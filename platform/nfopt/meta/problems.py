@@ -77,7 +77,8 @@ class TaskProblem:
     (``meta_loss="mean"``), the mean of its logarithm (``"log"``: every task's relative progress
     counts alike, late gains as much as early ones), or the normalised loss at the last step
     only (``"final"``), or the mean log of it over the last fifth of the unroll (``"tail"``: how a
-    whole training run ends, less noisy than one minibatch); non-finite or huge values are clipped at ``clip_loss`` and counted, and a
+    whole training run ends, less noisy than one minibatch); non-finite or huge values are
+    clipped at ``clip_loss`` and counted, and a
     task with a member whose loss is non-finite or above ``clip_loss`` times its initial loss
     (blown up, even if finite), or with non-finite parameters, is marked done: its estimator
     resets it with fresh members. The rule
