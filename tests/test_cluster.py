@@ -43,7 +43,7 @@ def test_stuck_worker_is_bounded_by_the_timeout(ray_session):
 
 def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monkeypatch):
     import nfopt
-    from nfopt.run import run_job
+    from nfopt.recipes.meta_train import run_job
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = tiny_job(tmp_path, name="raytest", tracking={"enabled": True, "uri": uri, "experiment": "test"})
@@ -55,7 +55,7 @@ def test_run_job_on_ray_with_mlflow_and_load_by_uri(ray_session, tmp_path, monke
 
 
 def test_a_run_survives_a_worker_killed_mid_run(ray_session, tmp_path):
-    from nfopt.run import run_job
+    from nfopt.recipes.meta_train import run_job
 
     spec = tiny_job(tmp_path, name="killed", outer_steps=4, workers={"count": 2, "num_cpus": 0.5, "timeout_s": 60})
     seen = []

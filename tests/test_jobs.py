@@ -11,7 +11,7 @@ BASE = "name: j\ntask: digits_mlp\nouter_steps: 3\n"
 def test_shipped_jobs_validate():
     import yaml
 
-    from nfopt.experiments import load_experiment
+    from nfopt.recipes.experiments import load_experiment
 
     kinds = set()
     for f in sorted((ROOT / "jobs").glob("*.yaml")):
@@ -86,7 +86,7 @@ def test_a_directory_or_binary_job_file_is_a_clear_error(tmp_path):
 
 
 def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
-    from nfopt.run import build_rule
+    from nfopt.recipes.meta_train import build_rule
 
     p = tmp_path / "job.yaml"
     p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [fraction], lr_head: false}\n")

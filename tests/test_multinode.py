@@ -31,7 +31,7 @@ def cluster(monkeypatch):
 
 
 def test_meta_training_survives_a_node_leaving_and_uses_one_that_joins(cluster, tmp_path):
-    from nfopt.run import run_job
+    from nfopt.recipes.meta_train import run_job
 
     c, node_args = cluster
     worker_node = c.add_node(**{k: v for k, v in node_args.items() if k != "include_dashboard"})

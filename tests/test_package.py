@@ -35,7 +35,7 @@ def test_importing_everything_starts_no_ray_and_writes_nothing(tmp_path):
 
     code = (
         "import nfopt, nfopt.nn, nfopt.lopt, nfopt.tasks, nfopt.meta\n"
-        "import nfopt.cluster, nfopt.track, nfopt.run, nfopt.cli\n"
+        "import nfopt.cluster, nfopt.track, nfopt.recipes.meta_train, nfopt.cli\n"
         "import ray, os; assert not ray.is_initialized(); print(sorted(os.listdir('.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)

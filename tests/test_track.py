@@ -54,7 +54,7 @@ def test_runs_whose_process_died_are_marked_killed(tmp_path):
 
 
 def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
-    from nfopt.run import run_job
+    from nfopt.recipes.meta_train import run_job
     from tests.meta.test_run import tiny_spec
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -70,7 +70,7 @@ def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
 
 def test_a_learned_optimizer_is_an_mlflow_model_loadable_by_registry_name(tmp_path, monkeypatch):
     import nfopt
-    from nfopt.run import run_job
+    from nfopt.recipes.meta_train import run_job
     from tests.meta.test_run import tiny_spec
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -73,7 +73,7 @@ def _validate(args) -> int:
     spec, console = _load(args)
     if spec is None:
         return 2
-    from nfopt.run import check_job
+    from nfopt.recipes.meta_train import check_job
 
     try:
         check_job(spec)
@@ -94,7 +94,7 @@ def _run(args) -> int:
     if spec is None:
         return 2
     from nfopt.cluster.submit import ClusterUnreachableError
-    from nfopt.run import NoProgressError, RunExistsError, run_job
+    from nfopt.recipes.meta_train import NoProgressError, RunExistsError, run_job
     from nfopt.track import TrackingUnreachableError
 
     console.print(f"[dim]outputs: {escape(str(spec.checkpoint_dir))}[/dim]")
@@ -143,55 +143,17 @@ def _run(args) -> int:
 
 
 def _evaluate(spec, result, args) -> None:
-    """Meta-train the baselines with the same budget, then the held-out report (in the run's
-    directory, logged to MLflow when the job tracks)."""
-    from nfopt.evaluation import EvalSettings
-    from nfopt.evaluation.driver import run_evaluation
-    from nfopt.lopt import load_optimizer, load_pretrained
-    from nfopt.run import run_job
-    from nfopt.tasks import load_suite_tasks
+    """The job's ``evaluate`` section (:func:`nfopt.recipes.evaluate.evaluate_job`)."""
+    from nfopt.recipes.evaluate import evaluate_job
 
-    ev = spec.evaluate
-    optimizers = {f"{spec.meta_model.kind} (learned)": load_optimizer(result.optimizer_path).rule}
-    for kind in ev.baselines:
-        unset = dict.fromkeys(("channels", "layers", "hidden", "blocks", "heads"))
-        base = spec.model_copy(
-            update={
-                "name": f"{spec.name}_{kind}",
-                "meta_model": spec.meta_model.model_copy(update={"kind": kind, **unset}),
-                "evaluate": None,
-            }
-        )
-        r = run_job(base, resume=False, use_ray=not args.no_ray, address=args.address, overwrite=args.overwrite)
-        optimizers[f"{kind} (learned, same budget)"] = load_optimizer(r.optimizer_path).rule
-    for name in ev.pretrained:
-        optimizers[f"{name} (pretrained)"] = load_pretrained(name).rule
-    settings = EvalSettings(
-        seeds=ev.seeds,
-        tuning_seeds=ev.tuning_seeds,
-        baselines=tuple(ev.tuned_baselines),
-        adam_lrs=tuple(ev.adam_lrs),
-        sgd_lrs=tuple(ev.sgd_lrs),
-        steps=ev.steps,
-    )
-    tr = spec.tracking
-    run_evaluation(
-        load_suite_tasks(ev.suite),
-        optimizers,
-        settings,
-        Path(result.optimizer_path).parent / "evaluation",
-        title=f"{spec.name} on held-out suite {Path(ev.suite).stem}",
-        use_ray=not args.no_ray,
-        address=args.address,
-        tracking={"uri": tr.uri, "experiment": tr.experiment} if tr.enabled else None,
-    )
+    evaluate_job(spec, result.optimizer_path, use_ray=not args.no_ray, address=args.address, overwrite=args.overwrite)
 
 
 def _evaluate_cmd(args) -> int:
     from rich.console import Console
 
     from nfopt.evaluation import EvalSettings
-    from nfopt.evaluation.driver import load_optimizers, run_evaluation
+    from nfopt.recipes.evaluate import load_optimizers, run_evaluation
     from nfopt.tasks import load_suite_tasks
 
     console = Console(stderr=True)
@@ -264,7 +226,7 @@ def _tune(args) -> int:
         _error(console, f"{args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
         return 2
     from nfopt.cluster import init_ray
-    from nfopt.cluster.tune import run_sweep
+    from nfopt.recipes.sweep import run_sweep
 
     init_ray(args.address)
     try:
@@ -335,7 +297,7 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
     """Load an experiment spec of one of ``kinds`` and run it (``nfopt zoo`` / ``nfopt inr``)."""
     from rich.console import Console
 
-    from nfopt.experiments import ExperimentSpecError, load_experiment
+    from nfopt.recipes.experiments import ExperimentSpecError, load_experiment
 
     console = Console(stderr=True)
     try:
@@ -357,10 +319,10 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
 
             console.print(f"INR dataset: {build_inrs(spec, use_ray=not args.no_ray, address=args.address)}")
         else:
-            from nfopt.inrs.classify import run_classify
-            from nfopt.inrs.edit import run_edit
-            from nfopt.zoo.generalization import run_generalization
-            from nfopt.zoo.tickets import run_tickets
+            from nfopt.recipes.generalization import run_generalization
+            from nfopt.recipes.inr_classify import run_classify
+            from nfopt.recipes.inr_edit import run_edit
+            from nfopt.recipes.tickets import run_tickets
 
             runners = {"generalization": run_generalization, "tickets": run_tickets}
             runners |= {"inr_classify": run_classify, "inr_edit": run_edit}

@@ -76,8 +76,8 @@ def test_bad_settings_name_the_field(field, value, message):
 
 
 def test_untrained_baseline_is_the_rules_own_initialisation(tiny_suite):
-    from nfopt.evaluation.driver import with_untrained
     from nfopt.evaluation.report import summarize
+    from nfopt.recipes.evaluate import with_untrained
 
     torch.manual_seed(0)
     trained = LearnedUpdateRule("nfn_np", meta_model={"channels": 4, "layers": 2}, step_mult=1e-2)

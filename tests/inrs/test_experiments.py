@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from nfopt.cli import main
-from nfopt.inrs.classify import FlatMLP, NFNClassifier
-from nfopt.inrs.edit import Editor, edit_images, edit_loss
+from nfopt.recipes.inr_classify import FlatMLP, NFNClassifier
+from nfopt.recipes.inr_edit import Editor, edit_images, edit_loss
 from nfopt.testing import EquivarianceError, assert_equivariant, assert_invariant
 from nfopt.weightspace import NetworkSpec
 from tests.helpers import shipped_job

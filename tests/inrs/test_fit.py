@@ -94,8 +94,8 @@ def test_missing_dataset_names_the_fix(tmp_path):
 
 
 def test_colour_sources_fit_three_channel_sirens_and_take_the_contrast_edit(tmp_path):
-    from nfopt.inrs.edit import run_edit
     from nfopt.inrs.spec import InrEditSpec
+    from nfopt.recipes.inr_edit import run_edit
     from tests.data.test_cifar import write_batches
 
     write_batches(tmp_path / "cifar", n=3)

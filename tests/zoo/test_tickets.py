@@ -4,10 +4,10 @@ the mask predictor's equivariance."""
 import torch
 
 from nfopt.data import load_dataset
+from nfopt.recipes.tickets import MaskPredictor, imp_masks, init_mlps, keep_counts, topk_masks, train_masked
 from nfopt.testing import assert_equivariant
 from nfopt.weightspace import NetworkSpec
 from nfopt.zoo.spec import TicketSpec
-from nfopt.zoo.tickets import MaskPredictor, imp_masks, init_mlps, keep_counts, topk_masks, train_masked
 
 
 def test_topk_masks_keep_exactly_k_per_network_and_layer():

@@ -28,6 +28,7 @@ __all__ = [
     "load_suite",
     "load_task_family",
     "load_task_source",
+    "task_path",
     "tasks_dir",
 ]
 
@@ -220,7 +221,9 @@ def tasks_dir() -> Path:
     return Path(sys.prefix) / "share" / "nfopt" / "tasks"
 
 
-def _resolve(ref: str | Path, sub: str = "") -> Path:
+def task_path(ref: str | Path, sub: str = "") -> Path:
+    """The file a task reference names: a ``.yaml`` path or an existing file as given, else
+    ``<tasks dir>/<sub>/<ref>.yaml`` (``sub="suites"`` for suites)."""
     p = Path(ref)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
@@ -233,12 +236,12 @@ def _load(path: Path, model: type[BaseModel]):
 
 def load_task_family(ref: str | Path) -> TaskFamilySpec:
     """Read ``tasks/<ref>.yaml`` (or a path) into a validated :class:`TaskFamilySpec`."""
-    return _load(_resolve(ref), TaskFamilySpec)
+    return _load(task_path(ref), TaskFamilySpec)
 
 
 def load_task_source(ref: str | Path) -> TaskFamilySpec | TaskMixtureSpec:
     """A task family or a task mixture (``kind: mixture``) from ``tasks/<ref>.yaml`` or a path."""
-    path = _resolve(ref)
+    path = task_path(ref)
     raw = read_yaml(path, TaskSpecError, "task", f" (tasks live in {tasks_dir()})")
     if isinstance(raw, dict) and raw.get("kind") == "mixture":
         return _load(path, TaskMixtureSpec)
@@ -247,4 +250,4 @@ def load_task_source(ref: str | Path) -> TaskFamilySpec | TaskMixtureSpec:
 
 def load_suite(ref: str | Path) -> SuiteSpec:
     """Read ``tasks/suites/<ref>.yaml`` (or a path) into a validated :class:`SuiteSpec`."""
-    return _load(_resolve(ref, "suites"), SuiteSpec)
+    return _load(task_path(ref, "suites"), SuiteSpec)

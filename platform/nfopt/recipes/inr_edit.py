@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.data.image import clahe
-from nfopt.experiments import finish_experiment
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.spec import InrEditSpec
 from nfopt.inrs.store import load_inrs
 from nfopt.nn import FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
+from nfopt.recipes.experiments import finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["PAPER_DILATION_MSE", "Editor", "edit_images", "edit_loss", "run_edit"]

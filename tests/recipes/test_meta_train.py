@@ -8,7 +8,7 @@ from nfopt.cli import main
 from nfopt.jobs import JobSpec
 from nfopt.lopt import LearnedUpdateRule
 from nfopt.meta import Learner, LocalPool, TaskProblem, TruncatedBackprop, Worker
-from nfopt.run import run_job
+from nfopt.recipes.meta_train import run_job
 from nfopt.tasks import TaskFamily
 
 
@@ -178,7 +178,7 @@ def test_a_blown_up_rule_is_an_error_not_a_success(tmp_path, capsys):
 def test_no_live_estimate_is_an_error(tmp_path):
     import pytest
 
-    from nfopt.run import MAX_IDLE_STEPS, NoProgressError
+    from nfopt.recipes.meta_train import MAX_IDLE_STEPS, NoProgressError
 
     class DeadPool:  # every worker failed: no estimate at all
         size = 1

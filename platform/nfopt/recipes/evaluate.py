@@ -7,10 +7,15 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import nfopt
 from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_suite
 from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_fraction, write_report
+from nfopt.jobs import JobSpec
+from nfopt.lopt import LearnedUpdateRule
+from nfopt.recipes.meta_train import run_job
+from nfopt.tasks import load_suite_tasks
 
-__all__ = ["EvaluationRun", "load_optimizers", "run_evaluation", "untrained_name", "with_untrained"]
+__all__ = ["EvaluationRun", "evaluate_job", "load_optimizers", "run_evaluation", "untrained_name", "with_untrained"]
 
 UNTRAINED = " (untrained)"
 
@@ -24,7 +29,6 @@ def _init_key(rule) -> tuple:
 
 def untrained_name(optimizers: dict, name: str) -> str:
     """The row :func:`with_untrained` gives the initialisation of learned rule ``name``."""
-    from nfopt.lopt import LearnedUpdateRule
 
     key = _init_key(optimizers[name])
     group = [n for n, r in optimizers.items() if isinstance(r, LearnedUpdateRule) and _init_key(r) == key]
@@ -37,7 +41,6 @@ def with_untrained(optimizers: dict) -> dict:
     the baseline that shows what meta-training, not the Adam start, contributes. Rules whose
     initialisations compute the same function (same config apart from the meta-model) share one
     row, ``"untrained (<names>)"`` (:func:`untrained_name`)."""
-    from nfopt.lopt import LearnedUpdateRule
 
     out: dict = {}
     for name, rule in optimizers.items():
@@ -52,7 +55,6 @@ def with_untrained(optimizers: dict) -> dict:
 def load_optimizers(refs: list[str]) -> dict:
     """``{name: update rule}`` from ``PATH``, ``runs:/<id>/learned_optimizer.pt`` or ``NAME=REF``
     entries; unnamed ones are called ``<kind>:<job>`` from the file's metadata."""
-    import nfopt
 
     out: dict = {}
     for ref in refs:
@@ -97,8 +99,6 @@ def run_evaluation(
     ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`)."""
     inits: dict[str, str] = {}
     if untrained:
-        from nfopt.lopt import LearnedUpdateRule
-
         inits = {n: untrained_name(optimizers, n) for n, r in optimizers.items() if isinstance(r, LearnedUpdateRule)}
         optimizers = with_untrained(optimizers)
     from rich.console import Console
@@ -150,3 +150,48 @@ def run_evaluation(
         run.run_id = tracker.run_id
         tracker.end()
     return run
+
+
+def evaluate_job(
+    spec: JobSpec, optimizer_path: str | Path, use_ray: bool = True, address: str | None = None, overwrite: bool = False
+) -> EvaluationRun:
+    """A finished job's ``evaluate`` section: meta-train each of ``evaluate.baselines`` (other
+    meta-model kinds) with the job's recipe and budget, then the held-out report of the job's
+    learned optimizer beside them, the shipped ``evaluate.pretrained`` ones and the tuned
+    baselines (in ``<run dir>/evaluation``, logged to MLflow when the job tracks)."""
+    ev = spec.evaluate
+    if ev is None:
+        raise ValueError(f"job {spec.name!r} has no evaluate section")
+    optimizers = {f"{spec.meta_model.kind} (learned)": nfopt.load_optimizer(optimizer_path).rule}
+    for kind in ev.baselines:
+        unset = dict.fromkeys(("channels", "layers", "hidden", "blocks", "heads"))
+        base = spec.model_copy(
+            update={
+                "name": f"{spec.name}_{kind}",
+                "meta_model": spec.meta_model.model_copy(update={"kind": kind, **unset}),
+                "evaluate": None,
+            }
+        )
+        r = run_job(base, resume=False, use_ray=use_ray, address=address, overwrite=overwrite)
+        optimizers[f"{kind} (learned, same budget)"] = nfopt.load_optimizer(r.optimizer_path).rule
+    for name in ev.pretrained:
+        optimizers[f"{name} (pretrained)"] = nfopt.load_optimizer(name).rule
+    settings = EvalSettings(
+        seeds=ev.seeds,
+        tuning_seeds=ev.tuning_seeds,
+        baselines=tuple(ev.tuned_baselines),
+        adam_lrs=tuple(ev.adam_lrs),
+        sgd_lrs=tuple(ev.sgd_lrs),
+        steps=ev.steps,
+    )
+    tr = spec.tracking
+    return run_evaluation(
+        load_suite_tasks(ev.suite),
+        optimizers,
+        settings,
+        Path(optimizer_path).parent / "evaluation",
+        title=f"{spec.name} on held-out suite {Path(ev.suite).stem}",
+        use_ray=use_ray,
+        address=address,
+        tracking={"uri": tr.uri, "experiment": tr.experiment} if tr.enabled else None,
+    )

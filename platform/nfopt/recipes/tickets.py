@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from nfopt.data import Dataset, load_dataset
-from nfopt.experiments import finish_experiment
 from nfopt.nn import NFActivation, NPLinear
+from nfopt.recipes.experiments import finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import TicketSpec
 

@@ -1,6 +1,6 @@
 """``nfopt tune``: a job's ``search`` section as Ray Tune trials of the learner.
 
-Each trial is a function trainable running :func:`nfopt.run.run_job` on the job with the
+Each trial is a function trainable running :func:`nfopt.recipes.meta_train.run_job` on the job with the
 trial's overrides: it reports every ``report_every`` outer steps with a checkpoint
 (``tune.report(metrics, checkpoint=...)``), resumes from ``tune.get_checkpoint()``, asks for a
 placement group with one bundle for itself and one per population worker, and is one MLflow run
@@ -21,7 +21,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from nfopt.jobs import JobSpec, apply_overrides
+from nfopt.lopt import save_optimizer
 from nfopt.meta.checkpoint import load_checkpoint
+from nfopt.recipes.meta_train import build_rule, run_job
+from nfopt.tasks.spec import task_path
 
 __all__ = ["TuneResult", "run_sweep"]
 
@@ -55,7 +58,6 @@ def _trial_spec(base_json: str, overrides: dict, trial_dir: Path, experiment: st
 
 
 def _trainable(config: dict) -> None:
-    from nfopt.run import run_job
 
     ctx = tune.get_context()
     trial_dir = Path(ctx.get_trial_dir())
@@ -83,10 +85,9 @@ def _trainable(config: dict) -> None:
 
 def _absolute(spec: JobSpec) -> JobSpec:
     """The task file and the tracking URI as absolute references."""
-    from nfopt.tasks.spec import _resolve
     from nfopt.track import default_tracking_uri
 
-    task = str(_resolve(spec.task).absolute())
+    task = str(task_path(spec.task).absolute())
     tracking = spec.tracking.model_copy(update={"uri": default_tracking_uri(spec.tracking.uri)})
     return spec.model_copy(update={"task": task, "tracking": tracking})
 
@@ -159,9 +160,6 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
     best_job.write_text(yaml.safe_dump(best_spec.model_dump(mode="json"), sort_keys=False))
     best_opt = None
     if best.checkpoint is not None:
-        from nfopt.lopt import save_optimizer
-        from nfopt.run import build_rule
-
         with best.checkpoint.as_directory() as d:
             ck = load_checkpoint(Path(d) / "latest.pt")
         rule = build_rule(best_spec)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfopt.experiments import finish_experiment
 from nfopt.inr import Siren, grid_coords
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import InrDataset, SplitData, load_inrs
@@ -24,6 +23,7 @@ from nfopt.nn import (
     NPLinear,
     NPPool,
 )
+from nfopt.recipes.experiments import finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]

@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nfopt.experiments import finish_experiment
+from nfopt.recipes.experiments import finish_experiment
 from nfopt.zoo.predict import build_predictor, kendall_tau
 from nfopt.zoo.spec import GeneralizationSpec
 from nfopt.zoo.store import Zoo, load_zoo

@@ -12,8 +12,8 @@ from tests.helpers import tiny_job  # noqa: E402
 
 
 def test_asha_sweep_exports_the_best_trial_and_restores(ray_session, tmp_path):
-    from nfopt.cluster.tune import run_sweep
     from nfopt.lopt import load_optimizer
+    from nfopt.recipes.sweep import run_sweep
 
     spec = tiny_job(
         tmp_path,
