@@ -19,7 +19,7 @@ import time
 from nfopt.cluster import RayPool, init_ray
 from nfopt.jobs import JobSpec
 from nfopt.meta import Learner
-from nfopt.run import _estimator, _make_problem, build_rule
+from nfopt.recipes.meta_train import _estimator, _make_problem, build_rule
 
 
 def make(workers: int, args):

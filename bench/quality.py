@@ -22,10 +22,10 @@ import time
 
 import nfopt
 from nfopt.evaluation import EvalSettings, win_fraction
-from nfopt.evaluation.driver import run_evaluation, untrained_name
 from nfopt.jobs import apply_overrides, load_job
 from nfopt.lopt import load_optimizer
-from nfopt.run import run_job
+from nfopt.recipes.evaluate import run_evaluation, untrained_name
+from nfopt.recipes.meta_train import run_job
 from nfopt.tasks import load_suite_tasks
 
 SHIPPED = {"nfn_np": "nfn_np_small", "nft": "nft_small", "mlp": "mlp_small"}
