@@ -8,20 +8,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = "name: j\ntask: digits_mlp\nouter_steps: 3\n"
 
 
-def test_shipped_jobs_validate():
-    import yaml
-
+def test_shipped_jobs_validate_and_live_by_what_runs_them():
     from nfopt.recipes.experiments import load_experiment
 
     kinds = set()
-    for f in sorted((ROOT / "jobs").glob("*.yaml")):
-        if "experiment" in yaml.safe_load(f.read_text()):  # zoo / INR experiment specs
-            spec = load_experiment(f)
-            kinds.add(spec.experiment)
-        else:
-            spec = load_job(f)
-            assert spec.outer_steps > 0
+    assert sorted(p.name for p in (ROOT / "jobs").iterdir() if p.is_dir()) == ["cluster", "experiments", "meta"]
+    assert not list((ROOT / "jobs").glob("*.yaml"))
+    for f in sorted((ROOT / "jobs" / "experiments").glob("*.yaml")):  # nfopt zoo / nfopt inr
+        spec = load_experiment(f)
+        kinds.add(spec.experiment)
         assert spec.name
+    for f in sorted((ROOT / "jobs" / "meta").glob("*.yaml")):  # nfopt run / tune / submit
+        spec = load_job(f)
+        assert spec.outer_steps > 0 and spec.name
     assert kinds == {"zoo", "generalization", "tickets", "inr_fit", "inr_classify", "inr_edit"}
 
 
@@ -94,7 +93,7 @@ def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
     f = rule.features
     assert (f.adam_direction, f.loss_features, f.fraction, f.tensor_features) == (False, False, True, False)
     assert rule.lr_head is False
-    full = build_rule(load_job(ROOT / "jobs" / "ablate_nfn_np_all.yaml")).features
+    full = build_rule(load_job(ROOT / "jobs" / "meta" / "ablate_nfn_np_all.yaml")).features
     assert full.loss_features and full.fraction and full.tensor_features and full.adam_direction
     p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [momentum]}\n")
     with pytest.raises(JobSpecError, match=r"meta_model\.inputs\.0"):

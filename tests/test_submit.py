@@ -113,7 +113,7 @@ def test_unreachable_cluster_fails_fast():
     from nfopt.cli import main
 
     t0 = time.time()
-    assert main(["submit", "jobs/smoke.yaml", "--address", f"http://127.0.0.1:{free_port()}"]) == 4
+    assert main(["submit", "jobs/meta/smoke.yaml", "--address", f"http://127.0.0.1:{free_port()}"]) == 4
     assert time.time() - t0 < 10
 
 
@@ -135,16 +135,16 @@ def test_submit_waits_for_the_job_agent_and_not_for_other_errors(monkeypatch):
     busy = "Request failed with status code 500: No available agent to submit job, please try again later.."
     fake = Fake([busy, busy])
     monkeypatch.setattr(sub, "client", lambda address: fake)
-    assert sub.submit("http://x", "jobs/smoke.yaml") == "raysubmit_1" and fake.calls == 3
+    assert sub.submit("http://x", "jobs/meta/smoke.yaml") == "raysubmit_1" and fake.calls == 3
     fake = Fake(["Request failed with status code 400: bad runtime_env"])
     monkeypatch.setattr(sub, "client", lambda address: fake)
     with pytest.raises(RuntimeError, match="bad runtime_env"):
-        sub.submit("http://x", "jobs/smoke.yaml")
+        sub.submit("http://x", "jobs/meta/smoke.yaml")
     assert fake.calls == 1
     fake = Fake([busy] * 5)
     monkeypatch.setattr(sub, "client", lambda address: fake)
     with pytest.raises(RuntimeError, match="dashboard-agent-listen-port"):
-        sub.submit("http://x", "jobs/smoke.yaml", agent_wait_s=0)
+        sub.submit("http://x", "jobs/meta/smoke.yaml", agent_wait_s=0)
 
 
 def test_set_overrides_travel_with_the_submitted_job(monkeypatch):
@@ -158,5 +158,5 @@ def test_set_overrides_travel_with_the_submitted_job(monkeypatch):
             return "job-1"
 
     monkeypatch.setattr(sub, "client", lambda address: FakeClient())
-    assert sub.submit("http://x:8265", "jobs/smoke.yaml", sets=["meta_optimizer.lr=1e-3", "name=a b"]) == "job-1"
-    assert seen["entrypoint"].endswith("run jobs/smoke.yaml --set meta_optimizer.lr=1e-3 --set 'name=a b'")
+    assert sub.submit("http://x:8265", "jobs/meta/smoke.yaml", sets=["meta_optimizer.lr=1e-3", "name=a b"]) == "job-1"
+    assert seen["entrypoint"].endswith("run jobs/meta/smoke.yaml --set meta_optimizer.lr=1e-3 --set 'name=a b'")

@@ -223,7 +223,7 @@ def _tune(args) -> int:
     if spec is None:
         return 2
     if spec.search is None:
-        _error(console, f"{args.job}: no `search` section to tune (see jobs/tune_smoke.yaml)")
+        _error(console, f"{args.job}: no `search` section to tune (see jobs/meta/tune_smoke.yaml)")
         return 2
     from nfopt.cluster import init_ray
     from nfopt.recipes.sweep import run_sweep

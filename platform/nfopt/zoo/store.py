@@ -144,7 +144,7 @@ def load_zoo(path: str | Path) -> Zoo:
     error naming the fix (a zoo is never loaded in part)."""
     path = Path(path)
     manifest = read_manifest(
-        path / "zoo.json", FORMAT, "a zoo directory", "build one with `nfopt zoo jobs/zoo_small.yaml`"
+        path / "zoo.json", FORMAT, "a zoo directory", "build one with `nfopt zoo jobs/experiments/zoo_small.yaml`"
     )
     spec = ZooSpec.model_validate(manifest["spec"])
     shards = [shard_path(path, k) for k in range(spec.num_shards)]
