@@ -98,3 +98,19 @@ def test_meta_model_inputs_and_lr_head_reach_the_rule(tmp_path):
     p.write_text(BASE + "meta_model: {kind: nfn_np, inputs: [momentum]}\n")
     with pytest.raises(JobSpecError, match=r"meta_model\.inputs\.0"):
         load_job(p)
+
+
+def test_one_size_table_drives_validation_overrides_and_baselines():
+    from nfopt.jobs import META_MODEL_SIZES, JobSpec, apply_overrides
+    from nfopt.specs import child_seed, output_dir
+
+    spec = JobSpec.model_validate({"name": "j", "task": "digits_mlp", "outer_steps": 1, "meta_model": {"channels": 6}})
+    assert spec.meta_model.as_kind("nft").channels == 6 and spec.meta_model.as_kind("mlp").channels is None
+    assert spec.meta_model.as_kind("mlp").kind == "mlp" and spec.meta_model.as_kind("nfn_np") is spec.meta_model
+    assert apply_overrides(spec, {"meta_model.kind": "mlp"}).meta_model.channels is None
+    for kind, sizes in META_MODEL_SIZES.items():
+        for field in {"channels", "layers", "hidden", "blocks", "heads"} - set(sizes):
+            with pytest.raises(ValueError, match=f"do not apply to kind='{kind}'"):
+                JobSpec.model_validate({**spec.model_dump(), "meta_model": {"kind": kind, field: 2}})
+    assert output_dir("runs/{name}/x", "j") == (Path.cwd() / "runs" / "j" / "x")
+    assert child_seed(3, 7) == 3 * 1_000_003 + 7 and child_seed(3, 7, stride=1000) == 3007

@@ -11,9 +11,19 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
-from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel
+from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
+from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, output_dir
 
-__all__ = ["JobSpec", "JobSpecError", "apply_overrides", "load_job"]
+__all__ = ["META_MODEL_SIZES", "JobSpec", "JobSpecError", "apply_overrides", "load_job"]
+
+#: The one table of meta-model size fields: which each kind takes.
+META_MODEL_SIZES: dict[str, tuple[str, ...]] = {
+    "mlp": ("hidden",),
+    "nfn_np": ("channels", "layers"),
+    "nfn_hnp": ("channels", "layers"),
+    "nft": ("channels", "blocks", "heads"),
+}
+_SIZE_FIELDS = ("channels", "layers", "hidden", "blocks", "heads")
 
 
 class MetaModelSpec(StrictModel):
@@ -49,18 +59,22 @@ class MetaModelSpec(StrictModel):
 
     @model_validator(mode="after")
     def _fits_kind(self):
-        allowed = {"mlp": {"hidden"}, "nfn_np": {"channels", "layers"}, "nfn_hnp": {"channels", "layers"}}
-        allowed["nft"] = {"channels", "blocks", "heads"}
-        given = {k for k in ("channels", "layers", "hidden", "blocks", "heads") if getattr(self, k) is not None}
-        extra = given - allowed[self.kind]
+        allowed = set(META_MODEL_SIZES[self.kind])
+        extra = {k for k in _SIZE_FIELDS if getattr(self, k) is not None} - allowed
         if extra:
-            raise ValueError(
-                f"{sorted(extra)} do not apply to kind={self.kind!r}; it takes {sorted(allowed[self.kind])}"
-            )
+            raise ValueError(f"{sorted(extra)} do not apply to kind={self.kind!r}; it takes {sorted(allowed)}")
         return self
 
     def meta_kwargs(self) -> dict:
-        return {k: getattr(self, k) for k in ("channels", "layers", "hidden", "blocks", "heads") if getattr(self, k)}
+        return {k: getattr(self, k) for k in _SIZE_FIELDS if getattr(self, k)}
+
+    def as_kind(self, kind: str) -> MetaModelSpec:
+        """The same rule settings with another meta-model ``kind`` at its default size (size
+        fields the new kind does not take are dropped; the ones it shares are kept)."""
+        if kind == self.kind:
+            return self
+        keep = set(META_MODEL_SIZES[kind])
+        return self.model_copy(update={"kind": kind, **{f: None for f in _SIZE_FIELDS if f not in keep}})
 
 
 class EstimatorSpec(StrictModel):
@@ -132,8 +146,8 @@ class EvaluateSpec(StrictModel):
     seeds: Int = Field(default=5, gt=0)
     tuning_seeds: Int = Field(default=3, gt=0)
     tuned_baselines: list[Literal["adam", "sgd"]] = Field(default=["adam", "sgd"], description="tuned per task")
-    adam_lrs: list[Rate] = Field(default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1], min_length=1)
-    sgd_lrs: list[Rate] = Field(default=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], min_length=1)
+    adam_lrs: list[Rate] = Field(default=list(ADAM_LRS), min_length=1)
+    sgd_lrs: list[Rate] = Field(default=list(SGD_LRS), min_length=1)
     steps: Int | None = Field(default=None, gt=0, description="inner steps (default: each task's horizon)")
     baselines: list[Literal["mlp", "nfn_np", "nfn_hnp", "nft"]] = Field(default_factory=list)
     pretrained: list[str] = Field(
@@ -194,14 +208,11 @@ class JobSpec(StrictModel):
 
     @property
     def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir.replace("{name}", self.name)).absolute()
+        return output_dir(self.checkpoint.dir, self.name)
 
 
 class JobSpecError(ValueError):
     """A job file that does not validate; the message names the file, the fields and what is allowed."""
-
-
-_SIZE_FIELDS = ("channels", "layers", "hidden", "blocks", "heads")
 
 
 def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") -> JobSpec:
@@ -219,8 +230,8 @@ def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") 
             raise JobSpecError(f"{what}: {key!r} is not a job field")
         cur[leaf] = value
     kind = overrides.get("meta_model.kind")
-    if kind is not None and kind != spec.meta_model.kind:
-        allowed = {"mlp": {"hidden"}, "nft": {"channels", "blocks", "heads"}}.get(kind, {"channels", "layers"})
+    if kind is not None and kind != spec.meta_model.kind and kind in META_MODEL_SIZES:
+        allowed = set(META_MODEL_SIZES[kind])
         for f in _SIZE_FIELDS:
             if f not in allowed and f"meta_model.{f}" not in overrides:
                 raw["meta_model"][f] = None

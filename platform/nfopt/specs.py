@@ -5,15 +5,17 @@ model and strict field types.
 ``.nan``); ``Int`` refuses booleans, floats and strings (``outer_steps: 1e18`` or ``true`` is an
 error, not a number); ``Float`` refuses booleans and strings (integers are fine); ``Rate`` is a
 ``Float`` > 0; ``Seed`` an ``Int`` in ``[0, 2**31)``; ``Name`` a name that is safe as a
-directory (no separators, no ``..``)."""
+directory (no separators, no ``..``). :func:`output_dir` is the one ``{name}`` rule for output
+directories; :func:`child_seed` the one derivation of a member's seed from a base seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
-__all__ = ["NAME_PATTERN", "Float", "Int", "Name", "Rate", "Seed", "StrictModel"]
+__all__ = ["NAME_PATTERN", "Float", "Int", "Name", "Rate", "Seed", "StrictModel", "child_seed", "output_dir"]
 
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
@@ -35,3 +37,17 @@ class StrictModel(BaseModel):
     """Base of every spec: unknown keys are errors; frozen; floats must be finite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def output_dir(template: str, name: str) -> Path:
+    """An output directory from a spec's template: ``{name}`` becomes the spec's name (a
+    :data:`Name`, so it adds no path separators) and the path is made absolute."""
+    return Path(template.replace("{name}", name)).absolute()
+
+
+def child_seed(base: int, index: int, stride: int = 1_000_003) -> int:
+    """The seed of member ``index`` (``0 <= index < stride``) of something seeded by ``base``:
+    ``base * stride + index``, distinct for distinct ``(base, index)``. Callers that draw
+    different kinds of members from one base use different strides (the values already in use:
+    1000 for workers, 100_003 for networks of a population, 1_000_003 for minibatches and runs)."""
+    return base * stride + index

@@ -301,3 +301,12 @@ def test_a_schedule_phase_trains_only_the_named_meta_parameters_from_a_schedule_
     assert main_run(bad, tmp_path) == 2
     out = " ".join(" ".join(capsys.readouterr()).split())
     assert "estimator.params" in out and "no_such_thing" in out and "log_step_scale" in out
+
+
+def test_pools_satisfy_the_worker_pool_protocol():
+    from nfopt.cluster import RayPool
+    from nfopt.meta import WorkerPool
+
+    assert isinstance(LocalPool([]), WorkerPool)
+    assert all(callable(getattr(RayPool, m)) for m in ("estimate_all", "get_states", "set_states"))
+    assert isinstance(RayPool.size, property)

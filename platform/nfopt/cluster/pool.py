@@ -21,6 +21,7 @@ from nfopt.cluster.reaper import start_reaper
 from nfopt.cluster.submit import ClusterUnreachableError
 from nfopt.meta.learner import Worker
 from nfopt.meta.messages import Estimate, pack_theta, theta_layout, unpack_theta
+from nfopt.specs import child_seed
 
 __all__ = ["PopulationWorker", "RayPool", "init_ray"]
 
@@ -89,7 +90,7 @@ class RayPool:
         self.timeout_s, self.place_timeout_s, self.seed, self.replaced = timeout_s, place_timeout_s, seed, 0
         self._unplaced: dict[int, ray.ObjectRef] = {}  # worker index -> readiness of an actor not yet up
         self._waited: set[int] = set()  # unplaced workers a step already waited for
-        self.workers = [self._spawn(k, seed * 1000 + k) for k in range(count)]
+        self.workers = [self._spawn(k, child_seed(seed, k, stride=1000)) for k in range(count)]
 
     def _spawn(self, k: int, seed: int):
         make_problem, estimator, tasks = self._args
@@ -160,7 +161,7 @@ class RayPool:
 
     def _replace(self, k: int) -> None:
         self.replaced += 1
-        self.workers[k] = self._spawn(k, self.seed * 1000 + 500 + self.replaced)
+        self.workers[k] = self._spawn(k, child_seed(self.seed, 500 + self.replaced, stride=1000))
 
     def get_states(self) -> list[dict | None]:
         """Per-worker state; ``None`` for a worker not placed yet (it restarts fresh on resume)."""

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nfopt.specs import Float, Int, Name, StrictModel
+from nfopt.specs import Float, Int, Name, StrictModel, output_dir
 
 __all__ = ["InrClassifySpec", "InrEditSpec", "InrFitSpec", "InrSourceSpec"]
 
@@ -15,7 +15,7 @@ __all__ = ["InrClassifySpec", "InrEditSpec", "InrFitSpec", "InrSourceSpec"]
 class _Strict(StrictModel):
     @property
     def out_dir(self) -> Path:
-        return Path(self.out.replace("{name}", self.name)).absolute()
+        return output_dir(self.out, self.name)
 
 
 class InrSourceSpec(_Strict):

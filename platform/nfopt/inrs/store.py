@@ -23,6 +23,7 @@ from nfopt._shards import (
 )
 from nfopt.inrs.fit import fit_sirens, labelled_images
 from nfopt.inrs.spec import InrFitSpec
+from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["FORMAT", "InrDataset", "build_inrs", "load_inrs", "permute_hidden"]
@@ -43,7 +44,7 @@ def _plan(spec: InrFitSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor, list[
 def _fit_one(spec: InrFitSpec, x: torch.Tensor, y: torch.Tensor, split: str, k: int) -> dict:
     lo = k * spec.shard_size
     imgs, labels = x[lo : lo + spec.shard_size], y[lo : lo + spec.shard_size]
-    feats, quality = fit_sirens(imgs, spec, seed=spec.seed * 1_000_003 + (k if split == "train" else 500_000 + k))
+    feats, quality = fit_sirens(imgs, spec, seed=child_seed(spec.seed, k if split == "train" else 500_000 + k))
     return {
         "split": split,
         "shard": k,

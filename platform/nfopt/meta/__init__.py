@@ -1,7 +1,7 @@
 """Meta-training: inner problems, meta-gradient estimators, and the learner (no Ray here)."""
 
 from nfopt.meta.estimators import ES, ESTIMATORS, PES, EpisodeES, Estimator, TruncatedBackprop
-from nfopt.meta.learner import Learner, LocalPool, Worker, atomic_save
+from nfopt.meta.learner import Learner, LocalPool, Worker, WorkerPool, atomic_save
 from nfopt.meta.messages import Estimate, TaskEstimate
 from nfopt.meta.problems import InnerProblem, QuadraticProblem, TaskProblem
 
@@ -20,5 +20,6 @@ __all__ = [
     "TaskProblem",
     "TruncatedBackprop",
     "Worker",
+    "WorkerPool",
     "atomic_save",
 ]

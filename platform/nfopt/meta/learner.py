@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -16,7 +17,7 @@ from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
 from nfopt.meta.messages import Estimate, Theta, pack_theta, unpack_theta
 
-__all__ = ["Learner", "LocalPool", "Worker", "atomic_save"]
+__all__ = ["Learner", "LocalPool", "Worker", "WorkerPool", "atomic_save"]
 
 
 class Worker:
@@ -67,19 +68,35 @@ class Worker:
         self.states = state["states"]
 
 
+@runtime_checkable
+class WorkerPool(Protocol):
+    """What the learner needs of its workers, wherever they run (:class:`LocalPool` here,
+    :class:`nfopt.cluster.RayPool` as Ray actors): one :class:`Estimate` per live worker for a θ
+    (``None`` for one that failed this step), and their states for checkpoints."""
+
+    @property
+    def size(self) -> int: ...
+
+    def estimate_all(self, theta: Theta) -> list[Estimate | None]: ...
+
+    def get_states(self) -> list[dict | None]: ...
+
+    def set_states(self, states: list[dict | None]) -> None: ...
+
+
 class LocalPool:
     """Workers in this process (tests, debugging, ``nfopt run --no-ray``)."""
 
     def __init__(self, workers: list[Worker]) -> None:
         self.workers = workers
 
-    def estimate_all(self, theta: Theta) -> list[Estimate]:
+    def estimate_all(self, theta: Theta) -> list[Estimate | None]:
         return [w.estimate(theta) for w in self.workers]
 
-    def get_states(self) -> list[dict]:
+    def get_states(self) -> list[dict | None]:
         return [w.get_state() for w in self.workers]
 
-    def set_states(self, states: list[dict]) -> None:
+    def set_states(self, states: list[dict | None]) -> None:
         for w, s in zip(self.workers, states):
             if s is not None:
                 w.set_state(s)
@@ -97,7 +114,7 @@ class Learner:
     and counted.
     """
 
-    def __init__(self, theta: Theta, pool, lr: float = 1e-3, clip: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, theta: Theta, pool: WorkerPool, lr: float = 1e-3, clip: float = 1.0, seed: int = 0) -> None:
         self.theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
         self.opt = torch.optim.Adam(self.theta.values(), lr=lr)
         self.pool, self.clip, self.step_count = pool, clip, 0

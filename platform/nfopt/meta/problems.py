@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from nfopt.lopt.rules import LearnedUpdateRule
+from nfopt.specs import child_seed
 from nfopt.tasks import TaskSampler
 
 __all__ = ["META_LOSSES", "InnerProblem", "QuadraticProblem", "TaskProblem"]
@@ -61,7 +62,7 @@ class QuadraticProblem:
         for k in range(steps):
             g = a * x
             if self.noise:
-                gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
+                gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
                 g = g + self.noise * torch.randn(self.dim, generator=gen, dtype=x.dtype)
             x = x - lr * g
             total = total + 0.5 * (a * x * x).sum()
@@ -162,7 +163,7 @@ class TaskProblem:
         params, rstate = state["params"], state["rule"]
         losses, nonfinite, diverged = [], 0, False
         for k in range(steps):
-            gen = torch.Generator().manual_seed(state["seed"] * 1_000_003 + state["step"] + k)
+            gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
             xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
             p = pop.params_from_features(params)
             loss, grads = pop.loss_and_grad(xb, yb, p)

@@ -164,13 +164,8 @@ def evaluate_job(
         raise ValueError(f"job {spec.name!r} has no evaluate section")
     optimizers = {f"{spec.meta_model.kind} (learned)": nfopt.load_optimizer(optimizer_path).rule}
     for kind in ev.baselines:
-        unset = dict.fromkeys(("channels", "layers", "hidden", "blocks", "heads"))
         base = spec.model_copy(
-            update={
-                "name": f"{spec.name}_{kind}",
-                "meta_model": spec.meta_model.model_copy(update={"kind": kind, **unset}),
-                "evaluate": None,
-            }
+            update={"name": f"{spec.name}_{kind}", "meta_model": spec.meta_model.as_kind(kind), "evaluate": None}
         )
         r = run_job(base, resume=False, use_ray=use_ray, address=address, overwrite=overwrite)
         optimizers[f"{kind} (learned, same budget)"] = nfopt.load_optimizer(r.optimizer_path).rule

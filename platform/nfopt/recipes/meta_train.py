@@ -21,6 +21,7 @@ from nfopt.lopt.pretrained import pretrained_path
 from nfopt.meta import ESTIMATORS, Learner, LocalPool, TaskProblem, Worker
 from nfopt.meta.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nfopt.meta.estimators import selected
+from nfopt.specs import child_seed
 from nfopt.tasks import load_tasks
 from nfopt.tasks.spec import load_suite
 
@@ -253,9 +254,8 @@ def run_job(
             w.place_timeout_s,
         )
     else:
-        pool = LocalPool(
-            [Worker(make_problem, estimator, spec.inner.tasks_per_worker, spec.seed * 1000 + k) for k in range(w.count)]
-        )
+        seeds = [child_seed(spec.seed, k, stride=1000) for k in range(w.count)]  # as RayPool's workers
+        pool = LocalPool([Worker(make_problem, estimator, spec.inner.tasks_per_worker, s) for s in seeds])
     learner = Learner(theta, pool, spec.meta_optimizer.lr, spec.meta_optimizer.clip, spec.seed)
     latest = ckdir / "latest.pt"
     run_id = None

@@ -24,6 +24,7 @@ from nfopt.jobs import JobSpec, apply_overrides
 from nfopt.lopt import save_optimizer
 from nfopt.meta.checkpoint import load_checkpoint
 from nfopt.recipes.meta_train import build_rule, run_job
+from nfopt.specs import output_dir
 from nfopt.tasks.spec import task_path
 
 __all__ = ["TuneResult", "run_sweep"]
@@ -107,7 +108,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
     """Run (or with ``resume`` restore) the sweep of ``spec.search``; Ray must be initialised."""
     spec = _absolute(spec)  # trials run in their own directories
     search = spec.search
-    storage = Path(search.storage_path.replace("{name}", spec.name)).absolute()
+    storage = output_dir(search.storage_path, spec.name)
     experiment = f"{spec.name}-sweep"
     w = spec.workers
     bundles = [{"CPU": 0.5}] + [{"CPU": max(w.num_cpus, 0.1), "GPU": w.num_gpus}] * w.count

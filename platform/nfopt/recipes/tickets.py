@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from nfopt.data import Dataset, load_dataset
 from nfopt.nn import NFActivation, NPLinear
 from nfopt.recipes.experiments import finish_experiment
+from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import TicketSpec
 
@@ -137,7 +138,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         kwargs["root"] = spec.data.root
     data = load_dataset(spec.data.name, **kwargs)
     widths = [data.input_size, *spec.widths, data.num_classes]
-    init = init_mlps(widths, [spec.seed * 100_003 + k for k in range(spec.inits)])
+    init = init_mlps(widths, [child_seed(spec.seed, k, stride=100_003) for k in range(spec.inits)])
     start = time.perf_counter()
     masks = imp_masks(init, data, spec)
     imp_seconds = time.perf_counter() - start

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.data import Dataset, load_dataset
+from nfopt.specs import child_seed
 from nfopt.tasks.population import Population
 from nfopt.tasks.spec import (
     CNNSpec,
@@ -111,7 +112,7 @@ class Task:
 
     def population(self, size: int, seed: int = 0) -> Population:
         """``size`` independently initialised networks as a :class:`~nfopt.tasks.Population`."""
-        return self.population_of([seed * 100_003 + k for k in range(size)])
+        return self.population_of([child_seed(seed, k, stride=100_003) for k in range(size)])
 
     def population_of(self, seeds: list[int]) -> Population:
         """One network per initialisation seed, in this task's (possibly reparameterised)

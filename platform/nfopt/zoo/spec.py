@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nfopt.specs import Float, Int, Name, StrictModel
+from nfopt.specs import Float, Int, Name, StrictModel, output_dir
 
 __all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec"]
 
@@ -87,7 +87,7 @@ class ZooSpec(StrictModel):
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out.replace("{name}", self.name)).absolute()
+        return output_dir(self.out, self.name)
 
     @property
     def num_shards(self) -> int:
@@ -118,7 +118,7 @@ class GeneralizationSpec(StrictModel):
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out.replace("{name}", self.name)).absolute()
+        return output_dir(self.out, self.name)
 
 
 class TicketSpec(StrictModel):
@@ -152,4 +152,4 @@ class TicketSpec(StrictModel):
 
     @property
     def out_dir(self) -> Path:
-        return Path(self.out.replace("{name}", self.name)).absolute()
+        return output_dir(self.out, self.name)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nfopt.data import Dataset, load_dataset
+from nfopt.specs import child_seed
 from nfopt.zoo.spec import ZooSpec
 
 __all__ = ["build_cnn", "load_zoo_data", "sample_shard", "train_shard"]
@@ -56,7 +57,7 @@ def sample_shard(spec: ZooSpec, shard: int) -> list[dict]:
         runs.append(
             {
                 "run": run,
-                "seed": spec.seed * 1_000_003 + run,
+                "seed": child_seed(spec.seed, run),
                 "activation": activation,
                 "optimizer": optimizer,
                 "lr": _loguniform(rng, s.adam_lr if optimizer == "adam" else s.sgd_lr),
