@@ -33,8 +33,12 @@ class TrainedOptimizer:
     def __init__(self, rule: LearnedUpdateRule, metadata: dict | None = None) -> None:
         self.rule, self.metadata = rule, dict(metadata or {})
 
-    def __call__(self, params, num_steps: int | None = None) -> LearnedOptimizer:
-        return LearnedOptimizer(params, self.rule, num_steps=num_steps)
+    def __call__(
+        self, params, num_steps: int | None = None, lr: float = 1.0, weight_decay: float = 0.0
+    ) -> LearnedOptimizer:
+        """A :class:`LearnedOptimizer` with this rule over ``params`` (a model, its parameters or
+        param groups); ``lr`` multiplies the trained step, ``weight_decay`` is decoupled."""
+        return LearnedOptimizer(params, self.rule, num_steps=num_steps, lr=lr, weight_decay=weight_decay)
 
     def __repr__(self) -> str:
         return f"TrainedOptimizer({self.rule.kind!r}, metadata={self.metadata})"
