@@ -40,10 +40,10 @@ tasks:
 
 
 def shipped_job(tmp_path, name: str, **over) -> str:
-    """Path of a copy of ``jobs/<name>.yaml`` with top-level fields replaced by ``over``."""
+    """Path of a copy of ``jobs/experiments/<name>.yaml`` with top-level fields replaced by ``over``."""
     import yaml
 
-    raw = yaml.safe_load(open(f"jobs/{name}.yaml"))
+    raw = yaml.safe_load(open(f"jobs/experiments/{name}.yaml"))
     raw.update(over)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))

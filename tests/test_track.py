@@ -55,7 +55,7 @@ def test_runs_whose_process_died_are_marked_killed(tmp_path):
 
 def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
     from nfopt.recipes.meta_train import run_job
-    from tests.meta.test_run import tiny_spec
+    from tests.recipes.test_meta_train import tiny_spec
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     spec = tiny_spec(tmp_path, tracking={"enabled": True, "uri": uri, "experiment": "e"})
@@ -71,7 +71,7 @@ def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
 def test_a_learned_optimizer_is_an_mlflow_model_loadable_by_registry_name(tmp_path, monkeypatch):
     import nfopt
     from nfopt.recipes.meta_train import run_job
-    from tests.meta.test_run import tiny_spec
+    from tests.recipes.test_meta_train import tiny_spec
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.chdir(tmp_path)  # the store's artifacts go under ./mlruns

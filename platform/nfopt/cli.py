@@ -154,6 +154,7 @@ def _evaluate_cmd(args) -> int:
 
     from nfopt.evaluation import EvalSettings
     from nfopt.recipes.evaluate import load_optimizers, run_evaluation
+    from nfopt.specs import TrackingSpec
     from nfopt.tasks import load_suite_tasks
 
     console = Console(stderr=True)
@@ -204,7 +205,7 @@ def _evaluate_cmd(args) -> int:
             title=f"held-out suite {Path(args.suite).stem}",
             use_ray=not args.no_ray,
             address=args.address,
-            tracking=None if args.no_track else {"uri": args.tracking_uri, "experiment": args.experiment},
+            tracking=None if args.no_track else TrackingSpec(uri=args.tracking_uri, experiment=args.experiment),
         )
     except FileNotFoundError as err:  # a dataset's files (DataNotFoundError says where it looked)
         _error(console, f"{args.suite}: {err}")

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
-from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, output_dir
+from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
 
 __all__ = ["META_MODEL_SIZES", "JobSpec", "JobSpecError", "apply_overrides", "load_job"]
 
@@ -125,17 +125,6 @@ class WorkersSpec(StrictModel):
 class CheckpointSpec(StrictModel):
     every: Int = Field(default=50, gt=0, description="outer steps between checkpoints")
     dir: str = Field(default="runs/{name}", description="'{name}' is replaced by the job name")
-
-
-class TrackingSpec(StrictModel):
-    enabled: bool = True
-    register_as: Name | None = Field(
-        default=None,
-        description="register the learned optimizer in the MLflow model registry under this name "
-        "(load it with nfopt.load_optimizer('models:/NAME/VERSION'))",
-    )
-    uri: str | None = Field(default=None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
-    experiment: str = "nfopt"
 
 
 class EvaluateSpec(StrictModel):

@@ -13,9 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-__all__ = ["NAME_PATTERN", "Float", "Int", "Name", "Rate", "Seed", "StrictModel", "child_seed", "output_dir"]
+__all__ = [
+    "NAME_PATTERN",
+    "Float",
+    "Int",
+    "Name",
+    "Rate",
+    "Seed",
+    "StrictModel",
+    "TrackingSpec",
+    "child_seed",
+    "output_dir",
+]
 
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]
@@ -37,6 +48,32 @@ class StrictModel(BaseModel):
     """Base of every spec: unknown keys are errors; frozen; floats must be finite."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class TrackingSpec(StrictModel):
+    """Where a run is tracked in MLflow: the one shape for jobs and experiments. ``tracking:
+    false`` (or ``true``) is short for ``{enabled: false}``."""
+
+    enabled: bool = True
+    uri: str | None = Field(default=None, description="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+    experiment: str | None = Field(
+        default=None,
+        description="MLflow experiment (default: the command's own: nfopt for nfopt run, nfopt-zoo, nfopt-inr)",
+    )
+    register_as: Name | None = Field(
+        default=None,
+        description="register the learned optimizer in the MLflow model registry under this name "
+        "(load it with nfopt.load_optimizer('models:/NAME/VERSION')); meta-training jobs only",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value):
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    def experiment_or(self, default: str) -> str:
+        """The experiment to log to: the one set here, else ``default`` (the command's own)."""
+        return self.experiment or default
 
 
 def output_dir(template: str, name: str) -> Path:

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nfopt.specs import Float, Int, Name, StrictModel, output_dir
+from nfopt.specs import Float, Int, Name, StrictModel, TrackingSpec, output_dir
 
 __all__ = ["InrClassifySpec", "InrEditSpec", "InrFitSpec", "InrSourceSpec"]
 
@@ -83,8 +83,7 @@ class InrClassifySpec(_Strict):
     latent_dim: Int = Field(default=64, gt=0)
     max_train: Int | None = Field(default=None, gt=0, description="first N training INRs (None: all)")
     out: str = "runs/{name}"
-    tracking: bool = True
-    tracking_uri: str | None = None
+    tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
 
 
@@ -117,8 +116,7 @@ class InrEditSpec(_Strict):
     max_train: Int | None = Field(default=None, gt=0)
     max_test: Int | None = Field(default=None, gt=0)
     out: str = "runs/{name}"
-    tracking: bool = True
-    tracking_uri: str | None = None
+    tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
 
     @model_validator(mode="after")

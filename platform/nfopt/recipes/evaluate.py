@@ -13,6 +13,7 @@ from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_frac
 from nfopt.jobs import JobSpec
 from nfopt.lopt import LearnedUpdateRule
 from nfopt.recipes.meta_train import run_job
+from nfopt.specs import TrackingSpec
 from nfopt.tasks import load_suite_tasks
 
 __all__ = ["EvaluationRun", "evaluate_job", "load_optimizers", "run_evaluation", "untrained_name", "with_untrained"]
@@ -89,13 +90,13 @@ def run_evaluation(
     use_ray: bool = True,
     address: str | None = None,
     num_cpus: float = 1.0,
-    tracking: dict | None = None,
+    tracking: TrackingSpec | None = None,
     progress: bool = True,
     console=None,
     untrained: bool = True,
 ) -> EvaluationRun:
-    """Evaluate, print the table, write the report under ``out`` and (``tracking`` =
-    ``{"uri", "experiment"}``) log metrics and every output file to one MLflow run. With
+    """Evaluate, print the table, write the report under ``out`` and (with ``tracking``) log
+    metrics and every output file to one MLflow run. With
     ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`)."""
     inits: dict[str, str] = {}
     if untrained:
@@ -135,7 +136,7 @@ def run_evaluation(
         from nfopt.track import Tracker
 
         params = {"tasks": [t.name for t in tasks], "optimizers": list(optimizers), **settings.__dict__}
-        tracker = Tracker(tracking.get("uri"), tracking.get("experiment", "nfopt"), title, params)
+        tracker = Tracker(tracking.uri, tracking.experiment_or("nfopt"), title, params)
         metrics = {}
         for r in rows:
             for key in ("train_loss", "test_loss", "test_accuracy", "ms_per_step", "speedup"):
@@ -188,5 +189,5 @@ def evaluate_job(
         title=f"{spec.name} on held-out suite {Path(ev.suite).stem}",
         use_ray=use_ray,
         address=address,
-        tracking={"uri": tr.uri, "experiment": tr.experiment} if tr.enabled else None,
+        tracking=tr if tr.enabled else None,
     )

@@ -48,17 +48,19 @@ def finish_experiment(
 ) -> None:
     """Write ``results.json`` (spec, ``meta``, ``results``) and ``table.md`` (``lines``) to
     ``spec.out_dir``, log ``metrics`` and those files (plus ``files`` there) to one MLflow run
-    under ``experiment`` when ``spec.tracking``, and print the table."""
+    under ``spec.tracking``'s experiment (default ``experiment``) when it is enabled, and print the table."""
     import json
 
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    if spec.tracking:
+    if spec.tracking.enabled:
         from nfopt.track import Tracker
 
-        tracker = Tracker(spec.tracking_uri, experiment, spec.name, {**spec.model_dump(), **meta})
+        tracker = Tracker(
+            spec.tracking.uri, spec.tracking.experiment_or(experiment), spec.name, {**spec.model_dump(), **meta}
+        )
         tracker.log_metrics(metrics, step=0)
         for f in ("results.json", "table.md", *files):
             tracker.log_artifact(out / f)

@@ -275,7 +275,9 @@ def run_job(
     if spec.tracking.enabled:
         from nfopt.track import Tracker
 
-        tracker = Tracker(spec.tracking.uri, spec.tracking.experiment, spec.name, spec.model_dump(), run_id=run_id)
+        tracker = Tracker(
+            spec.tracking.uri, spec.tracking.experiment_or("nfopt"), spec.name, spec.model_dump(), run_id=run_id
+        )
         run_id = tracker.run_id
     result = RunResult(steps=learner.step_count, run_id=run_id)
     start_step = learner.step_count

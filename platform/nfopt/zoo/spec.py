@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from nfopt.specs import Float, Int, Name, StrictModel, output_dir
+from nfopt.specs import Float, Int, Name, StrictModel, TrackingSpec, output_dir
 
 __all__ = ["GeneralizationSpec", "TicketSpec", "ZooDataSpec", "ZooSpec"]
 
@@ -112,8 +112,7 @@ class GeneralizationSpec(StrictModel):
     min_epoch: Int = Field(default=0, ge=0, description="use checkpoints saved at or after this epoch")
     augment: bool = Field(default=True, description="random hidden-neuron permutations of training inputs")
     out: str = "runs/{name}"
-    tracking: bool = True
-    tracking_uri: str | None = None
+    tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
 
     @property
@@ -140,8 +139,7 @@ class TicketSpec(StrictModel):
     layers: Int = Field(default=3, ge=1)
     nfn_epochs: Int = Field(default=200, gt=0)
     out: str = "runs/{name}"
-    tracking: bool = True
-    tracking_uri: str | None = None
+    tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
 
     @model_validator(mode="after")
