@@ -310,3 +310,18 @@ def test_pools_satisfy_the_worker_pool_protocol():
     assert isinstance(LocalPool([]), WorkerPool)
     assert all(callable(getattr(RayPool, m)) for m in ("estimate_all", "get_states", "set_states"))
     assert isinstance(RayPool.size, property)
+
+
+def test_validate_checks_init_from_and_estimator_params_without_running(tmp_path, capsys):
+    import yaml
+
+    for over, words in (
+        ({"init_from": "no_such_optimizer"}, ("init_from", "nfn_np_small")),
+        ({"estimator": {"kind": "tbptt", "params": ["nothing_like_it"]}}, ("estimator.params", "nothing_like_it")),
+    ):
+        spec = tiny_spec(tmp_path, **over)
+        job = tmp_path / "job.yaml"
+        job.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+        assert main(["validate", str(job)]) == 2
+        out = " ".join(" ".join(capsys.readouterr()).split())
+        assert all(w in out for w in words) and not spec.checkpoint_dir.exists()

@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -25,7 +26,16 @@ from nfopt.specs import child_seed
 from nfopt.tasks import load_tasks
 from nfopt.tasks.spec import load_suite
 
-__all__ = ["MAX_IDLE_STEPS", "NoProgressError", "RunExistsError", "RunResult", "build_rule", "check_job", "run_job"]
+__all__ = [
+    "MAX_IDLE_STEPS",
+    "NoProgressError",
+    "PreparedJob",
+    "RunExistsError",
+    "RunResult",
+    "build_rule",
+    "check_job",
+    "run_job",
+]
 
 
 class RunExistsError(FileExistsError):
@@ -62,18 +72,35 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
     )
 
 
-def check_job(spec: JobSpec) -> None:
+class PreparedJob(NamedTuple):
+    """What :func:`check_job` built on the way: the rule, the θ it starts from and the budget
+    already spent on that θ (``init_from``)."""
+
+    rule: LearnedUpdateRule
+    theta: dict
+    budget: dict
+
+
+def check_job(spec: JobSpec) -> PreparedJob:
     """Everything that can be checked before meta-training starts, each error naming its field:
-    the task family or mixture (``ValueError``, ``FileNotFoundError``), and the evaluation suite
-    and shipped optimizers the ``evaluate`` section names (``ValueError``)."""
+    the task family or mixture (``ValueError``, ``FileNotFoundError``), the learned optimizer
+    ``init_from`` names and whether it fits ``meta_model``, ``estimator.params``, and the
+    evaluation suite and shipped optimizers the ``evaluate`` section names (``ValueError``)."""
     try:
         load_tasks(spec.task)
     except FileNotFoundError as err:
         raise FileNotFoundError(f"task: {err}") from None
     except ValueError as err:
         raise ValueError(f"task: {err}") from None
-    if spec.evaluate is None:
-        return
+    rule = build_rule(spec)
+    theta, budget = _initial_theta(spec, rule)  # budget: meta-training spent so far, over every resume
+    _check_params(spec, theta)
+    if spec.evaluate is not None:
+        _check_evaluate(spec)
+    return PreparedJob(rule, theta, budget)
+
+
+def _check_evaluate(spec: JobSpec) -> None:
     try:
         load_suite(spec.evaluate.suite)
     except (ValueError, FileNotFoundError) as err:
@@ -217,7 +244,7 @@ def run_job(
     fresh start where a run already is raises :class:`RunExistsError` unless ``overwrite``;
     ``max_steps`` stops early (the run can be resumed); ``on_step(learner, pool, metrics)`` is
     called after every outer step. Returns the history and output paths."""
-    check_job(spec)  # a bad task, suite or optimizer name fails here, before any worker starts
+    rule, theta, budget = check_job(spec)  # a bad task, init_from, suite or name fails here, before any worker starts
     ckdir = spec.checkpoint_dir
     existing = [p for p in (ckdir / "latest.pt", ckdir / "learned_optimizer.pt") if p.exists()]
     if existing and not resume and not overwrite:
@@ -225,9 +252,6 @@ def run_job(
             f"{ckdir} already holds a run ({', '.join(p.name for p in existing)}): "
             "continue it with --resume, or start again with --overwrite (replaces it)"
         )
-    rule = build_rule(spec)
-    theta, budget = _initial_theta(spec, rule)  # budget: meta-training spent so far, over every resume
-    _check_params(spec, theta)
     make_problem = functools.partial(_make_problem, spec.model_dump_json())
     estimator = _estimator(spec)
     w = spec.workers
