@@ -66,6 +66,9 @@ def test_a_run_stopped_by_max_steps_is_partial(tmp_path):
     run = MlflowClient().get_run(full.run_id)
     assert full.run_id == part.run_id and run.info.status == "FINISHED" and run.data.tags[STATE_TAG] == "complete"
     assert _history(uri, full.run_id) == [1, 2, 3, 4]
+    metrics = run.data.metrics  # system metrics beside the learner's, every step
+    assert metrics["system/driver_rss_mb"] > 10 and metrics["system/load_1m"] >= 0
+    assert 0 < metrics["system/memory_used_pct"] < 100 and metrics["system/driver_cpu_s"] > 0
 
 
 def test_a_learned_optimizer_is_an_mlflow_model_loadable_by_registry_name(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ __all__ = [
     "ensure_experiment",
     "flatten",
     "repair_runs",
+    "system_metrics",
 ]
 
 #: Tags every run gets: which process on which machine runs it (:func:`repair_runs` reads them)
@@ -128,6 +129,26 @@ def ensure_experiment(uri: str | None, experiment: str) -> None:
 
     mlflow.set_tracking_uri(default_tracking_uri(uri))
     mlflow.set_experiment(experiment)
+
+
+def system_metrics() -> dict[str, float]:
+    """Machine and driver figures logged beside each meta-training step (stdlib and ``/proc``;
+    MLflow's own system-metrics thread needs ``psutil``, which nfopt does not require):
+    ``system/load_1m`` (run-queue length over the last minute), ``system/memory_used_pct``,
+    ``system/driver_rss_mb`` (peak resident memory of this process) and ``system/driver_cpu_s``."""
+    import resource
+
+    out = {"system/load_1m": os.getloadavg()[0]}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out["system/driver_rss_mb"] = usage.ru_maxrss / 1024  # KiB on Linux
+    out["system/driver_cpu_s"] = usage.ru_utime + usage.ru_stime
+    try:
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        total, avail = (float(info[k].split()[0]) for k in ("MemTotal", "MemAvailable"))
+        out["system/memory_used_pct"] = 100.0 * (1 - avail / total)
+    except (OSError, KeyError, ValueError):  # not Linux: leave it out
+        pass
+    return out
 
 
 class Tracker:

@@ -222,7 +222,7 @@ def test_untrained_rule_with_a_schedule_is_adam(kind):
         params, grads = new, grads * 0.5
 
 
-def test_schedule_interpolates_its_knots_over_the_training_fraction():
+def test_schedule_interpolates_its_knots_over_the_training_fraction_around_a_zero_mean():
     rule = rule_of("mlp", schedule_knots=3).double()
     with torch.no_grad():
         rule.log_schedule.copy_(torch.tensor([0.0, -1.0, -3.0]))
@@ -230,9 +230,14 @@ def test_schedule_interpolates_its_knots_over_the_training_fraction():
     fs = (0.0, 0.25, 0.5, 0.75, 1.0, 2.0)
     with torch.no_grad():
         got = [float(rule.schedule_value(torch.tensor(f, dtype=torch.float64), one)) for f in fs]
-        mean = float(rule.schedule_value(zero, zero))
-    assert got == pytest.approx([0.0, -0.5, -1.0, -2.0, -3.0, -3.0])
-    assert mean == pytest.approx((-0.5 - 2.0) / 2)  # unknown horizon: the mean
+        unknown = float(rule.schedule_value(zero, zero))
+    mean = (-0.5 - 2.0) / 2  # the interpolant's mean over [0, 1]
+    assert got == pytest.approx([0.0 - mean, -0.5 - mean, -1.0 - mean, -2.0 - mean, -3.0 - mean, -3.0 - mean])
+    assert unknown == 0.0  # unknown horizon: the rule's own step
+    grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    with torch.no_grad():
+        avg = torch.stack([rule.schedule_value(f, one) for f in grid]).mean()
+    assert abs(float(avg)) < 1e-3  # it only redistributes the step over training
 
 
 def test_schedule_scales_the_step_at_the_fraction_of_training_done():
@@ -247,11 +252,12 @@ def test_schedule_scales_the_step_at_the_fraction_of_training_done():
         state["step"] = torch.tensor(steps_done)
         return [p - n for p, n in zip(params.tensors(), rule.update(None, state, params, grads)[0].tensors())]
 
-    gain = torch.exp(torch.tensor(-1.0, dtype=torch.float64))
-    for num_steps, done in ((10, 5), (None, 5), (10, 0)):  # f = 0.5 and unknown: log multiplier -1; f = 0: 0
+    e = torch.exp(torch.tensor(1.0, dtype=torch.float64))
+    # knots 0, -2: mean -1, so g = +1 at the start, 0 halfway, -1 at the end; 0 when the horizon is unknown
+    for num_steps, done, gain in ((10, 0, e), (10, 5, 1.0), (10, 10, 1 / e), (None, 5, 1.0)):
         flat, sched = step([0.0, 0.0], num_steps, done), step([0.0, -2.0], num_steps, done)
         for a, b in zip(flat, sched):
-            assert torch.allclose(b, a * (gain if num_steps is None or done else 1.0), rtol=1e-3, atol=1e-12)
+            assert torch.allclose(b, a * gain, rtol=1e-3, atol=1e-12), (num_steps, done)
 
 
 @pytest.mark.parametrize("kind", ["nfn_np", "nfn_hnp"])

@@ -48,10 +48,11 @@ class LearnedUpdateRule(nn.Module):
     With ``schedule_knots = K > 0`` the rule also has a learned step schedule over the fraction of
     training done ``f = t / num_steps`` (Celo's decoupled learned scheduler): ``g(f)`` is the
     piecewise-linear interpolation of ``K`` learnable log multipliers at ``f = 0, 1/(K-1), ..., 1``
-    (all 0 at init: the untrained rule is still Adam). When the horizon is not known, ``g`` is the
-    schedule's mean over ``[0, 1]`` (a constant step with the schedule's average log size). The
-    schedule is a few numbers, so it is meta-trained by evolution strategies over whole training
-    runs (:class:`~nfopt.meta.estimators.EpisodeES`), which truncated unrolls cannot do without
+    minus its mean over ``[0, 1]``: the schedule only redistributes the step over training (warm-up,
+    decay), the average log step stays the rule's (all 0 at init: the untrained rule is still
+    Adam). When the horizon is not known, ``g = 0``. The schedule is a few numbers, so it is
+    meta-trained by evolution strategies over whole training runs
+    (:class:`~nfopt.meta.estimators.EpisodeES`), which truncated unrolls cannot do without
     short-horizon bias.
 
     ``kind``: ``"mlp"`` (per-parameter MLP), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``; one instance
@@ -201,8 +202,9 @@ class LearnedUpdateRule(nn.Module):
         return self.features.fraction or bool(self.schedule_knots)
 
     def schedule_value(self, fraction: Tensor, known: Tensor) -> Tensor:
-        """``g(f)``: the learned log step multiplier at training fraction ``f`` (``known`` 1), or
-        its mean over ``[0, 1]`` when the horizon is unknown (``known`` 0); a 0-dim tensor."""
+        """``g(f)``: the learned log step multiplier at training fraction ``f`` (the knots'
+        interpolant minus its mean over ``[0, 1]``) when the horizon is ``known`` (1), else 0;
+        a 0-dim tensor."""
         w = self.log_schedule
         k = w.shape[0] - 1
         x = fraction.clamp(0, 1) * k
@@ -210,7 +212,7 @@ class LearnedUpdateRule(nn.Module):
         t = x - i.to(x)
         at = w[i] * (1 - t) + w[i + 1] * t
         mean = (w[:-1] + w[1:]).mean() / 2  # the integral of the interpolant over [0, 1]
-        return known * at + (1 - known) * mean
+        return known * (at - mean)
 
     @staticmethod
     def _adam(m: WSF, v: WSF, step: Tensor, dtype: torch.dtype) -> WSF:

@@ -297,7 +297,7 @@ def run_job(
         budget = dict(ck.get("budget") or budget)
     tracker = None
     if spec.tracking.enabled:
-        from nfopt.track import Tracker
+        from nfopt.track import Tracker, system_metrics
 
         tracker = Tracker(
             spec.tracking.uri, spec.tracking.experiment_or("nfopt"), spec.name, spec.model_dump(), run_id=run_id
@@ -358,7 +358,7 @@ def run_job(
                     on_step(learner, pool, m)
                 if tracker:
                     live = getattr(pool, "placed", pool.size)
-                    tracker.log_metrics({**m, "live_workers": live}, step=learner.step_count)
+                    tracker.log_metrics({**m, "live_workers": live, **system_metrics()}, step=learner.step_count)
                 bar.update(task, completed=learner.step_count, loss=f"meta-loss {m.get('meta_loss', float('nan')):.4f}")
                 if idle >= MAX_IDLE_STEPS:
                     raise NoProgressError(
