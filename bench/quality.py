@@ -1,11 +1,13 @@
 """Benchmark: learned-optimizer quality on held-out tasks.
 
 Evaluates the pretrained learned optimizers shipped with nfopt (``nfopt.list_pretrained()``:
-NFN-NP, NFT and the per-parameter MLP, meta-trained with one budget by ``jobs/pretrain_*.yaml``)
+NFN-NP, NFT and the per-parameter MLP, meta-trained with one budget by ``jobs/meta/pretrain_*.yaml``)
 with ``nfopt evaluate``'s protocol on ``tasks/suites/heldout.yaml`` against Adam and SGD-momentum
 tuned per task, Adam at its default lr 1e-3, and each learned optimizer's own untrained
-initialisation. ``--retrain`` meta-trains them again from their jobs first (resuming from each
-job's checkpoint; ``--outer-steps`` caps the budget).
+initialisation. ``--retrain`` meta-trains them again from their jobs first: phase 1
+(``pretrain_<kind>.yaml``), then phase 2 (``pretrain_<kind>_schedule.yaml``, its learned schedule,
+from phase 1's result) where there is one, resuming from each job's checkpoint
+(``--outer-steps`` caps every phase).
 
 Writes the report (table, CSV/JSON, curves, speed-ups) to ``--out`` and ends with
 ``RESULT beats_adam=F1 beats_init=F2 beats_mlp=F3 diverged=N best=NAME``: for the best NFN/NFT
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import nfopt
 from nfopt.evaluation import EvalSettings, win_fraction
@@ -34,7 +37,7 @@ SHIPPED = {"nfn_np": "nfn_np_small", "nft": "nft_small", "mlp": "mlp_small"}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", default="nfn_np,nft,mlp")
-    p.add_argument("--retrain", action="store_true", help="meta-train from jobs/pretrain_<kind>.yaml first")
+    p.add_argument("--retrain", action="store_true", help="meta-train from jobs/meta/pretrain_<kind>[_schedule].yaml first")
     p.add_argument("--outer-steps", type=int, default=None, help="with --retrain: override the jobs' outer steps")
     p.add_argument("--suite", default="heldout")
     p.add_argument("--seeds", type=int, default=5)
@@ -52,14 +55,20 @@ def main() -> None:
 
     optimizers, budgets = {}, {}
     for kind in args.kinds.split(","):
-        if args.retrain:
-            spec = load_job(f"jobs/pretrain_{kind}.yaml")
-            if args.outer_steps:
-                spec = apply_overrides(spec, {"outer_steps": args.outer_steps})
-            start = time.perf_counter()
-            result = run_job(spec, resume=(spec.checkpoint_dir / "latest.pt").exists())
-            trained = load_optimizer(result.optimizer_path)
-            print(f"meta-trained {kind}: {result.steps} outer steps, {time.perf_counter() - start:.0f} s", flush=True)
+        if args.retrain:  # phase 1 (the rule), then phase 2 (its schedule) where the kind has one
+            phases = [Path(f"jobs/meta/pretrain_{kind}.yaml"), Path(f"jobs/meta/pretrain_{kind}_schedule.yaml")]
+            previous = None
+            for job in [j for j in phases if j.exists()]:
+                spec = load_job(job)
+                over = {"outer_steps": args.outer_steps} if args.outer_steps else {}
+                if previous is not None:
+                    over["init_from"] = str(previous)
+                spec = apply_overrides(spec, over) if over else spec
+                start = time.perf_counter()
+                result = run_job(spec, resume=(spec.checkpoint_dir / "latest.pt").exists())
+                previous = result.optimizer_path
+                print(f"meta-trained {job}: {result.steps} outer steps, {time.perf_counter() - start:.0f} s", flush=True)
+            trained = load_optimizer(previous)
         else:
             use = dict(u.split("=", 1) for u in args.use)
             trained = nfopt.load_optimizer(use.get(kind, SHIPPED[kind]))
