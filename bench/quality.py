@@ -37,7 +37,7 @@ SHIPPED = {"nfn_np": "nfn_np_small", "nft": "nft_small", "mlp": "mlp_small"}
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kinds", default="nfn_np,nft,mlp")
-    p.add_argument("--retrain", action="store_true", help="meta-train from jobs/meta/pretrain_<kind>[_schedule].yaml first")
+    p.add_argument("--retrain", action="store_true", help="meta-train from jobs/meta/pretrain_<kind>*.yaml first")
     p.add_argument("--outer-steps", type=int, default=None, help="with --retrain: override the jobs' outer steps")
     p.add_argument("--suite", default="heldout")
     p.add_argument("--seeds", type=int, default=5)
@@ -67,7 +67,8 @@ def main() -> None:
                 start = time.perf_counter()
                 result = run_job(spec, resume=(spec.checkpoint_dir / "latest.pt").exists())
                 previous = result.optimizer_path
-                print(f"meta-trained {job}: {result.steps} outer steps, {time.perf_counter() - start:.0f} s", flush=True)
+                took = time.perf_counter() - start
+                print(f"meta-trained {job}: {result.steps} outer steps, {took:.0f} s", flush=True)
             trained = load_optimizer(previous)
         else:
             use = dict(u.split("=", 1) for u in args.use)
