@@ -3,6 +3,7 @@ process, weights_only), shipped from a finished run without ever replacing one s
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import nfopt
 from nfopt.lopt import LearnedUpdateRule, list_pretrained, load_pretrained, save_optimizer, ship_pretrained
 from nfopt.lopt.pretrained import PRETRAINED_DIR
 
+ROOT = Path(__file__).resolve().parents[2]
+
 SHIPPED = ("nfn_np_small", "nft_small", "mlp_small")
 
 
@@ -20,9 +23,10 @@ def test_the_shipped_optimizers_are_listed_with_their_budget():
     assert set(SHIPPED) <= set(names), names
     for name in SHIPPED:
         meta = load_pretrained(name).metadata
-        assert (
-            meta["inner_steps"] > 0 and meta["task"] == "mix_small" and meta["spec"]["name"] == f"pretrain_{name[:-6]}"
-        )
+        made_by = meta["spec"]["name"]  # phase 1 (pretrain_<kind>), or phase 2 (pretrain_<kind>_schedule)
+        assert meta["inner_steps"] > 0 and meta["task"] == "mix_small"
+        assert made_by in (f"pretrain_{name[:-6]}", f"pretrain_{name[:-6]}_schedule")
+        assert (ROOT / "jobs" / "meta" / f"{made_by}.yaml").is_file()
         assert (PRETRAINED_DIR / f"{name}.json").is_file() and (PRETRAINED_DIR / f"{name}.md").is_file()
     assert nfopt.list_pretrained() == names
 
@@ -90,6 +94,6 @@ def test_cli_lists_and_shows_shipped_optimizers(capsys, monkeypatch):
     assert "nfn_np_small" in capsys.readouterr().out
     assert main(["optimizers", "show", "nfn_np_small"]) == 0
     out = capsys.readouterr().out
-    assert '"kind": "nfn_np"' in out and '"inner_steps": 448000' in out and "Held-out suite" in out
+    assert '"kind": "nfn_np"' in out and '"inner_steps": 2072288' in out and "Held-out suite" in out
     assert main(["pretrained", "show", "no_such"]) == 2
     assert "nfn_np_small" in capsys.readouterr().out
