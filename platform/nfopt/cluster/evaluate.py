@@ -3,7 +3,7 @@ suite order whatever order the tasks finish in."""
 
 from __future__ import annotations
 
-from nfopt.cluster.tasks import as_completed
+from nfopt.cluster.fanout import as_completed
 from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_task
 from nfopt.tasks import Task
 

@@ -70,7 +70,7 @@ def build_inrs(spec: InrFitSpec, use_ray: bool = True, address: str | None = Non
         calls = [(spec, plan[s][0], plan[s][1], s, k) for s, k in todo]  # each split's images shared
         if use_ray and todo:
             from nfopt.cluster import init_ray
-            from nfopt.cluster.tasks import as_completed
+            from nfopt.cluster.fanout import as_completed
 
             init_ray(address)
             results = as_completed(_fit_one, calls, spec.num_cpus)

@@ -72,7 +72,7 @@ def build_zoo(spec: ZooSpec, use_ray: bool = True, address: str | None = None, p
     with shard_progress(f"zoo {spec.name}", spec.num_shards, spec.num_shards - len(todo), progress) as advance:
         if use_ray and todo:
             from nfopt.cluster import init_ray
-            from nfopt.cluster.tasks import as_completed
+            from nfopt.cluster.fanout import as_completed
 
             init_ray(address)
             results = as_completed(train_shard, [(spec, k) for k in todo], spec.num_cpus)  # tasks load the data

@@ -1,6 +1,6 @@
 """Training one shard of a zoo: ``shard_size`` small CNNs with their own hyperparameters as one
 population (grouped convolutions: member ``p``'s channels are group ``p``), so a shard costs
-about as much as one wide network. Pure torch; :func:`nfopt.cluster.tasks.as_completed` runs shards on Ray."""
+about as much as one wide network. Pure torch; :func:`nfopt.cluster.fanout.as_completed` runs shards on Ray."""
 
 from __future__ import annotations
 
