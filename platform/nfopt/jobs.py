@@ -1,4 +1,4 @@
-"""Job specs (``jobs/*.yaml``): what ``nfopt run`` meta-trains, where, and how it is tracked.
+"""Job specs (``jobs/meta/*.yaml``): what ``nfopt run`` meta-trains, where, and how it is tracked.
 
 Validated by pydantic: unknown keys are errors, and every error names the file and the field
 and says what is allowed."""

@@ -145,7 +145,7 @@ def load_inrs(path: str | Path, limit: dict[str, int | None] | None = None) -> I
     """Load an INR dataset written by :func:`build_inrs` (``limit``: first N per split)."""
     path = Path(path)
     manifest = read_manifest(
-        path / "inrs.json", FORMAT, "an INR dataset", "fit one with `nfopt inr fit jobs/inr_*.yaml`"
+        path / "inrs.json", FORMAT, "an INR dataset", "fit one with `nfopt inr fit jobs/experiments/inr_*.yaml`"
     )
     spec = InrFitSpec.model_validate(manifest["spec"])
     counts = manifest.get("shards") or {s: len(p[2]) for s, p in _plan(spec).items()}  # older manifests
