@@ -66,6 +66,17 @@ def _perturb(theta: Theta, sigma: float, gen: torch.Generator, params: Sequence[
     }
 
 
+def _antithetic(problem: InnerProblem, theta: Theta, eps: Theta, sigma: float, plus, minus, steps: int):
+    """Unroll ``θ + ε`` from ``plus`` and ``θ - ε`` from ``minus`` for ``steps`` inner steps;
+    ``(coef, mean loss, new plus state, new minus state, info of the pair, done)`` with
+    ``coef = (L⁺ - L⁻) / (2σ²)``, the factor every antithetic estimate multiplies its
+    perturbation by."""
+    lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, plus, steps)
+    lm, s_minus, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, minus, steps)
+    coef = (lp - lm) / (2 * sigma**2)
+    return coef, (lp + lm) / 2, s_plus, s_minus, _both(info, info_m), info["done"] or info_m["done"]
+
+
 def _both(info: dict, info_m: dict) -> dict:
     """Info of an antithetic pair: counts (non-finite losses, inner steps taken) of both branches."""
     keys = ("nonfinite", "inner_steps")
@@ -96,13 +107,11 @@ class ES:
     @torch.no_grad()
     def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
         eps = _perturb(theta, self.sigma, gen, self.params)
-        lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, state["inner"], self.unroll)
-        lm, _, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["inner"], self.unroll)
-        coef = (lp - lm) / (2 * self.sigma**2)
+        inner = state["inner"]
+        coef, loss, s_plus, _, info, done = _antithetic(problem, theta, eps, self.sigma, inner, inner, self.unroll)
         grad = {k: coef * e for k, e in eps.items()}
-        info = _both(info, info_m)
-        state = self.init(problem, _new_seed(gen)) if info["done"] or info_m["done"] else {"inner": s_plus}
-        return TaskEstimate(grad, _metrics((lp + lm) / 2, info), state)
+        state = self.init(problem, _new_seed(gen)) if done else {"inner": s_plus}
+        return TaskEstimate(grad, _metrics(loss, info), state)
 
 
 @dataclass
@@ -119,14 +128,12 @@ class PES:
     def estimate(self, problem: InnerProblem, theta: Theta, state: dict, gen: torch.Generator):
         eps = _perturb(theta, self.sigma, gen, self.params)
         xi = eps if state["xi"] is None else {k: state["xi"][k] + eps[k] for k in eps}
-        lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, state["plus"], self.unroll)
-        lm, s_minus, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, state["minus"], self.unroll)
-        coef = (lp - lm) / (2 * self.sigma**2)
+        coef, loss, s_plus, s_minus, info, done = _antithetic(
+            problem, theta, eps, self.sigma, state["plus"], state["minus"], self.unroll
+        )
         grad = {k: coef * x for k, x in xi.items()}
-        info = _both(info, info_m)
-        done = info["done"] or info_m["done"]
         state = self.init(problem, _new_seed(gen)) if done else {"plus": s_plus, "minus": s_minus, "xi": xi}
-        return TaskEstimate(grad, _metrics((lp + lm) / 2, info), state)
+        return TaskEstimate(grad, _metrics(loss, info), state)
 
 
 @dataclass
@@ -169,11 +176,9 @@ class EpisodeES:
         inner = problem.init_state(state["seed"])
         steps = max(1, int(inner["horizon"]) - int(inner.get("start", 0)))
         eps = _perturb(theta, self.sigma, gen, self.params)
-        lp, _, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, inner, steps)
-        lm, _, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, inner, steps)
-        coef = (lp - lm) / (2 * self.sigma**2)
+        coef, loss, _, _, info, _ = _antithetic(problem, theta, eps, self.sigma, inner, inner, steps)
         grad = {k: coef * e for k, e in eps.items()}
-        return TaskEstimate(grad, _metrics((lp + lm) / 2, _both(info, info_m)), self.init(problem, _new_seed(gen)))
+        return TaskEstimate(grad, _metrics(loss, info), self.init(problem, _new_seed(gen)))
 
 
 ESTIMATORS = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop, "episode_es": EpisodeES}
