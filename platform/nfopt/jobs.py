@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
+from nfopt.meta.problems import MetaLoss
 from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
 
 __all__ = ["META_MODEL_SIZES", "JobSpec", "JobSpecError", "apply_overrides", "load_job"]
@@ -23,7 +24,7 @@ META_MODEL_SIZES: dict[str, tuple[str, ...]] = {
     "nfn_hnp": ("channels", "layers"),
     "nft": ("channels", "blocks", "heads"),
 }
-_SIZE_FIELDS = ("channels", "layers", "hidden", "blocks", "heads")
+_SIZE_FIELDS = tuple(dict.fromkeys(f for sizes in META_MODEL_SIZES.values() for f in sizes))  # all of them
 
 
 class MetaModelSpec(StrictModel):
@@ -92,7 +93,7 @@ class EstimatorSpec(StrictModel):
 class InnerSpec(StrictModel):
     population: Int = Field(default=4, gt=0, description="networks per task, trained together")
     tasks_per_worker: Int = Field(default=2, gt=0)
-    meta_loss: Literal["mean", "log", "final", "tail"] = "mean"
+    meta_loss: MetaLoss = "mean"
     horizon: Literal["task", "loguniform"] | Int = "task"
     horizon_range: tuple[Int, Int] | None = None
 

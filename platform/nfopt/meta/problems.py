@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 
@@ -20,10 +20,11 @@ from nfopt.lopt.rules import LearnedUpdateRule
 from nfopt.specs import child_seed
 from nfopt.tasks import TaskSampler
 
-__all__ = ["META_LOSSES", "InnerProblem", "QuadraticProblem", "TaskProblem"]
+__all__ = ["META_LOSSES", "InnerProblem", "MetaLoss", "QuadraticProblem", "TaskProblem"]
 
-#: What a task problem's unroll returns as meta-loss (see :class:`TaskProblem`).
-META_LOSSES = ("mean", "log", "final", "tail")
+#: What a task problem's unroll returns as meta-loss (see :class:`TaskProblem`); job specs use it too.
+MetaLoss = Literal["mean", "log", "final", "tail"]
+META_LOSSES: tuple[str, ...] = get_args(MetaLoss)
 
 Tensor = torch.Tensor
 Theta = dict[str, Tensor]
@@ -162,6 +163,7 @@ class TaskProblem:
         theta = {k: v.to(self.device) for k, v in theta.items()}
         params, rstate = state["params"], state["rule"]
         losses, nonfinite, diverged = [], 0, False
+        logs = self.meta_loss in ("log", "tail")
         for k in range(steps):
             gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
             xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
@@ -172,7 +174,6 @@ class TaskProblem:
             diverged = diverged or bool(bad.any())  # blown up (non-finite, or > clip_loss x its start): reset
             nonfinite += int(bad.sum())
             norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
-            logs = self.meta_loss in ("log", "tail")
             losses.append((torch.log(norm.clamp_min(1e-6)) if logs else norm).mean())
             params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
         if self.meta_loss == "final":
