@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-shot set-up of a fresh machine: the project virtualenv at .venv/ with nfopt
-# (editable) and its dev/bench extras, versions pinned by constraints.txt.
+# (editable) and its dev/bench/search extras, versions pinned by constraints.txt.
 # Idempotent: re-running only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,6 @@ PY=${PYTHON:-python3}
 echo "nfopt set-up: virtualenv .venv/ ..."
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 echo "nfopt set-up: installing nfopt and its pinned dependencies (torch, ray, mlflow; about 2-3 minutes on a fresh machine) ..."
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench]' \
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,bench,search]' \
   2> >(grep -v "^WARNING: Location 'file://" >&2)
 echo "nfopt set-up done: .venv/ ($(.venv/bin/python -c 'import torch, ray, mlflow; print(f"torch {torch.__version__}, ray {ray.__version__}, mlflow {mlflow.__version__}")'))"

@@ -235,6 +235,9 @@ def _tune(args) -> int:
     except FileNotFoundError as err:
         _error(console, str(err))
         return 3
+    except ImportError as err:  # search.algorithm's package is not installed
+        _error(console, f"{args.job}: {err}")
+        return 2
     table = Table(title=f"nfopt tune {spec.name}: trials")
     cols = list(result.rows[0]) if result.rows else []
     for c in cols:

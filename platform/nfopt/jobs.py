@@ -152,8 +152,18 @@ class SearchSpec(StrictModel):
     space: dict[str, dict[Literal["loguniform", "uniform", "choice", "grid"], list]] = Field(min_length=1)
     num_samples: Int = Field(default=4, gt=0)
     scheduler: Literal["asha", "fifo"] = "asha"
+    algorithm: Literal["random", "optuna", "hyperopt"] = Field(
+        default="random",
+        description="how trials' values are chosen: random (and grid) sampling, or a model-based searcher "
+        "(optuna's TPE, hyperopt; installed by the `search` extra: pip install 'nfopt[search]')",
+    )
+    seed: Int | None = Field(default=None, description="the searcher's seed (optuna, hyperopt)")
     metric: str = "meta_loss"
-    grace_period: Int = Field(default=2, gt=0, description="ASHA: outer steps before a trial may stop")
+    grace_period: Int = Field(
+        default=2,
+        gt=0,
+        description="ASHA: outer steps a trial runs before it may be stopped (judged at its first report from then on)",
+    )
     report_every: Int = Field(default=1, gt=0, description="outer steps between reports (and checkpoints)")
     max_concurrent: Int | None = Field(default=None, gt=0)
     storage_path: str = Field(default="runs/tune", description="made absolute; '{name}' allowed")
@@ -170,6 +180,10 @@ class SearchSpec(StrictModel):
                 raise ValueError(f"space.{key}: loguniform needs low > 0")
             if kind in ("choice", "grid") and not values:
                 raise ValueError(f"space.{key}: {kind} needs at least one value")
+            if kind == "grid" and self.algorithm != "random":
+                raise ValueError(
+                    f"space.{key}: grid needs algorithm: random ({self.algorithm} samples; use choice instead)"
+                )
         return self
 
 

@@ -46,3 +46,73 @@ def test_asha_sweep_exports_the_best_trial_and_restores(ray_session, tmp_path):
     assert len(runs) >= 5  # one per trial and the sweep's best
     again = run_sweep(spec, tmp_path / "job.yaml", resume=True)  # Tuner.restore of the finished sweep
     assert len(again.rows) == 4
+
+
+def _search(**over):
+    from nfopt.jobs import SearchSpec
+
+    return SearchSpec.model_validate({"space": {"meta_optimizer.lr": {"loguniform": [1e-4, 1e-2]}}, **over})
+
+
+def test_search_algorithms_build_their_searchers():
+    from nfopt.recipes.sweep import search_algorithm
+
+    assert search_algorithm(_search(), "meta_loss") is None  # Tune's random/grid sampling
+    pytest.importorskip("optuna")
+    from ray.tune.search.optuna import OptunaSearch
+
+    assert isinstance(search_algorithm(_search(algorithm="optuna", seed=0), "meta_loss"), OptunaSearch)
+    pytest.importorskip("hyperopt")
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    assert isinstance(search_algorithm(_search(algorithm="hyperopt"), "meta_loss"), HyperOptSearch)
+
+
+def test_a_grid_needs_random_search_and_a_missing_searcher_names_the_extra(monkeypatch):
+    import builtins
+
+    from pydantic import ValidationError
+
+    from nfopt.recipes.sweep import search_algorithm
+
+    with pytest.raises(ValidationError, match="grid needs algorithm: random"):
+        _search(algorithm="optuna", space={"estimator.sigma": {"grid": [0.01, 0.02]}})
+    real = builtins.__import__
+
+    def no_optuna(name, *a, **k):
+        if name.split(".")[0] == "optuna" or name == "ray.tune.search.optuna":
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_optuna)
+    with pytest.raises(ImportError, match=r"search.algorithm: optuna .*nfopt\[search\]"):
+        search_algorithm(_search(algorithm="optuna"), "meta_loss")
+
+
+def test_optuna_sweep_and_asha_count_outer_steps(ray_session, tmp_path):
+    """Trials report every 2 outer steps; ASHA's clock (and the table's `steps`) is outer steps,
+    so a finished trial shows the job's 4, not its 2 reports."""
+    pytest.importorskip("optuna")
+    from nfopt.recipes.sweep import run_sweep
+
+    spec = tiny_job(
+        tmp_path,
+        name="optuna",
+        outer_steps=4,
+        workers={"count": 1, "num_cpus": 0.25},
+        search={
+            "algorithm": "optuna",
+            "seed": 0,
+            "num_samples": 2,
+            "max_concurrent": 1,
+            "grace_period": 4,
+            "report_every": 2,
+            "storage_path": str(tmp_path / "tune"),
+            "space": {"meta_optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+        },
+    )
+    result = run_sweep(spec, tmp_path / "job.yaml")
+    assert len(result.rows) == 2 and not any(r["error"] for r in result.rows)
+    assert [r["steps"] for r in result.rows] == [4, 4]  # grace 4 outer steps: nobody stopped early
+    lrs = [r["meta_optimizer.lr"] for r in result.rows]
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and lrs[0] != lrs[1]

@@ -55,12 +55,16 @@ def with_untrained(optimizers: dict) -> dict:
 
 def load_optimizers(refs: list[str]) -> dict:
     """``{name: update rule}`` from ``PATH``, ``runs:/<id>/learned_optimizer.pt`` or ``NAME=REF``
-    entries; unnamed ones are called ``<kind>:<job>`` from the file's metadata."""
+    entries, or a shipped optimizer's name; unnamed files are called ``<kind>:<job>`` from the
+    file's metadata, shipped ones by their name."""
 
     out: dict = {}
+    shipped = set(nfopt.list_pretrained())
     for ref in refs:
         name, _, target = ref.rpartition("=") if "=" in ref and not ref.startswith("runs:/") else ("", "", ref)
         trained = nfopt.load_optimizer(target)
+        if not name and target in shipped and not Path(target).exists():
+            name = target
         name = name or f"{trained.rule.kind}:{trained.metadata.get('job') or Path(target).stem}"
         while name in out:
             name += "'"

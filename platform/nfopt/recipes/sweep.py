@@ -27,7 +27,10 @@ from nfopt.recipes.meta_train import build_rule, run_job
 from nfopt.specs import output_dir
 from nfopt.tasks.spec import task_path
 
-__all__ = ["TuneResult", "run_sweep"]
+__all__ = ["SEARCH_EXTRA", "TIME_ATTR", "TuneResult", "run_sweep", "search_algorithm"]
+
+TIME_ATTR = "outer_step"  # what ASHA's grace period and max_t count (the job's `search.grace_period` says so)
+SEARCH_EXTRA = "pip install 'nfopt[search]'"
 
 
 def _space(search) -> dict:
@@ -41,6 +44,29 @@ def _space(search) -> dict:
             "grid": tune.grid_search,
         }[kind](values)
     return out
+
+
+def search_algorithm(search, metric: str):
+    """The Ray Tune searcher of ``search.algorithm`` (``None``: Tune's random/grid sampling).
+    Raises ``ImportError`` naming the extra to install when its package is missing."""
+    if search.algorithm == "random":
+        return None
+    try:
+        if search.algorithm == "optuna":
+            from ray.tune.search.optuna import OptunaSearch
+
+            import optuna  # noqa: F401  (Ray imports it lazily; fail here, with the fix)
+
+            return OptunaSearch(metric=metric, mode="min", seed=search.seed)
+        from ray.tune.search.hyperopt import HyperOptSearch
+
+        import hyperopt  # noqa: F401
+
+        return HyperOptSearch(metric=metric, mode="min", random_state_seed=search.seed)
+    except ImportError as err:
+        raise ImportError(
+            f"search.algorithm: {search.algorithm} needs the `{search.algorithm}` package ({SEARCH_EXTRA}): {err}"
+        ) from None
 
 
 def _trial_spec(base_json: str, overrides: dict, trial_dir: Path, experiment: str) -> JobSpec:
@@ -76,6 +102,7 @@ def _trainable(config: dict) -> None:
 
     def report(learner, pool, m) -> None:
         metrics = {k: float(v) for k, v in m.items() if isinstance(v, int | float) and math.isfinite(float(v))}
+        metrics[TIME_ATTR] = learner.step_count  # ASHA's clock: outer steps, whatever report_every is
         if learner.step_count % every == 0 or learner.step_count == spec.outer_steps:
             with tempfile.TemporaryDirectory() as d:
                 shutil.copy(ckdir / "latest.pt", Path(d) / "latest.pt")
@@ -124,7 +151,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         scheduler = (
-            ASHAScheduler(time_attr="training_iteration", max_t=spec.outer_steps, grace_period=search.grace_period)
+            ASHAScheduler(time_attr=TIME_ATTR, max_t=spec.outer_steps, grace_period=search.grace_period)
             if search.scheduler == "asha"
             else FIFOScheduler()
         )
@@ -135,6 +162,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
                 metric=search.metric,
                 mode="min",
                 scheduler=scheduler,
+                search_alg=search_algorithm(search, search.metric),
                 num_samples=search.num_samples,
                 max_concurrent_trials=search.max_concurrent,
             ),
@@ -149,7 +177,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
                 "trial": Path(r.path).name if r.path else "?",
                 **cfg,
                 search.metric: (r.metrics or {}).get(search.metric, float("nan")),
-                "steps": (r.metrics or {}).get("training_iteration", 0),
+                "steps": int((r.metrics or {}).get(TIME_ATTR, 0)),
                 "error": bool(r.error),
             }
         )
