@@ -59,31 +59,10 @@ def test_wheel_in_a_fresh_venv_evaluates_a_named_suite_from_anywhere(tmp_path):
     )
     listed = subprocess.run([nfopt_cli, "optimizers", "list"], cwd=work, capture_output=True, text=True, check=True)
     assert "nfn_np_small" in listed.stdout
+    args = "evaluate --suite digits_quick --tasks digits_wide --optimizer nfn_np_small --baselines adam"
+    args += " --adam-lrs 0.01 --steps 5 --seeds 1 --tuning-seeds 1 --no-ray --no-track --out report"
     out = subprocess.run(
-        [
-            nfopt_cli,
-            "evaluate",
-            "--suite",
-            "digits_quick",
-            "--tasks",
-            "digits_wide",
-            "--optimizer",
-            "nfn_np_small",
-            "--baselines",
-            "adam",
-            "--adam-lrs",
-            "0.01",
-            "--steps",
-            "5",
-            "--seeds",
-            "1",
-            "--tuning-seeds",
-            "1",
-            "--no-ray",
-            "--no-track",
-            "--out",
-            "report",
-        ],  # fmt: skip
+        [nfopt_cli, *args.split()],
         cwd=work,
         capture_output=True,
         text=True,

@@ -53,14 +53,12 @@ def search_algorithm(search, metric: str):
         return None
     try:
         if search.algorithm == "optuna":
+            import optuna  # noqa: F401  (Ray imports it lazily; fail here, with the fix)
             from ray.tune.search.optuna import OptunaSearch
 
-            import optuna  # noqa: F401  (Ray imports it lazily; fail here, with the fix)
-
             return OptunaSearch(metric=metric, mode="min", seed=search.seed)
-        from ray.tune.search.hyperopt import HyperOptSearch
-
         import hyperopt  # noqa: F401
+        from ray.tune.search.hyperopt import HyperOptSearch
 
         return HyperOptSearch(metric=metric, mode="min", random_state_seed=search.seed)
     except ImportError as err:
