@@ -1,11 +1,14 @@
-"""Benchmark: one learned-optimizer step (NFN-NP meta-model, 16 channels, 3 layers) against one
-Adam step on the same P=32 ``digits_mlp`` population, side by side.
+"""Benchmark: one learned-optimizer step against one Adam step on the same P=32 ``digits_mlp``
+population, side by side, for the NFN-NP rule at the quickstart's size (8 channels, 2 layers:
+``jobs/meta/quickstart.yaml``, the shipped ``nfn_np_small``) and, with ``--kinds``, the
+per-parameter MLP, NFN-HNP and NFT rules at their shipped sizes.
 
 A step is what an inner training loop pays per iteration: the population's minibatch loss and
 gradients plus the optimizer update; the update alone is reported too. Medians of interleaved
 repetitions, both sides in one process under the same allocator settings as ``bench/layers.py``
 (re-executes with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` unless
-``--default-malloc``). Last line ``RESULT lopt_step_vs_adam=X lopt_update_vs_adam_update=Y``.
+``--default-malloc``). Last line ``RESULT lopt_step_vs_adam=X lopt_update_vs_adam_update=Y`` for
+NFN-NP, then ``<kind>_step_vs_adam=...`` for the other kinds measured.
 """
 
 from __future__ import annotations
@@ -18,15 +21,17 @@ import time
 
 import torch
 
-from nfopt.lopt import Adam, LearnedUpdateRule
+from nfopt.lopt import Adam, LearnedUpdateRule, load_optimizer
 from nfopt.tasks import TaskFamily
+
+SHIPPED = {"nfn_np": "nfn_np_small", "mlp": "mlp_small", "nft": "nft_small"}  # nfopt.list_pretrained()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kind", default="nfn_np", help="meta-model: mlp, nfn_np, nfn_hnp, nft")
-    ap.add_argument("--channels", type=int, default=16)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--kinds", default="nfn_np,mlp,nfn_hnp,nft", help="meta-models (first: the headline)")
+    ap.add_argument("--channels", type=int, default=8, help="NFN channels (quickstart: 8)")
+    ap.add_argument("--layers", type=int, default=2, help="NFN layers (quickstart: 2)")
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--default-malloc", action="store_true", help="keep glibc's allocator defaults")
@@ -37,11 +42,15 @@ def main() -> None:
 
     task = TaskFamily.load("digits_mlp").sample(0)
     pop, data = task.population(args.size), task.dataset
-    meta = {"channels": args.channels, "layers": args.layers} if args.kind.startswith("nfn") else {}
-    rule = LearnedUpdateRule(args.kind, meta_model=meta)
-    adam = Adam(lr=1e-3)
-    states = {"lopt": rule.init(pop.spec, args.size), "adam": adam.init(pop.spec, args.size)}
-    opts = {"lopt": rule, "adam": adam}
+    kinds = args.kinds.split(",")
+    opts = {"adam": Adam(lr=1e-3)}
+    for kind in kinds:  # the shipped rule of that kind where there is one (its real inputs), else a fresh one
+        if kind in SHIPPED:
+            opts[kind] = load_optimizer(SHIPPED[kind]).rule
+        else:
+            meta = {"channels": args.channels, "layers": args.layers} if kind.startswith("nfn") else {}
+            opts[kind] = LearnedUpdateRule(kind, meta_model=meta, step_mult=0.01)
+    states = {n: o.init(pop.spec, args.size) for n, o in opts.items()}
     gen = torch.Generator().manual_seed(0)
     xb, yb = pop.sample_batch(data.x_train, data.y_train, task.batch_size, gen)
     loss0, grads0 = pop.loss_and_grad(xb, yb)
@@ -66,19 +75,25 @@ def main() -> None:
     for fn in cases.values():
         fn()
     times = {k: [] for k in cases}
-    for _ in range(args.repeats):
+    for _ in range(args.repeats):  # interleaved: every case once per round
         for k, fn in cases.items():
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    n_meta = sum(p.numel() for p in rule.parameters())
-    print(f"task {task.name} {task.network_spec}, P={args.size}; meta-model {args.kind} ({n_meta} parameters)")
-    for what in ("step", "update"):
-        print(f"{what:<7} adam {med[(what, 'adam')]:7.2f} ms   learned {med[(what, 'lopt')]:7.2f} ms")
-    r_step = med[("step", "lopt")] / med[("step", "adam")]
-    r_upd = med[("update", "lopt")] / med[("update", "adam")]
-    print(f"RESULT lopt_step_vs_adam={r_step:.2f} lopt_update_vs_adam_update={r_upd:.2f}")
+    print(f"task {task.name} {task.network_spec}, P={args.size}")
+    print(f"{'optimizer':<10} {'meta-params':>11} {'step ms':>8} {'update ms':>9} {'step/Adam':>9} {'update/Adam':>11}")
+    ratios = {}
+    for n, o in opts.items():
+        n_meta = sum(p.numel() for p in o.parameters()) if isinstance(o, torch.nn.Module) else 0
+        r_step = med[("step", n)] / med[("step", "adam")]
+        r_upd = med[("update", n)] / med[("update", "adam")]
+        ratios[n] = (r_step, r_upd)
+        print(f"{n:<10} {n_meta:>11} {med[('step', n)]:8.2f} {med[('update', n)]:9.2f} {r_step:9.2f} {r_upd:11.2f}")
+    head, rest = kinds[0], kinds[1:]
+    extra = " ".join(f"{k}_step_vs_adam={ratios[k][0]:.2f}" for k in rest)
+    line = f"RESULT lopt_step_vs_adam={ratios[head][0]:.2f} lopt_update_vs_adam_update={ratios[head][1]:.2f}"
+    print(f"{line} {extra}".strip())
 
 
 if __name__ == "__main__":

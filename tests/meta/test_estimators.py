@@ -121,3 +121,15 @@ def test_params_choose_which_meta_parameters_are_estimated():
                 assert grad[live].abs() > 0, cls
     assert selected("meta_model.layers.0.weight", ["meta_model"]) and selected("log_schedule", None)
     assert not selected("meta_model_x", ["meta_model"]) and not selected("log_step_scale", ["log_schedule"])
+
+
+def test_perturbations_are_drawn_on_the_cpu_generator_and_live_on_thetas_device():
+    """Same draws whatever device θ is on (here the shape-only 'meta' device stands in for CUDA)."""
+    from nfopt.meta.estimators import _perturb
+
+    theta = {"a": torch.zeros(3), "b": torch.zeros(2, 2)}
+    on_meta = {k: v.to("meta") for k, v in theta.items()}
+    cpu = _perturb(theta, 0.1, torch.Generator().manual_seed(0), params=["a"])
+    dev = _perturb(on_meta, 0.1, torch.Generator().manual_seed(0), params=["a"])
+    assert all(v.device.type == "meta" for v in dev.values())
+    assert cpu["a"].abs().sum() > 0 and torch.count_nonzero(cpu["b"]) == 0

@@ -91,15 +91,17 @@ class FeatureConfig:
 def second_moment_normalize(t: Tensor, eps: float) -> Tensor:
     """``t / sqrt(mean(t²) + eps)`` with the mean over each tensor's entries: ``(B, C, ...)``."""
     dims = tuple(range(2, t.ndim))
-    return t * torch.rsqrt(t.square().mean(dims, keepdim=True) + eps)
+    n = t[0, 0].numel()
+    sq = torch.linalg.vector_norm(t, 2, dim=dims, keepdim=True).square()  # one read pass, no t² temporary
+    return t * torch.rsqrt(sq / n + eps)
 
 
 def update_momenta(mom: WeightSpaceFeatures, grads: WeightSpaceFeatures, decays: Tensor) -> WeightSpaceFeatures:
     """``m_k <- β_k m_k + (1 - β_k) g`` for every decay ``β_k`` (channels of ``mom``)."""
 
     def upd(m: Tensor, g: Tensor) -> Tensor:
-        d = decays.to(m).view(1, -1, *([1] * (m.ndim - 2)))
-        return m * d + g * (1 - d)
+        w = (1 - decays).to(m).view(1, -1, *([1] * (m.ndim - 2)))
+        return torch.lerp(m, g.expand_as(m), w)  # m + (1 - β)(g - m): one pass
 
     return WeightSpaceFeatures(
         [upd(m, g) for m, g in zip(mom.weights, grads.weights)],

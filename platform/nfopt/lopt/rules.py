@@ -150,7 +150,10 @@ class LearnedUpdateRule(nn.Module):
         decays = torch.as_tensor(cfg.decays, dtype=params.dtype, device=params.device)
         grads = grads.map(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
         mom = update_momenta(state["mom"], grads, decays)
-        v = state["v"] * 0.999 + grads * grads * 0.001
+        v = WSF(  # 0.999 v + 0.001 g², two passes per tensor
+            [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].weights, grads.weights)],
+            [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].biases, grads.biases)],
+        )
         step = state["step"] + 1
         new_state = {"step": step, "mom": mom, "v": v}
         k = cfg.decays.index(0.9)
@@ -180,14 +183,14 @@ class LearnedUpdateRule(nn.Module):
         a, bound, r = self.exp_mult, self.bound, self.lr_range
 
         def delta(o: Tensor, h: Tensor | None) -> Tensor:
-            s = o[:, :1] * torch.exp(a * o[:, 1:2])
-            if h is not None:
-                s = s + hand_scale * h
+            e = torch.exp(a * o[:, 1:2])
+            s = o[:, :1] * e if h is None else torch.addcmul(hand_scale * h, o[:, :1], e)
+            mult = scale / bound  # 0-dim, or (B, 1, 1..) with the per-tensor log step
             if self.lr_head:  # per-tensor log step: the tensor's mean of the third output
                 lam = o[:, 2:3].mean(dim=tuple(range(2, o.ndim)), keepdim=True)
-                s = s * torch.exp(r * torch.tanh(lam / r))
-            s = bound * torch.tanh(scale * s / bound)
-            return torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+                mult = mult * torch.exp(r * torch.tanh(lam / r))
+            s = bound * torch.tanh(s * mult)
+            return torch.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0)  # non-finite steps are zeroed
 
         hw = hand.weights if hand is not None else [None] * len(params)
         hb = hand.biases if hand is not None else [None] * len(params)

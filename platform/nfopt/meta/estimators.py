@@ -59,9 +59,12 @@ def selected(name: str, params: Sequence[str] | None) -> bool:
 
 
 def _perturb(theta: Theta, sigma: float, gen: torch.Generator, params: Sequence[str] | None = None) -> Theta:
-    """Gaussian perturbations of the selected entries (zeros elsewhere), drawn in θ's order."""
+    """Gaussian perturbations of the selected entries (zeros elsewhere), drawn in θ's order on the
+    CPU generator ``gen`` (the same draws whatever device θ is on), placed on θ's device."""
     return {
-        k: sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype) if selected(k, params) else torch.zeros_like(v)
+        k: (sigma * torch.randn(v.shape, generator=gen, dtype=v.dtype)).to(v.device)
+        if selected(k, params)
+        else torch.zeros_like(v)
         for k, v in theta.items()
     }
 

@@ -61,6 +61,66 @@ def _bcast(t: Tensor, ndim: int) -> Tensor:
     return t.reshape(*t.shape, *([1] * (ndim - t.ndim)))
 
 
+@dataclass(frozen=True)
+class _NPConstants:
+    """Parameter-free matrices of :class:`SharedNPLinear` on one architecture: ``eye_k[i]``
+    ``(k_i, k_i)``; ``project[level]`` ``(3C, D_level)`` maps the ``[c, b, r]`` blocks of a role's
+    ``(G, 3C)`` cross-term matrix onto the engine's pooled features of that neuron level (kernel
+    means where kernels are folded, zero rows for missing terms); ``pool`` ``(6C, D_z)``: the
+    pooled global vector from the engine's."""
+
+    eye_k: tuple[Tensor, ...]
+    project: tuple[Tensor, ...]
+    pool: Tensor
+
+
+_CONSTANTS: dict[tuple, _NPConstants] = {}
+
+
+def _constants(spec: NetworkSpec, c: int, dtype: torch.dtype, device: torch.device) -> _NPConstants:
+    """Cached per (architecture, channels, dtype, device): they depend on nothing learnable."""
+    key = (spec.weight_shapes, c, dtype, device)
+    hit = _CONSTANTS.get(key)
+    if hit is not None:
+        return hit
+    L, ks = spec.num_layers, spec.kernel_sizes
+    kw = {"dtype": dtype, "device": device}
+    eye = torch.eye(c, **kw)
+
+    def mean_k(k: int) -> Tensor:  # (C, C k): kernel mean of folded (c, kernel) features
+        return torch.kron(eye, torch.full((1, k), 1.0 / k, **kw))
+
+    project = []
+    for level in range(L + 1):
+        parts = ([(0, mean_k(ks[level - 1])), (1, eye)] if level >= 1 else []) + (
+            [(2, mean_k(ks[level]))] if level < L else []
+        )
+        cols = sum(t.shape[1] for _, t in parts)
+        m = torch.zeros(3 * c, cols, **kw)
+        at = 0
+        for j, t in parts:
+            m[j * c : (j + 1) * c, at : at + t.shape[1]] = t
+            at += t.shape[1]
+        project.append(m)
+    offs = [0]
+    for k in ks:
+        offs.append(offs[-1] + c * k)
+    boff = [offs[-1] + c * i for i in range(L)]
+    s = torch.zeros(6 * c, boff[-1] + c, **kw)
+    for i, k in enumerate(ks):
+        s[0:c, offs[i] : offs[i + 1]] += mean_k(k) / L
+        s[c : 2 * c, boff[i] : boff[i] + c] += eye / L
+    s[2 * c : 3 * c, offs[0] : offs[1]] += mean_k(ks[0])
+    s[3 * c : 4 * c, boff[0] : boff[0] + c] += eye
+    s[4 * c : 5 * c, offs[L - 1] : offs[L]] += mean_k(ks[-1])
+    s[5 * c : 6 * c, boff[-1] : boff[-1] + c] += eye
+    out = _NPConstants(tuple(torch.eye(k, **kw) for k in ks), tuple(project), s)
+    if len(_CONSTANTS) >= 256:  # many architectures (a task mixture): start over
+        _CONSTANTS.clear()
+    _CONSTANTS[key] = out
+    return out
+
+
 class SharedNPLinear(nn.Module):
     r"""NP-equivariant linear layer for any MLP/CNN weight space, parameters shared by role ``ρ``.
 
@@ -110,60 +170,31 @@ class SharedNPLinear(nn.Module):
         """Per-layer ``A, Q, Z, beta`` of :mod:`nfopt.nn._core` equal to this layer on ``spec``:
         kernel positions share ``A`` (``A ⊗ I_k``), cross terms read kernel means and broadcast
         back, and the pooled global vector is a fixed linear map ``S`` of the engine's."""
-        c, L, ks = self.in_channels, spec.num_layers, spec.kernel_sizes
+        L, ks = spec.num_layers, spec.kernel_sizes
         roles = layer_roles(L)
-        kw = {"dtype": self.A.dtype, "device": self.A.device}
-        eye = torch.eye(c, **kw)
-
-        def mean_k(k: int) -> Tensor:  # (C, C k): kernel mean of folded (c, kernel) features
-            return torch.kron(eye, torch.full((1, k), 1.0 / k, **kw))
+        consts = _constants(spec, self.in_channels, self.A.dtype, self.A.device)
 
         def bcast_k(m: Tensor, k: int) -> Tensor:  # (G, .) -> (G k, .): same output at every kernel position
             return m.repeat_interleave(k, dim=0) if k > 1 else m
 
-        A = [torch.kron(self.A[roles[i]], torch.eye(ks[i], **kw)) for i in range(L)]
+        A = [torch.kron(self.A[roles[i]], consts.eye_k[i]) if ks[i] > 1 else self.A[roles[i]] for i in range(L)]
         Q = []
         for level in range(L + 1):
-            parts = ([(0, mean_k(ks[level - 1])), (1, eye)] if level >= 1 else []) + (
-                [(2, mean_k(ks[level]))] if level < L else []
-            )
-
-            def project(m: Tensor, parts=parts) -> Tensor:  # (out, 3C) on [c, b, r] -> (out, D_level)
-                return torch.cat([m[:, j * c : (j + 1) * c] @ t for j, t in parts], dim=1)
+            proj = consts.project[level]  # (3C, D_level): [c, b, r] blocks onto this level's pooled features
 
             rows = []
             if level >= 1:
                 i = level - 1
-                rows += [bcast_k(project(self.K[roles[i]]), ks[i]), project(self.U[roles[i]])]
+                rows += [bcast_k(self.K[roles[i]] @ proj, ks[i]), self.U[roles[i]] @ proj]
             if level < L:
-                rows.append(bcast_k(project(self.R[roles[level]]), ks[level]))
+                rows.append(bcast_k(self.R[roles[level]] @ proj, ks[level]))
             Q.append(torch.cat(rows, dim=0))
-        s = self._pool_map(spec, kw)  # (6C, Dz)
+        s = consts.pool  # (6C, Dz)
         zs = [bcast_k(self.Z[roles[i]] @ s, ks[i]) for i in range(L)] + [self.V[roles[i]] @ s for i in range(L)]
         betas = [bcast_k(self.beta[roles[i]][:, None], ks[i])[:, 0] for i in range(L)] + [
             self.beta_b[roles[i]] for i in range(L)
         ]
         return A, Q, torch.cat(zs, dim=0).t(), torch.cat(betas)
-
-    def _pool_map(self, spec: NetworkSpec, kw: dict) -> Tensor:
-        """``S`` with ``z = S z_engine``: ``z_engine = [g_1..g_L, b̄_1..b̄_L]`` (kernel positions kept)."""
-        c, L, ks = self.in_channels, spec.num_layers, spec.kernel_sizes
-        offs = [0]
-        for k in ks:
-            offs.append(offs[-1] + c * k)
-        boff = [offs[-1] + c * i for i in range(L)]
-        s = torch.zeros(6 * c, boff[-1] + c, **kw)
-        for i, k in enumerate(ks):
-            mk = torch.kron(torch.eye(c, **kw), torch.full((1, k), 1.0 / k, **kw))
-            s[0:c, offs[i] : offs[i + 1]] += mk / L
-            s[c : 2 * c, boff[i] : boff[i] + c] += torch.eye(c, **kw) / L
-        s[2 * c : 3 * c, offs[0] : offs[1]] += torch.kron(torch.eye(c, **kw), torch.full((1, ks[0]), 1.0 / ks[0], **kw))
-        s[3 * c : 4 * c, boff[0] : boff[0] + c] += torch.eye(c, **kw)
-        s[4 * c : 5 * c, offs[L - 1] : offs[L]] += torch.kron(
-            torch.eye(c, **kw), torch.full((1, ks[-1]), 1.0 / ks[-1], **kw)
-        )
-        s[5 * c : 6 * c, boff[-1] : boff[-1] + c] += torch.eye(c, **kw)
-        return s
 
     def forward_reference(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         """The defining formula in plain ops (slow; tests check :meth:`forward` against it)."""
