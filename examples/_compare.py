@@ -18,14 +18,17 @@ from torch import nn
 
 import nfopt
 
-__all__ = ["OPTIMIZERS", "compare", "plot_curves", "write_results"]
+__all__ = ["OPTIMIZERS", "best_of", "compare", "optimizers", "parse_lrs", "plot_curves", "write_results"]
 
 Factory = Callable[[nn.Module, int], tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]]
 
 
-def _adamw(model: nn.Module, steps: int):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+def _adamw(lr: float) -> Factory:
+    def make(model: nn.Module, steps: int):
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+
+    return make
 
 
 def _nfopt(name: str) -> Factory:
@@ -36,9 +39,27 @@ def _nfopt(name: str) -> Factory:
     return make
 
 
-#: name -> factory: AdamW (lr 1e-3) and shipped pretrained optimizers (``nfopt.list_pretrained()``),
-#: all with decoupled weight decay 0.01 and a cosine schedule.
-OPTIMIZERS: dict[str, Factory] = {"adamw": _adamw, "nfn_np_small": _nfopt("nfn_np_small")}
+def optimizers(adamw_lrs: list[float], pretrained: tuple[str, ...] = ("nfn_np_small",)) -> dict[str, Factory]:
+    """name -> factory: AdamW at each learning rate of ``adamw_lrs`` (``adamw_lr=<lr>``: the
+    grid the comparison is tuned over) and shipped pretrained optimizers (``nfopt.list_pretrained()``),
+    all with decoupled weight decay 0.01 and a cosine schedule."""
+    out: dict[str, Factory] = {f"adamw_lr={lr:g}": _adamw(lr) for lr in adamw_lrs}
+    return out | {name: _nfopt(name) for name in pretrained}
+
+
+def parse_lrs(text: str) -> list[float]:
+    """``"3e-4,1e-3"`` -> ``[3e-4, 1e-3]``; a ``ValueError`` naming the flag otherwise."""
+    try:
+        lrs = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--adamw-lrs: {text!r} is not comma-separated numbers, e.g. 3e-4,1e-3,3e-3") from None
+    if not lrs or any(lr <= 0 for lr in lrs):
+        raise ValueError(f"--adamw-lrs: {text!r}: give at least one learning rate > 0")
+    return lrs
+
+
+#: The default comparison: AdamW at 1e-3 and the shipped NFN optimizer.
+OPTIMIZERS: dict[str, Factory] = optimizers([1e-3])
 
 
 def compare(
@@ -97,6 +118,14 @@ def plot_curves(results: dict[str, dict], title: str, path: Path, smooth: int = 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def best_of(results: dict[str, dict], prefix: str, metric: str, lower: bool = True) -> str:
+    """The name among ``results`` starting with ``prefix`` (e.g. the AdamW grid) with the best
+    final ``metric``: the tuned baseline."""
+    names = [n for n in results if n.startswith(prefix)]
+    sign = 1 if lower else -1
+    return min(names, key=lambda n: sign * results[n]["final"][metric])
 
 
 def write_results(results: dict[str, dict], out: Path, name: str) -> Path:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import compare, plot_curves, write_results
+from _compare import best_of, compare, optimizers, parse_lrs, plot_curves, write_results
 
 from nfopt.data.idx import DataNotFoundError, load_fashion_mnist
 
@@ -42,6 +42,9 @@ def make_cnn(channels: int = 16) -> nn.Module:
     )
 
 
+METRIC = "test_loss"  # what picks the tuned AdamW from its grid
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
@@ -49,8 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
     p.add_argument("--out", default="runs/examples")
+    p.add_argument("--adamw-lrs", default="3e-4,1e-3,3e-3", help="AdamW's lr grid (the tuned baseline: best of it)")
     p.add_argument("--tiny", action="store_true", help="a few steps of a small CNN (tests)")
     args = p.parse_args(argv)
+    try:
+        lrs = parse_lrs(args.adamw_lrs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.tiny:
         args.steps, args.batch_size, args.channels = 15, 32, 4
     try:
@@ -79,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             "test_acc": float((logits.argmax(1) == y_te).float().mean()),
         }
 
-    results = compare(lambda: make_cnn(args.channels), batches, loss_fn, evaluate, args.steps)
+    results = compare(
+        lambda: make_cnn(args.channels), batches, loss_fn, evaluate, args.steps, optimizers=optimizers(lrs)
+    )
+    print(f"tuned AdamW (best of the grid on {METRIC}): {best_of(results, 'adamw', METRIC)}")
     out = Path(args.out)
     plot_curves(results, f"BatchNorm CNN, Fashion-MNIST 28x28, {args.steps} steps", out / "bn_cnn_fashion.png")
     write_results(results, out, "bn_cnn_fashion")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _compare import compare, plot_curves, write_results
+from _compare import best_of, compare, optimizers, parse_lrs, plot_curves, write_results
 
 DEFAULT_CORPUS = "/usr/share/common-licenses"
 
@@ -68,6 +68,9 @@ class CharTransformer(nn.Module):
         return self.head(self.norm(h))  # (B, T, V)
 
 
+METRIC = "heldout_loss"  # what picks the tuned AdamW from its grid
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=1000)
@@ -77,8 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--data", default=DEFAULT_CORPUS, help="directory of text files")
     p.add_argument("--out", default="runs/examples")
+    p.add_argument("--adamw-lrs", default="3e-4,1e-3,3e-3", help="AdamW's lr grid (the tuned baseline: best of it)")
     p.add_argument("--tiny", action="store_true", help="a few steps of a tiny model (tests)")
     args = p.parse_args(argv)
+    try:
+        lrs = parse_lrs(args.adamw_lrs)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.tiny:
         args.steps, args.batch_size, args.context, args.width, args.layers = 12, 8, 16, 16, 1
     try:
@@ -113,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         loss_fn,
         evaluate,
         args.steps,
+        optimizers=optimizers(lrs),
     )
+    print(f"tuned AdamW (best of the grid on {METRIC}): {best_of(results, 'adamw', METRIC)}")
     out = Path(args.out)
     plot_curves(results, f"char Transformer LM, {args.steps} steps", out / "transformer_lm.png")
     write_results(results, out, "transformer_lm")

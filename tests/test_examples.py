@@ -20,15 +20,16 @@ def _load(name: str):
 
 @pytest.mark.parametrize("name", ["transformer_lm", "bn_cnn_fashion"])
 def test_example_trains_both_optimizers_and_plots(name, tmp_path, capsys):
-    assert _load(name).main(["--tiny", "--out", str(tmp_path)]) == 0
+    assert _load(name).main(["--tiny", "--out", str(tmp_path), "--adamw-lrs", "1e-3,3e-3"]) == 0
     results = json.loads((tmp_path / f"{name}.json").read_text())
-    assert set(results) == {"adamw", "nfn_np_small"}
+    assert set(results) == {"adamw_lr=0.001", "adamw_lr=0.003", "nfn_np_small"}
     for r in results.values():
         assert len(r["curve"]) > 5 and all(math.isfinite(v) for v in r["curve"])
         assert all(math.isfinite(v) for v in r["final"].values())
         assert r["curve"][-1] != r["curve"][0]  # it trained
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("RESULT ")
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("RESULT ") and "tuned AdamW (best of the grid" in out
 
 
 def test_missing_data_is_exit_3_naming_the_directory(tmp_path, capsys):
@@ -36,3 +37,8 @@ def test_missing_data_is_exit_3_naming_the_directory(tmp_path, capsys):
     empty.mkdir()
     assert _load("transformer_lm").main(["--tiny", "--data", str(empty), "--out", str(tmp_path)]) == 3
     assert str(empty) in capsys.readouterr().err
+
+
+def test_a_bad_lr_grid_is_exit_2_naming_the_flag(tmp_path, capsys):
+    assert _load("bn_cnn_fashion").main(["--tiny", "--out", str(tmp_path), "--adamw-lrs", "fast"]) == 2
+    assert "--adamw-lrs" in capsys.readouterr().err
