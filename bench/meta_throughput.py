@@ -1,12 +1,19 @@
-"""Benchmark: meta-training throughput on Ray with 1 and 2 workers on ``digits_mlp``.
+"""Benchmark: meta-training throughput on Ray with 1 and 2 workers on ``digits_mlp``, and against
+a JAX peer.
 
 Each worker owns the same shard (``--tasks`` tasks of ``--population`` networks, PES with
 ``--unroll`` inner steps per truncation), so 2 workers do twice the work per outer step.
-Both pools live side by side and are measured in alternating rounds (1 then 2 workers, then 2
-then 1, ...), so a noisy period of the machine hits both; the scaling efficiency is the median
-over rounds of ``(inner/s with 2) / (2 x inner/s with 1)``, the overhead the median share of an
-outer step spent outside the workers' compute (publishing θ, gathering estimates, the learner's
-update). Last line ``RESULT scaling_efficiency=X overhead=Y inner_per_s_1=A inner_per_s_2=B``.
+All pools live side by side and are measured in alternating rounds (the order flips every round),
+so a noisy period of the machine hits all of them: the NFN-NP rule with 1 and 2 workers, the
+per-parameter MLP rule with 1 worker, and the JAX reference (``bench/anchors/jax_pes.py``: the
+same problem, population, unroll and PES, a per-parameter MLP learned optimizer under one
+``jax.jit``, one CPU thread) in this process. The scaling efficiency is the median over rounds of
+``(inner/s with 2) / (2 x inner/s with 1)``, the overhead the median share of an outer step spent
+outside the workers' compute (publishing θ, gathering estimates, the learner's update), ``vs_jax``
+the median over rounds of nfopt's per-core inner steps/s with the same (per-parameter MLP) rule
+over the JAX reference's, ``nfn_vs_jax`` the same for the NFN-NP rule. Without JAX installed
+(the ``bench`` extra) the JAX figures are skipped. Last line ``RESULT scaling_efficiency=X
+overhead=Y vs_jax=Z nfn_vs_jax=W inner_per_s_1=A inner_per_s_2=B mlp_inner_per_s=C jax_inner_per_s=D``.
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ from nfopt.meta import Learner
 from nfopt.recipes.meta_train import _estimator, _make_problem, build_rule
 
 
-def make(workers: int, args):
+def make(workers: int, args, kind: str = "nfn_np"):
     """A learner over ``workers`` population workers (the same shard each: ``--tasks`` tasks of
-    ``--population`` networks, PES with ``--unroll`` inner steps per truncation)."""
+    ``--population`` networks, PES with ``--unroll`` inner steps per truncation), meta-model
+    ``kind`` at the quickstart's size (NFN-NP 8 channels x 2 layers; MLP 2 x 32)."""
+    meta = {"kind": "nfn_np", "channels": 8, "layers": 2} if kind == "nfn_np" else {"kind": kind}
     spec = JobSpec.model_validate(
         {
             "name": "bench",
             "task": "digits_mlp",
             "outer_steps": 1,
-            "meta_model": {"kind": "nfn_np", "channels": 8, "layers": 2},
+            "meta_model": meta,
             "estimator": {"kind": "pes", "unroll": args.unroll},
             "inner": {"population": args.population, "tasks_per_worker": args.tasks},
             "workers": {"count": workers, "num_cpus": 1},
@@ -60,32 +69,63 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=2)
     ap.add_argument("--population", type=int, default=4)
     ap.add_argument("--unroll", type=int, default=10)
+    ap.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
     args = ap.parse_args()
-    init_ray(num_cpus=3)  # room for both pools' actors; an idle actor uses no core
-    learners = {w: make(w, args) for w in (1, 2)}
-    for learner, _ in learners.values():
+    jax_pes = None
+    if not args.no_jax:
+        try:  # before Ray starts: XLA's thread settings are read at import
+            from anchors.jax_pes import JaxPES, from_nfopt_task
+        except ImportError as err:
+            print(f"JAX reference skipped ({err}; pip install -e '.[bench]')")
+        else:
+            jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
+    init_ray(num_cpus=4)  # room for every pool's actors; an idle actor uses no core
+    pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
+    for learner, _ in pools.values():
         for _ in range(args.warmup):
             learner.step()
-    ratios, per_s, overheads = [], {1: [], 2: []}, []
+    cases = list(pools) + (["jax"] if jax_pes is not None else [])
+    if jax_pes is not None:
+        for _ in range(args.warmup):  # the first step compiles
+            jax_pes.step()
+    per_s = {c: [] for c in cases}
+    ratios, vs_jax, nfn_vs_jax, overheads = [], [], [], []
     for r in range(args.rounds):
-        order = (1, 2) if r % 2 == 0 else (2, 1)  # alternate, so a slow period hits both
-        res = {w: measure(learners[w][0], args.steps) for w in order}
-        for w in (1, 2):
-            per_s[w].append(res[w]["inner_per_s"])
-            overheads += res[w]["overheads"]
-        ratios.append(res[2]["inner_per_s"] / (2 * res[1]["inner_per_s"]))
-        print(
-            f"round {r}: 1 worker {res[1]['inner_per_s']:.0f}, 2 workers {res[2]['inner_per_s']:.0f} inner steps/s, "
-            f"efficiency {ratios[-1]:.2f}",
-            flush=True,
+        order = cases if r % 2 == 0 else cases[::-1]  # alternate, so a slow period hits all
+        res = {}
+        for c in order:
+            if c == "jax":
+                res[c] = jax_pes.measure(args.steps)
+            else:
+                m = measure(pools[c][0], args.steps)
+                res[c] = m["inner_per_s"]
+                overheads += m["overheads"]
+        for c in cases:
+            per_s[c].append(res[c])
+        ratios.append(res["nfn_2"] / (2 * res["nfn_1"]))
+        line = (
+            f"round {r}: "
+            + ", ".join(f"{c} {res[c]:.0f}" for c in cases)
+            + f" inner steps/s; 2-worker efficiency {ratios[-1]:.2f}"
         )
-    for _, pool in learners.values():
+        if jax_pes is not None:
+            vs_jax.append(res["mlp_1"] / res["jax"])
+            nfn_vs_jax.append(res["nfn_1"] / res["jax"])
+            line += f", vs JAX (MLP rule) {vs_jax[-1]:.2f}"
+        print(line, flush=True)
+    for _, pool in pools.values():
         pool.shutdown()
-    for w in (1, 2):
-        print(f"{w} worker(s): median {statistics.median(per_s[w]):.0f} inner steps/s")
+    med = {c: statistics.median(v) for c, v in per_s.items()}
+    for c in cases:
+        print(f"{c}: median {med[c]:.0f} inner steps/s")
+    jax_part = (
+        f" vs_jax={statistics.median(vs_jax):.2f} nfn_vs_jax={statistics.median(nfn_vs_jax):.2f}" if vs_jax else ""
+    )
+    tail = f" jax_inner_per_s={med['jax']:.0f}" if "jax" in med else ""
     print(
-        f"RESULT scaling_efficiency={statistics.median(ratios):.2f} overhead={statistics.median(overheads):.3f} "
-        f"inner_per_s_1={statistics.median(per_s[1]):.0f} inner_per_s_2={statistics.median(per_s[2]):.0f}"
+        f"RESULT scaling_efficiency={statistics.median(ratios):.2f} overhead={statistics.median(overheads):.3f}"
+        f"{jax_part} inner_per_s_1={med['nfn_1']:.0f} inner_per_s_2={med['nfn_2']:.0f} "
+        f"mlp_inner_per_s={med['mlp_1']:.0f}{tail}"
     )
 
 
