@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from nfopt.lopt import Adam, LearnedUpdateRule, load_optimizer
+import nfopt
+from nfopt.lopt import Adam, LearnedUpdateRule
 from nfopt.tasks import TaskFamily
 
 SHIPPED = {"nfn_np": "nfn_np_small", "mlp": "mlp_small", "nft": "nft_small"}  # nfopt.list_pretrained()
@@ -46,7 +47,7 @@ def main() -> None:
     opts = {"adam": Adam(lr=1e-3)}
     for kind in kinds:  # the shipped rule of that kind where there is one (its real inputs), else a fresh one
         if kind in SHIPPED:
-            opts[kind] = load_optimizer(SHIPPED[kind]).rule
+            opts[kind] = nfopt.load_optimizer(SHIPPED[kind]).rule
         else:
             meta = {"channels": args.channels, "layers": args.layers} if kind.startswith("nfn") else {}
             opts[kind] = LearnedUpdateRule(kind, meta_model=meta, step_mult=0.01)
