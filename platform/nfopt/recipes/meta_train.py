@@ -176,6 +176,9 @@ def _make_problem(spec_json: str) -> TaskProblem:
     spec = JobSpec.model_validate_json(spec_json)
     torch.set_num_threads(max(1, int(spec.workers.num_cpus) or 1))
     device = "cuda" if spec.workers.num_gpus > 0 and torch.cuda.is_available() else "cpu"
+    if device == "cuda":  # full float32: TF32's 10-bit mantissa can swamp ES/PES loss differences at small sigma
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return TaskProblem(
         load_tasks(spec.task),
         build_rule(spec),
