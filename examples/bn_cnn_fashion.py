@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--data", default=None, help="directory with the Fashion-MNIST IDX files")
     p.add_argument("--out", default="runs/examples")
-    p.add_argument("--adamw-lrs", default="1e-3,3e-3,1e-2,3e-2", help="AdamW's lr grid (the tuned baseline: best of it)")
+    p.add_argument(
+        "--adamw-lrs", default="1e-3,3e-3,1e-2,3e-2", help="AdamW's lr grid (the tuned baseline: best of it)"
+    )
     p.add_argument("--tiny", action="store_true", help="a few steps of a small CNN (tests)")
     args = p.parse_args(argv)
     try:
