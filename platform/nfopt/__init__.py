@@ -1,5 +1,6 @@
 """nfopt: learned optimizers built from permutation-equivariant neural functionals."""
 
+from nfopt._malloc import tune_allocator
 from nfopt.weightspace import NetworkSpec, Permutation, WeightSpaceFeatures
 
 
@@ -50,5 +51,6 @@ __all__ = [
     "list_pretrained",
     "load_optimizer",
     "save_optimizer",
+    "tune_allocator",
 ]
 __version__ = "0.1.0"

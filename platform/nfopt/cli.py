@@ -17,6 +17,8 @@ from pathlib import Path
 
 from rich.markup import escape
 
+from nfopt._malloc import tune_allocator
+
 __all__ = ["main"]
 
 
@@ -539,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--tracking-uri", default=None)
     ui.set_defaults(fn=_ui)
     args = parser.parse_args(argv)
+    tune_allocator()  # nfopt's own process: keep freed tensors' memory in the heap (nfopt._malloc)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)
 

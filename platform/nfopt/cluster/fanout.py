@@ -7,6 +7,8 @@ from collections.abc import Callable, Iterator
 
 import ray
 
+from nfopt._malloc import tune_allocator
+
 __all__ = ["as_completed"]
 
 
@@ -23,9 +25,16 @@ def as_completed(fn: Callable, calls: list[tuple], num_cpus: float = 1.0) -> Ite
         for a in args:
             if seen[id(a)] > 1 and id(a) not in shared and not isinstance(a, int | float | str | bool):
                 shared[id(a)] = ray.put(a)
-    remote = ray.remote(fn).options(num_cpus=num_cpus)
-    futures = {remote.remote(*(shared.get(id(a), a) for a in args)): i for i, args in enumerate(calls)}
+    remote = ray.remote(_tuned_call).options(num_cpus=num_cpus)
+    futures = {remote.remote(fn, *(shared.get(id(a), a) for a in args)): i for i, args in enumerate(calls)}
     pending = list(futures)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield futures[done[0]], ray.get(done[0])
+
+
+def _tuned_call(fn: Callable, *args):
+    """``fn(*args)`` in a Ray worker process whose allocator keeps freed memory in its heap
+    (:func:`nfopt._malloc.tune_allocator`)."""
+    tune_allocator()
+    return fn(*args)
