@@ -96,6 +96,24 @@ def second_moment_normalize(t: Tensor, eps: float) -> Tensor:
     return t * torch.rsqrt(sq / n + eps)
 
 
+def _normalized_cat(parts: list[Tensor], eps: float) -> Tensor:
+    """``second_moment_normalize(torch.cat(parts, 1))`` without the concatenated temporary: each
+    part is scaled straight into its channels of the output (no autograd: ``out=``)."""
+    ref = parts[0]
+    dims = tuple(range(2, ref.ndim))
+    n = ref[0, 0].numel()
+    out = torch.empty(
+        (ref.shape[0], sum(t.shape[1] for t in parts), *ref.shape[2:]), dtype=ref.dtype, device=ref.device
+    )
+    at = 0
+    for t in parts:
+        c = t.shape[1]
+        sq = torch.linalg.vector_norm(t, 2, dim=dims, keepdim=True).square()
+        torch.mul(t, torch.rsqrt(sq / n + eps), out=out[:, at : at + c])
+        at += c
+    return out
+
+
 def update_momenta(mom: WeightSpaceFeatures, grads: WeightSpaceFeatures, decays: Tensor) -> WeightSpaceFeatures:
     """``m_k <- β_k m_k + (1 - β_k) g`` for every decay ``β_k`` (channels of ``mom``)."""
 
@@ -127,7 +145,10 @@ def build_features(
         raise ValueError("FeatureConfig.adam_direction needs the Adam direction")
 
     def one(p: Tensor, g: Tensor, m: Tensor, u: Tensor | None) -> Tensor:
-        return second_moment_normalize(torch.cat([g, p, m] if u is None else [g, p, m, u], dim=1), cfg.eps)
+        parts = [g, p, m] if u is None else [g, p, m, u]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in parts):
+            return second_moment_normalize(torch.cat(parts, dim=1), cfg.eps)
+        return _normalized_cat(parts, cfg.eps)
 
     uw = extra.weights if extra is not None else [None] * len(params)
     ub = extra.biases if extra is not None else [None] * len(params)
