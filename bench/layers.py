@@ -14,6 +14,13 @@ returning them to the OS and page-faulting them back on every step; see shared/P
 ``RESULT worst_speed_ratio=X worst_memory_ratio=Y nft_speed_ratio=Z`` (worst speed over the
 NP/HNP stacks, worst peak-memory ratio nfopt/nfn over all, speed ratio of the attention layer).
 
+Roofline, per config: this machine's single-thread matmul peak (a 1024^2 GEMM) and copy bandwidth
+(a 256 MiB copy) are measured first; the nfopt step's matmul FLOPs come from
+``torch.utils.flop_counter`` (GEMMs only) and its minimum memory traffic is taken as every
+activation and activation gradient of the stack read or written once (4-byte floats), so the
+bound is ``max(FLOPs / peak, bytes / bandwidth)``; the table shows achieved GFLOP/s and the share
+of the bound the step reaches (100% = at the roofline).
+
 Needs the ``bench`` extra (``nfn==0.1.2``, ``einops``).
 """
 
@@ -93,6 +100,47 @@ def build(impl: str, kind: str, widths: tuple[int, ...]):
     return step, n_params
 
 
+def machine_peaks() -> tuple[float, float]:
+    """(GEMM GFLOP/s, copy GB/s) of this process's thread settings: medians of a few runs."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    a @ b
+    gemm = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        gemm.append(2 * 1024**3 / (time.perf_counter() - t0) / 1e9)
+    src = torch.randn(64 * 2**20)  # 256 MiB
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    bw = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        bw.append(2 * src.numel() * 4 / (time.perf_counter() - t0) / 1e9)  # read + write
+    return statistics.median(gemm), statistics.median(bw)
+
+
+def step_flops(step) -> int:
+    """Matmul/conv FLOPs of one ``step()`` (forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        step()
+    return fc.get_total_flops()
+
+
+def min_bytes(kind: str, widths: tuple[int, ...]) -> int:
+    """Activations and their gradients of the stack, each touched once: the least memory traffic
+    any implementation of one forward+backward step needs (float32)."""
+    entries = sum(widths[i + 1] * widths[i] + widths[i + 1] for i in range(len(widths) - 1))
+    chans = [ATTN_CHANNELS, ATTN_CHANNELS] if kind == "attn" else list(CHANNELS)
+    # forward: read every layer's input, write its output; backward: read output grads and
+    # inputs, write input grads (not for the data input, which needs no gradient)
+    per_entry = sum(chans[:-1]) + sum(chans[1:])  # forward reads + writes
+    per_entry += sum(chans[1:]) + sum(chans[:-1]) + sum(chans[1:-1])  # backward
+    return 4 * BATCH * entries * per_entry
+
+
 def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -135,7 +183,10 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
     env = "default glibc malloc" if args.default_malloc else " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator: {env}")
-    print(f"stack: channels {CHANNELS}, ReLU between, batch {BATCH}, forward+backward\n")
+    print(f"stack: channels {CHANNELS}, ReLU between, batch {BATCH}, forward+backward")
+    peak_gflops, peak_gbs = machine_peaks()
+    print(f"machine (this thread setting): GEMM {peak_gflops:.1f} GFLOP/s, copy {peak_gbs:.1f} GB/s\n")
+    roofline = []
     header = (
         f"{'config':<20}{'nfn ms':>10}{'nfopt ms':>10}{'speed-up':>10}"
         f"{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
@@ -155,8 +206,17 @@ def main() -> None:
                 t0 = time.perf_counter()
                 step()
                 times[impl].append(time.perf_counter() - t0)
+        flops = step_flops(steps["nfopt"])
         del steps
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        t_flop, t_mem = flops / (peak_gflops * 1e9), min_bytes(*CONFIGS[name]) / (peak_gbs * 1e9)
+        bound_ms = max(t_flop, t_mem) * 1e3
+        roofline.append(
+            f"  {name}: {flops / 1e9:.3f} GFLOP per step, {flops / med['nfopt'] / 1e6:.1f} GFLOP/s achieved "
+            f"({100 * flops / med['nfopt'] / 1e6 / peak_gflops:.0f}% of the GEMM peak); roofline bound "
+            f"{bound_ms:.2f} ms ({'compute' if t_flop > t_mem else 'memory'}-bound): "
+            f"nfopt reaches {100 * bound_ms / med['nfopt']:.0f}% of it, nfn {100 * bound_ms / med['nfn']:.0f}%"
+        )
         peaks = {impl: measure_peak(impl, name) for impl in ("nfn", "nfopt")}
         ratio, mem_ratio = med["nfn"] / med["nfopt"], peaks["nfopt"] / max(peaks["nfn"], 1)
         (nft if CONFIGS[name][0] == "attn" else speed).append(ratio)
@@ -167,6 +227,8 @@ def main() -> None:
             f"{params['nfn']:>11}/{params['nfopt']}",
             flush=True,
         )
+    print("\nroofline (nfopt's step):")
+    print("\n".join(roofline))
     fields = []
     if speed:
         fields.append(f"worst_speed_ratio={min(speed):.2f}")
