@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import load_yaml_model
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
+from nfopt.meta.estimators import EstimatorKind
 from nfopt.meta.problems import MetaLoss
 from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
 
@@ -79,7 +80,7 @@ class MetaModelSpec(StrictModel):
 
 
 class EstimatorSpec(StrictModel):
-    kind: Literal["es", "pes", "tbptt", "episode_es"] = "pes"
+    kind: EstimatorKind = "pes"
     sigma: Float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES/episode_es)")
     unroll: Int = Field(default=10, gt=0, description="inner steps per truncation (episode_es: whole runs)")
     params: list[Name] | None = Field(

@@ -133,3 +133,11 @@ def test_perturbations_are_drawn_on_the_cpu_generator_and_live_on_thetas_device(
     dev = _perturb(on_meta, 0.1, torch.Generator().manual_seed(0), params=["a"])
     assert all(v.device.type == "meta" for v in dev.values())
     assert cpu["a"].abs().sum() > 0 and torch.count_nonzero(cpu["b"]) == 0
+
+
+def test_every_estimator_kind_a_job_may_name_exists():
+    from typing import get_args
+
+    from nfopt.meta import ESTIMATORS, EstimatorKind
+
+    assert set(ESTIMATORS) == set(get_args(EstimatorKind))

@@ -1,6 +1,6 @@
 """Meta-training: inner problems, meta-gradient estimators, and the learner (no Ray here)."""
 
-from nfopt.meta.estimators import ES, ESTIMATORS, PES, EpisodeES, Estimator, TruncatedBackprop
+from nfopt.meta.estimators import ES, ESTIMATORS, PES, EpisodeES, Estimator, EstimatorKind, TruncatedBackprop
 from nfopt.meta.learner import Learner, LocalPool, Worker, WorkerPool, atomic_save
 from nfopt.meta.messages import Estimate, TaskEstimate
 from nfopt.meta.problems import InnerProblem, QuadraticProblem, TaskProblem
@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeES",
     "Estimate",
     "Estimator",
+    "EstimatorKind",
     "InnerProblem",
     "Learner",
     "LocalPool",

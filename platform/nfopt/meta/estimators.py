@@ -27,14 +27,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 
 from nfopt.meta.messages import TaskEstimate, Theta
 from nfopt.meta.problems import InnerProblem
 
-__all__ = ["ES", "ESTIMATORS", "PES", "EpisodeES", "Estimator", "TruncatedBackprop", "detach_state", "selected"]
+__all__ = [
+    "ES",
+    "ESTIMATORS",
+    "PES",
+    "EpisodeES",
+    "Estimator",
+    "EstimatorKind",
+    "TruncatedBackprop",
+    "detach_state",
+    "selected",
+]
 
 Tensor = torch.Tensor
 
@@ -184,4 +194,5 @@ class EpisodeES:
         return TaskEstimate(grad, _metrics(loss, info), self.init(problem, _new_seed(gen)))
 
 
-ESTIMATORS = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop, "episode_es": EpisodeES}
+EstimatorKind = Literal["es", "pes", "tbptt", "episode_es"]  # job specs' estimator.kind
+ESTIMATORS: dict[str, type] = {"es": ES, "pes": PES, "tbptt": TruncatedBackprop, "episode_es": EpisodeES}
