@@ -57,15 +57,15 @@ def _search(**over):
 def test_search_algorithms_build_their_searchers():
     from nfopt.recipes.sweep import search_algorithm
 
-    assert search_algorithm(_search(), "meta_loss") is None  # Tune's random/grid sampling
+    assert search_algorithm(_search()) is None  # Tune's random/grid sampling
     pytest.importorskip("optuna")
     from ray.tune.search.optuna import OptunaSearch
 
-    assert isinstance(search_algorithm(_search(algorithm="optuna", seed=0), "meta_loss"), OptunaSearch)
+    assert isinstance(search_algorithm(_search(algorithm="optuna", seed=0)), OptunaSearch)
     pytest.importorskip("hyperopt")
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    assert isinstance(search_algorithm(_search(algorithm="hyperopt"), "meta_loss"), HyperOptSearch)
+    assert isinstance(search_algorithm(_search(algorithm="hyperopt")), HyperOptSearch)
 
 
 def test_a_grid_needs_random_search_and_a_missing_searcher_names_the_extra(monkeypatch):
@@ -86,7 +86,7 @@ def test_a_grid_needs_random_search_and_a_missing_searcher_names_the_extra(monke
 
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     with pytest.raises(ImportError, match=r"search.algorithm: optuna .*nfopt\[search\]"):
-        search_algorithm(_search(algorithm="optuna"), "meta_loss")
+        search_algorithm(_search(algorithm="optuna"))
 
 
 def test_optuna_sweep_and_asha_count_outer_steps(ray_session, tmp_path):

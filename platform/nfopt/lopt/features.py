@@ -88,28 +88,29 @@ class FeatureConfig:
         return cls(**{**flags, **{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}})
 
 
+def _inv_rms(t: Tensor, eps: float) -> Tensor:
+    """``1 / sqrt(mean(t²) + eps)`` over each tensor's entries: ``(B, C, ...) -> (B, C, 1, ...)``
+    (one read pass, no ``t²`` temporary)."""
+    sq = torch.linalg.vector_norm(t, 2, dim=tuple(range(2, t.ndim)), keepdim=True).square()
+    return torch.rsqrt(sq / t[0, 0].numel() + eps)
+
+
 def second_moment_normalize(t: Tensor, eps: float) -> Tensor:
     """``t / sqrt(mean(t²) + eps)`` with the mean over each tensor's entries: ``(B, C, ...)``."""
-    dims = tuple(range(2, t.ndim))
-    n = t[0, 0].numel()
-    sq = torch.linalg.vector_norm(t, 2, dim=dims, keepdim=True).square()  # one read pass, no t² temporary
-    return t * torch.rsqrt(sq / n + eps)
+    return t * _inv_rms(t, eps)
 
 
 def _normalized_cat(parts: list[Tensor], eps: float) -> Tensor:
     """``second_moment_normalize(torch.cat(parts, 1))`` without the concatenated temporary: each
     part is scaled straight into its channels of the output (no autograd: ``out=``)."""
     ref = parts[0]
-    dims = tuple(range(2, ref.ndim))
-    n = ref[0, 0].numel()
     out = torch.empty(
         (ref.shape[0], sum(t.shape[1] for t in parts), *ref.shape[2:]), dtype=ref.dtype, device=ref.device
     )
     at = 0
     for t in parts:
         c = t.shape[1]
-        sq = torch.linalg.vector_norm(t, 2, dim=dims, keepdim=True).square()
-        torch.mul(t, torch.rsqrt(sq / n + eps), out=out[:, at : at + c])
+        torch.mul(t, _inv_rms(t, eps), out=out[:, at : at + c])
         at += c
     return out
 

@@ -163,7 +163,7 @@ class TaskProblem:
         theta = {k: v.to(self.device) for k, v in theta.items()}
         params, rstate = state["params"], state["rule"]
         losses = []
-        nonfinite = diverged = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
+        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
         logs = self.meta_loss in ("log", "tail")
         for k in range(steps):
             gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
@@ -172,8 +172,7 @@ class TaskProblem:
             loss, grads = pop.loss_and_grad(xb, yb, p)
             norm = loss / state["loss0"]
             bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
-            diverged = diverged + bad.any()  # blown up (non-finite, or > clip_loss x its start): reset
-            nonfinite = nonfinite + bad.sum()
+            nonfinite = nonfinite + bad.sum()  # blown up (non-finite, or > clip_loss x its start): reset
             norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
             losses.append((torch.log(norm.clamp_min(1e-6)) if logs else norm).mean())
             params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
@@ -185,8 +184,7 @@ class TaskProblem:
             meta = torch.stack(losses).mean()
         step = state["step"] + steps
         finite = torch.stack([torch.isfinite(t).all() for t in params.tensors()]).all()
-        flags = torch.stack([diverged > 0, ~finite, nonfinite]).tolist()  # the unroll's one host sync
+        nonfinite, finite = torch.stack([nonfinite, finite.long()]).tolist()  # the unroll's one host sync
         new = {**state, "params": params, "rule": rstate, "step": step}
-        done = bool(flags[0]) or bool(flags[1]) or step + state["start"] >= state["horizon"]
-        nonfinite = int(flags[2])
+        done = nonfinite > 0 or not finite or step + state["start"] >= state["horizon"]
         return meta, new, {"done": done, "nonfinite": nonfinite, "inner_steps": steps * self.population}

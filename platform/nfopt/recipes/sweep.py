@@ -19,8 +19,9 @@ from pathlib import Path
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import Searcher
 
-from nfopt.jobs import JobSpec, apply_overrides
+from nfopt.jobs import JobSpec, SearchSpec, apply_overrides
 from nfopt.lopt import save_optimizer
 from nfopt.meta.checkpoint import load_checkpoint
 from nfopt.recipes.meta_train import build_rule, run_job
@@ -46,8 +47,9 @@ def _space(search) -> dict:
     return out
 
 
-def search_algorithm(search, metric: str):
-    """The Ray Tune searcher of ``search.algorithm`` (``None``: Tune's random/grid sampling).
+def search_algorithm(search: SearchSpec) -> Searcher | None:
+    """The Ray Tune searcher of ``search.algorithm`` minimising ``search.metric`` (``None``: Tune's
+    random/grid sampling).
     Raises ``ImportError`` naming the extra to install when its package is missing."""
     if search.algorithm == "random":
         return None
@@ -56,11 +58,11 @@ def search_algorithm(search, metric: str):
             import optuna  # noqa: F401  (Ray imports it lazily; fail here, with the fix)
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(metric=metric, mode="min", seed=search.seed)
+            return OptunaSearch(metric=search.metric, mode="min", seed=search.seed)
         import hyperopt  # noqa: F401
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(metric=metric, mode="min", random_state_seed=search.seed)
+        return HyperOptSearch(metric=search.metric, mode="min", random_state_seed=search.seed)
     except ImportError as err:
         raise ImportError(
             f"search.algorithm: {search.algorithm} needs the `{search.algorithm}` package ({SEARCH_EXTRA}): {err}"
@@ -160,7 +162,7 @@ def run_sweep(spec: JobSpec, job_path: Path, resume: bool = False) -> TuneResult
                 metric=search.metric,
                 mode="min",
                 scheduler=scheduler,
-                search_alg=search_algorithm(search, search.metric),
+                search_alg=search_algorithm(search),
                 num_samples=search.num_samples,
                 max_concurrent_trials=search.max_concurrent,
             ),
