@@ -109,7 +109,7 @@ def test_one_size_table_drives_validation_overrides_and_baselines():
     assert spec.meta_model.as_kind("mlp").kind == "mlp" and spec.meta_model.as_kind("nfn_np") is spec.meta_model
     assert apply_overrides(spec, {"meta_model.kind": "mlp"}).meta_model.channels is None
     for kind, sizes in META_MODEL_SIZES.items():
-        for field in {"channels", "layers", "hidden", "blocks", "heads"} - set(sizes):
+        for field in {"channels", "layers", "pointwise", "hidden", "blocks", "heads"} - set(sizes):
             with pytest.raises(ValueError, match=f"do not apply to kind='{kind}'"):
                 JobSpec.model_validate({**spec.model_dump(), "meta_model": {"kind": kind, field: 2}})
     assert output_dir("runs/{name}/x", "j") == (Path.cwd() / "runs" / "j" / "x")

@@ -21,8 +21,8 @@ __all__ = ["META_MODEL_SIZES", "JobSpec", "JobSpecError", "apply_overrides", "lo
 #: The one table of meta-model size fields: which each kind takes.
 META_MODEL_SIZES: dict[str, tuple[str, ...]] = {
     "mlp": ("hidden",),
-    "nfn_np": ("channels", "layers"),
-    "nfn_hnp": ("channels", "layers"),
+    "nfn_np": ("channels", "layers", "pointwise"),
+    "nfn_hnp": ("channels", "layers", "pointwise"),
     "nft": ("channels", "blocks", "heads"),
 }
 _SIZE_FIELDS = tuple(dict.fromkeys(f for sizes in META_MODEL_SIZES.values() for f in sizes))  # all of them
@@ -34,6 +34,9 @@ class MetaModelSpec(StrictModel):
     kind: Literal["mlp", "nfn_np", "nfn_hnp", "nft"] = "nfn_np"
     channels: Int | None = Field(default=None, gt=0, description="NFN/NFT channels")
     layers: Int | None = Field(default=None, ge=2, description="NFN layers")
+    pointwise: Int | None = Field(
+        default=None, ge=0, description="NFN per-entry hidden layers before the head (the per-parameter MLP's depth)"
+    )
     hidden: Int | None = Field(default=None, gt=0, description="per-parameter MLP width")
     blocks: Int | None = Field(default=None, gt=0, description="NFT blocks")
     heads: Int | None = Field(default=None, gt=0, description="NFT heads")

@@ -305,3 +305,113 @@ def test_state_dict_of_many_weight_spaces_resumes_exactly():
     opt_c.load_state_dict(opt_b.state_dict())
     train(c, opt_c, 2)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+class _Attend(nn.Module):
+    def __init__(self, kdim=None):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        kv = x if self.attn.kdim == 8 else x[..., : self.attn.kdim]
+        return self.head(self.attn(x, kv, kv, need_weights=False)[0].mean(1))
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, cell):
+        super().__init__()
+        self.rnn = cell(8, 6, num_layers=2, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0][:, -1])
+
+
+def _permute_attention(model: _Attend, g: torch.Generator) -> None:
+    """Permute query/key dims jointly and value dims (with the output's columns) within each head,
+    and swap the two heads: the function is unchanged."""
+    m, e, h = model.attn, 8, 4
+    qk = torch.cat([torch.randperm(h, generator=g) + k * h for k in (1, 0)])  # heads swapped, dims permuted
+    vo = torch.cat([torch.randperm(h, generator=g) + k * h for k in (1, 0)])
+    with torch.no_grad():
+        if m._qkv_same_embed_dim:
+            w = m.in_proj_weight
+            w[:e], w[e : 2 * e], w[2 * e :] = w[:e][qk].clone(), w[e : 2 * e][qk].clone(), w[2 * e :][vo].clone()
+        else:
+            for name, perm in (("q", qk), ("k", qk), ("v", vo)):
+                p = getattr(m, f"{name}_proj_weight")
+                p.copy_(p[perm].clone())
+        b = m.in_proj_bias
+        b[:e], b[e : 2 * e], b[2 * e :] = b[:e][qk].clone(), b[e : 2 * e][qk].clone(), b[2 * e :][vo].clone()
+        m.out_proj.weight.copy_(m.out_proj.weight[:, vo].clone())
+
+
+def _permute_recurrent(model: _Recurrent, g: torch.Generator) -> None:
+    """Permute each layer's hidden units (every gate's rows, the recurrent columns, the next
+    layer's input columns, the head's columns): the function is unchanged."""
+    rnn, hsz = model.rnn, 6
+    gates = rnn.weight_ih_l0.shape[0] // hsz
+    prev = None
+    with torch.no_grad():
+        for layer in range(2):
+            perm = torch.randperm(hsz, generator=g)
+            rows = torch.cat([perm + k * hsz for k in range(gates)])
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                p = getattr(rnn, f"{name}_l{layer}")
+                p.copy_(p[rows].clone())
+            whh = getattr(rnn, f"weight_hh_l{layer}")
+            whh.copy_(whh[:, perm].clone())
+            if prev is not None:
+                wih = getattr(rnn, f"weight_ih_l{layer}")
+                wih.copy_(wih[:, prev].clone())
+            prev = perm
+        model.head.weight.copy_(model.head.weight[:, prev].clone())
+
+
+@pytest.mark.parametrize(
+    "make, permute, kinds",
+    [
+        (lambda: _Attend(), _permute_attention, {"attention_qk", "attention_vo"}),
+        (lambda: _Attend(kdim=5), _permute_attention, {"attention_qk", "attention_vo"}),
+        (lambda: _Recurrent(nn.LSTM), _permute_recurrent, {"recurrent"}),
+        (lambda: _Recurrent(nn.GRU), _permute_recurrent, {"recurrent"}),
+        (lambda: _Recurrent(nn.RNN), _permute_recurrent, {"recurrent"}),
+    ],
+)
+def test_attention_and_recurrent_weight_spaces_respect_their_symmetries(make, permute, kinds):
+    """Attention heads and recurrent units are weight spaces whose coupled tensors the rule sees
+    together: a learned update of a permuted (same-function) model is the permuted update."""
+    torch.manual_seed(0)
+    model = make()
+    twin = copy.deepcopy(model)
+    permute(twin, torch.Generator().manual_seed(3))
+    x, y = torch.randn(16, 5, 8), torch.randint(0, 3, (16,))
+    assert torch.allclose(model(x), twin(x), atol=1e-5)  # the symmetry keeps the function
+    opts = [LearnedOptimizer(m, trained_rule()) for m in (model, twin)]
+    assert kinds <= {sp.kind for sp in opts[0].spaces}
+    assert sorted(n for n, _ in nfopt.lopt.module_parameters(model)) == sorted(n for n, _ in model.named_parameters())
+    for _ in range(3):
+        for m, opt in zip((model, twin), opts):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(m(x), y)
+            loss.backward()
+            if isinstance(m, _Attend):  # the key bias's gradient is 0 (softmax ignores a shift of a
+                m.attn.in_proj_bias.grad[8:16] = 0  # query's scores); its float noise, normalised, is not
+            opt.step(loss=loss)
+    permute(model, torch.Generator().manual_seed(3))  # the same permutation, applied after training
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=2e-5), n
+    assert torch.allclose(model(x), twin(x), atol=1e-4)
+
+
+def test_a_module_without_chains_that_fx_cannot_trace_is_optimized():
+    """An LSTM alone (fx cannot trace it; no Linear/Conv layer) is its recurrent weight spaces."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5)
+    opt = LearnedOptimizer(lstm, trained_rule())
+    assert {sp.kind for sp in opt.spaces} == {"recurrent"} and len(opt.spaces) == 4
+    before = [p.detach().clone() for p in lstm.parameters()]
+    lstm(torch.randn(7, 2, 3))[0].square().mean().backward()
+    opt.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, lstm.parameters()))

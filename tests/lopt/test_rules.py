@@ -5,18 +5,21 @@ from nfopt import NetworkSpec, WeightSpaceFeatures
 from nfopt.lopt import Adam, FeatureConfig, LearnedUpdateRule, build_features
 from nfopt.testing import random_spec
 
-KINDS = ["mlp", "nfn_np", "nfn_hnp", "nft"]
+# Test labels -> (meta-model kind, size); "nfn_np_pointwise" is the NFN with per-entry depth.
 SMALL = {
-    "mlp": {"hidden": 8},
-    "nfn_np": {"channels": 4},
-    "nfn_hnp": {"channels": 4},
-    "nft": {"channels": 4, "heads": 2},
+    "mlp": ("mlp", {"hidden": 8}),
+    "nfn_np": ("nfn_np", {"channels": 4}),
+    "nfn_np_pointwise": ("nfn_np", {"channels": 4, "layers": 2, "pointwise": 2}),
+    "nfn_hnp": ("nfn_hnp", {"channels": 4}),
+    "nft": ("nft", {"channels": 4, "heads": 2}),
 }
+KINDS = list(SMALL)
 
 
-def rule_of(kind: str, **kw) -> LearnedUpdateRule:
+def rule_of(label: str, **kw) -> LearnedUpdateRule:
     torch.manual_seed(0)
-    return LearnedUpdateRule(kind, meta_model=SMALL[kind], **kw)
+    kind, size = SMALL[label]
+    return LearnedUpdateRule(kind, meta_model=size, **kw)
 
 
 def inputs(spec: NetworkSpec, population: int = 2, seed: int = 0, scale: float = 1.0, dtype=torch.float64):
@@ -260,7 +263,7 @@ def test_schedule_scales_the_step_at_the_fraction_of_training_done():
             assert torch.allclose(b, a * gain, rtol=1e-3, atol=1e-12), (num_steps, done)
 
 
-@pytest.mark.parametrize("kind", ["nfn_np", "nfn_hnp"])
+@pytest.mark.parametrize("kind", ["nfn_np", "nfn_np_pointwise", "nfn_hnp"])
 def test_rule_with_a_schedule_is_equivariant(kind):
     rule = rule_of(kind, schedule_knots=4).double()
     perturb_meta_model(rule)

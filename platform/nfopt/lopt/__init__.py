@@ -4,7 +4,7 @@ baselines behind the same functional protocol, and a drop-in ``torch.optim.Optim
 from nfopt.lopt.baselines import SGD, Adam
 from nfopt.lopt.features import FeatureConfig, build_features
 from nfopt.lopt.io import TrainedOptimizer, load_optimizer, save_optimizer
-from nfopt.lopt.layout import SpaceLayout, discover_spaces
+from nfopt.lopt.layout import Slot, SpaceLayout, discover_spaces
 from nfopt.lopt.metamodels import NFNMetaModel, NFTMetaModel, PerParamMLP, build_meta_model
 from nfopt.lopt.optimizer import LearnedOptimizer, module_parameters, weight_space_layout
 from nfopt.lopt.pretrained import list_pretrained, load_pretrained, ship_pretrained
@@ -20,6 +20,7 @@ __all__ = [
     "NFNMetaModel",
     "NFTMetaModel",
     "PerParamMLP",
+    "Slot",
     "SpaceLayout",
     "TrainedOptimizer",
     "UpdateRule",

@@ -49,7 +49,13 @@ class PerParamMLP(nn.Module):
 class NFNMetaModel(nn.Module):
     """NFN meta-model: ``layers`` shared NP layers with ReLU between. ``kind="np"`` is equivariant
     to every neuron permutation; ``kind="hnp"`` first appends sinusoidal IO-position channels
-    (width-agnostic), so it tells input/output neurons apart and is equivariant to hidden ones."""
+    (width-agnostic), so it tells input/output neurons apart and is equivariant to hidden ones.
+
+    ``pointwise = k > 0`` inserts ``k`` per-entry hidden layers (``channels -> channels``, each
+    followed by the activation) before the output layer: the per-entry depth of the per-parameter
+    MLP, with the NP layers' pooled row/column/layer terms around it. ``layers=2, pointwise=1`` is
+    the per-parameter MLP's shape (first layer, one hidden layer, head) whose first layer and head
+    are NP layers, so the per-parameter MLP is the special case with every pooled term zero."""
 
     def __init__(
         self,
@@ -59,8 +65,11 @@ class NFNMetaModel(nn.Module):
         layers: int = 3,
         kind: str = "np",
         outputs: int = 2,
+        pointwise: int = 0,
     ) -> None:
         super().__init__()
+        if pointwise < 0:
+            raise ValueError(f"pointwise={pointwise}: must be >= 0")
         if kind not in ("np", "hnp"):
             raise ValueError(f"kind={kind!r}: use 'np' or 'hnp'")
         if layers < 2:
@@ -74,6 +83,8 @@ class NFNMetaModel(nn.Module):
         mods: list[nn.Module] = [NFActivation()]
         for _ in range(layers - 2):
             mods += [SharedNPLinear(channels, channels), NFActivation()]
+        for _ in range(pointwise):
+            mods += [SharedPointwise(channels, channels), NFActivation()]
         mods.append(SharedNPLinear(channels, outputs, zero_init=True))
         self.rest = nn.Sequential(*mods)
 

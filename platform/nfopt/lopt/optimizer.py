@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from nfopt.lopt.layout import SpaceLayout, discover_spaces, tensor_space
+from nfopt.lopt.layout import Slot, SpaceLayout, discover_spaces, tensor_space
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -55,7 +55,8 @@ def _list_spaces(tensors: list[Tensor], names: list[str] | None) -> list[SpaceLa
     except ValueError:
         return [tensor_space(i, t) for i, t in enumerate(tensors)]
     views = tuple(tuple(tensors[w].shape) for w, _ in layers)
-    return [SpaceLayout(spec, tuple(layers), views, "chain")]
+    slots = tuple((Slot(w), None if b is None else Slot(b)) for w, b in layers)
+    return [SpaceLayout(spec, slots, views, "chain")]
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -64,9 +65,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     ``params``: best the model itself: its Linear/Conv chains are found from the data flow of
     ``forward`` (:mod:`nfopt.lopt.layout`; any order of ``named_parameters()``) and each is one
-    weight space with its permutation symmetry; every other parameter (norms, embeddings,
-    attention projections, stray tensors) is its own one-layer weight space, updated by the same
-    rule; nothing is refused. A parameter list (``parameters()``, ``named_parameters()``, or
+    weight space with its permutation symmetry, as are attention's query/key and value/output
+    projections and recurrent layers' gates; every other parameter (norms, embeddings, stray
+    tensors) is its own one-layer weight space, updated by the same rule; nothing is refused.
+    A parameter list (``parameters()``, ``named_parameters()``, or
     param-group dicts) is read as one chain in the order given when it forms one (a list cannot
     say which layer type a 2-d tensor belongs to), else tensor by tensor. The rule runs in
     float32 on the parameters' device (it is moved there); float64/float16/bfloat16 parameters
@@ -147,10 +149,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _features(space: SpaceLayout, ps: list[Tensor], get) -> WeightSpaceFeatures:
         ws, bs = [], []
-        for (w_i, b_i), view in zip(space.layers, space.views):
-            w = get(ps[w_i]).reshape(view)
+        for (w_s, b_s), view in zip(space.layers, space.views):
+            w = w_s.of(get(ps[w_s.index])).reshape(view)
             ws.append(w[None, None])
-            bs.append(get(ps[b_i])[None, None] if b_i is not None else w.new_zeros(1, 1, w.shape[0]))
+            bs.append(b_s.of(get(ps[b_s.index]))[None, None] if b_s is not None else w.new_zeros(1, 1, w.shape[0]))
         return WeightSpaceFeatures(ws, bs)
 
     @torch.no_grad()
@@ -163,20 +165,20 @@ class LearnedOptimizer(torch.optim.Optimizer):
         ps, groups, base = self._params(), self._group_of(), self._base_lr()
         loss_t = None if loss is None else torch.as_tensor(loss).detach().to(dt).reshape(1)
 
-        def apply(i: int, step: Tensor) -> None:  # the step, scaled by its group's lr, in the parameter's dtype
-            g = groups[i]
+        def apply(s: Slot, step: Tensor) -> None:  # the step, scaled by its group's lr, in the parameter's dtype
+            g, p = groups[s.index], s.of(ps[s.index])  # p: a view of the parameter
             if g["weight_decay"]:
-                ps[i].mul_(1 - g["lr"] * base * g["weight_decay"])  # decoupled, as AdamW
-            ps[i].add_((step.reshape(ps[i].shape) * g["lr"]).to(ps[i].dtype))
+                p.mul_(1 - g["lr"] * base * g["weight_decay"])  # decoupled, as AdamW
+            p.add_((step.reshape(p.shape) * g["lr"]).to(p.dtype))
 
         for k, space in enumerate(self.spaces):
             params = self._features(space, ps, lambda p: p.detach().to(dt))
             grads = self._features(space, ps, lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
             new, self._rule_states[k] = self.rule.update(None, self._rule_states[k], params, grads, loss_t)
-            for (w_i, b_i), (w, b), (w0, b0) in zip(space.layers, new, params):
-                apply(w_i, w[0, 0] - w0[0, 0])
-                if b_i is not None:
-                    apply(b_i, b[0, 0] - b0[0, 0])
+            for (w_s, b_s), (w, b), (w0, b0) in zip(space.layers, new, params):
+                apply(w_s, w[0, 0] - w0[0, 0])
+                if b_s is not None:
+                    apply(b_s, b[0, 0] - b0[0, 0])
         return loss
 
     def state_dict(self) -> dict:
