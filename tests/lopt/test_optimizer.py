@@ -415,3 +415,49 @@ def test_a_module_without_chains_that_fx_cannot_trace_is_optimized():
     lstm(torch.randn(7, 2, 3))[0].square().mean().backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, lstm.parameters()))
+
+
+class _Encoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, tokens):
+        return self.head(self.layer(self.emb(tokens)).mean(1))
+
+
+def test_a_transformer_layer_gets_the_permuted_update_for_a_permuted_residual_stream():
+    """Permuting the residual stream (the model dims: embedding columns, norms, every projection
+    reading or writing it) keeps the function; the learned update follows the permutation."""
+    torch.manual_seed(0)
+    model = _Encoder()
+    twin = copy.deepcopy(model)
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(5))
+
+    def permute(m: _Encoder) -> None:
+        a, lay = m.layer.self_attn, m.layer
+        with torch.no_grad():
+            for p in (m.emb.weight, a.in_proj_weight, lay.linear1.weight, m.head.weight):
+                p.copy_(p[:, perm].clone())
+            for p in (a.out_proj.weight, a.out_proj.bias, lay.linear2.weight, lay.linear2.bias):
+                p.copy_(p[perm].clone())
+            for p in (lay.norm1.weight, lay.norm1.bias, lay.norm2.weight, lay.norm2.bias):
+                p.copy_(p[perm].clone())
+
+    permute(twin)
+    tokens, y = torch.randint(11, (16, 5)), torch.randint(0, 3, (16,))
+    assert torch.allclose(model(tokens), twin(tokens), atol=1e-5)
+    opts = [LearnedOptimizer(m, trained_rule()) for m in (model, twin)]
+    assert {"chain", "attention_qk", "attention_vo"} <= {sp.kind for sp in opts[0].spaces}
+    for _ in range(3):
+        for m, opt in zip((model, twin), opts):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(m(tokens), y)
+            loss.backward()
+            m.layer.self_attn.in_proj_bias.grad[8:16] = 0  # exactly 0 in theory (see above)
+            opt.step(loss=loss)
+    permute(model)
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=2e-5), n

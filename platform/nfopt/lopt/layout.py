@@ -25,6 +25,11 @@ transposed). :func:`discover_spaces` finds
   space ("tensor"): a ``(n,)`` tensor is seen as an ``(n, 1)`` weight, a scalar as ``(1, 1)``, a
   tensor of more than 5 dims as ``(d0, d1*d2*...)``.
 
+The residual stream of a Transformer (one permutation of the model dims shared by the embedding,
+the norms and every projection reading or writing it) is respected but not coupled: each space
+is equivariant to permutations of its input and output neurons, so the permuted model gets the
+permuted update, but no space spans the whole stream.
+
 Nothing is refused. A model ``fx`` cannot trace falls back to its registration order, chaining
 consecutive Linear/Conv layers whose shapes chain.
 
