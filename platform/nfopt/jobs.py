@@ -16,7 +16,18 @@ from nfopt.meta.estimators import EstimatorKind
 from nfopt.meta.problems import MetaLoss
 from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
 
-__all__ = ["META_MODEL_SIZES", "JobSpec", "JobSpecError", "apply_overrides", "load_job"]
+__all__ = [
+    "META_MODEL_SIZES",
+    "EstimatorSpec",
+    "InnerSpec",
+    "JobSpec",
+    "JobSpecError",
+    "MetaModelSpec",
+    "MetaOptimizerSpec",
+    "SearchSpec",
+    "apply_overrides",
+    "load_job",
+]
 
 #: The one table of meta-model size fields: which each kind takes.
 META_MODEL_SIZES: dict[str, tuple[str, ...]] = {
