@@ -7,6 +7,7 @@ from torch import nn
 import nfopt
 from nfopt import WeightSpaceFeatures
 from nfopt.lopt import SGD, Adam, LearnedOptimizer, LearnedUpdateRule, load_optimizer, save_optimizer
+from nfopt.lopt.layout import DESCRIBED
 
 
 def mlp(seed=0):
@@ -388,9 +389,10 @@ def test_attention_and_recurrent_weight_spaces_respect_their_symmetries(make, pe
     permute(twin, torch.Generator().manual_seed(3))
     x, y = torch.randn(16, 5, 8), torch.randint(0, 3, (16,))
     assert torch.allclose(model(x), twin(x), atol=1e-5)  # the symmetry keeps the function
-    opts = [LearnedOptimizer(m, trained_rule()) for m in (model, twin)]
+    opts = [LearnedOptimizer(m, trained_rule(), describe=DESCRIBED) for m in (model, twin)]
     assert kinds <= {sp.kind for sp in opts[0].spaces}
-    assert sorted(n for n, _ in nfopt.lopt.module_parameters(model)) == sorted(n for n, _ in model.named_parameters())
+    names = sorted(n for n, _ in model.named_parameters())
+    assert sorted(n for n, _ in nfopt.lopt.discover_spaces(model, DESCRIBED)[0]) == names
     for _ in range(3):
         for m, opt in zip((model, twin), opts):
             opt.zero_grad()
@@ -406,15 +408,19 @@ def test_attention_and_recurrent_weight_spaces_respect_their_symmetries(make, pe
 
 
 def test_a_module_without_chains_that_fx_cannot_trace_is_optimized():
-    """An LSTM alone (fx cannot trace it; no Linear/Conv layer) is its recurrent weight spaces."""
+    """An LSTM alone (fx cannot trace it; no Linear/Conv layer): its tensors, or with ``describe``
+    its recurrent weight spaces; unknown descriptions are refused."""
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 5)
-    opt = LearnedOptimizer(lstm, trained_rule())
+    assert {sp.kind for sp in LearnedOptimizer(lstm, trained_rule()).spaces} == {"tensor"}  # by default
+    opt = LearnedOptimizer(lstm, trained_rule(), describe=["recurrent"])
     assert {sp.kind for sp in opt.spaces} == {"recurrent"} and len(opt.spaces) == 4
     before = [p.detach().clone() for p in lstm.parameters()]
     lstm(torch.randn(7, 2, 3))[0].square().mean().backward()
     opt.step()
     assert all(not torch.equal(a, b) for a, b in zip(before, lstm.parameters()))
+    with pytest.raises(ValueError, match="describe=\\['lstm'\\]"):
+        LearnedOptimizer(lstm, trained_rule(), describe=["lstm"])
 
 
 class _Encoder(nn.Module):
@@ -449,7 +455,7 @@ def test_a_transformer_layer_gets_the_permuted_update_for_a_permuted_residual_st
     permute(twin)
     tokens, y = torch.randint(11, (16, 5)), torch.randint(0, 3, (16,))
     assert torch.allclose(model(tokens), twin(tokens), atol=1e-5)
-    opts = [LearnedOptimizer(m, trained_rule()) for m in (model, twin)]
+    opts = [LearnedOptimizer(m, trained_rule(), describe=DESCRIBED) for m in (model, twin)]
     assert {"chain", "attention_qk", "attention_vo"} <= {sp.kind for sp in opts[0].spaces}
     for _ in range(3):
         for m, opt in zip((model, twin), opts):

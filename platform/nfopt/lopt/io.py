@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -34,11 +35,19 @@ class TrainedOptimizer:
         self.rule, self.metadata = rule, dict(metadata or {})
 
     def __call__(
-        self, params, num_steps: int | None = None, lr: float = 1.0, weight_decay: float = 0.0
+        self,
+        params,
+        num_steps: int | None = None,
+        lr: float = 1.0,
+        weight_decay: float = 0.0,
+        describe: Collection[str] = (),
     ) -> LearnedOptimizer:
         """A :class:`LearnedOptimizer` with this rule over ``params`` (a model, its parameters or
-        param groups); ``lr`` multiplies the trained step, ``weight_decay`` is decoupled."""
-        return LearnedOptimizer(params, self.rule, num_steps=num_steps, lr=lr, weight_decay=weight_decay)
+        param groups); ``lr`` multiplies the trained step, ``weight_decay`` is decoupled;
+        ``describe``: module families seen as their own weight spaces (``nfopt.lopt.layout``)."""
+        return LearnedOptimizer(
+            params, self.rule, num_steps=num_steps, lr=lr, weight_decay=weight_decay, describe=describe
+        )
 
     def __repr__(self) -> str:
         return f"TrainedOptimizer({self.rule.kind!r}, metadata={self.metadata})"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import torch
 
@@ -65,9 +65,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     ``params``: best the model itself: its Linear/Conv chains are found from the data flow of
     ``forward`` (:mod:`nfopt.lopt.layout`; any order of ``named_parameters()``) and each is one
-    weight space with its permutation symmetry, as are attention's query/key and value/output
-    projections and recurrent layers' gates; every other parameter (norms, embeddings, stray
-    tensors) is its own one-layer weight space, updated by the same rule; nothing is refused.
+    weight space with its permutation symmetry; with ``describe`` (any of
+    :data:`~nfopt.lopt.layout.DESCRIBED`) so are attention's query/key and value/output
+    projections, recurrent layers' gates and Transformer feed-forward blocks (off by default: the
+    shipped rules did better on them tensor by tensor); every other parameter (norms,
+    embeddings, stray tensors) is its own one-layer weight space, updated by the same rule;
+    nothing is refused.
     A parameter list (``parameters()``, ``named_parameters()``, or
     param-group dicts) is read as one chain in the order given when it forms one (a list cannot
     say which layer type a 2-d tensor belongs to), else tensor by tensor. The rule runs in
@@ -88,10 +91,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         num_steps: int | None = None,
         lr: float = 1.0,
         weight_decay: float = 0.0,
+        describe: Collection[str] = (),
     ) -> None:
         spaces = None
         if isinstance(params, torch.nn.Module):
-            named, spaces = discover_spaces(params)
+            named, spaces = discover_spaces(params, describe)
             groups, names = [{"params": [t for _, t in named]}], [n for n, _ in named]
         else:
             items = list(params)
