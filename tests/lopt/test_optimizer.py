@@ -1,4 +1,7 @@
 import copy
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -467,3 +470,49 @@ def test_a_transformer_layer_gets_the_permuted_update_for_a_permuted_residual_st
     permute(model)
     for (n, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.allclose(a, b, atol=2e-5), n
+
+
+def test_state_dict_resumes_exactly_in_a_fresh_process(tmp_path):
+    """Model and optimizer state saved here, loaded (``weights_only``) and trained on in another
+    Python process: the same parameters as training on here."""
+    model = mlp()
+    opt = nfopt.load_optimizer("nfn_np_small")(model, num_steps=20, weight_decay=0.01)
+    train(model, opt, 3)
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    train(model, opt, 3)
+    code = (
+        "import sys, torch, nfopt\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_optimizer import mlp, train\n"
+        f"ck = torch.load({str(tmp_path / 'ckpt.pt')!r}, weights_only=True)\n"
+        "model = mlp(seed=5)\n"
+        "model.load_state_dict(ck['model'])\n"
+        "opt = nfopt.load_optimizer('nfn_np_small')(model, num_steps=20, weight_decay=0.01)\n"
+        "opt.load_state_dict(ck['opt'])\n"
+        "train(model, opt, 3)\n"
+        f"torch.save(model.state_dict(), {str(tmp_path / 'after.pt')!r})\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    after = torch.load(tmp_path / "after.pt", weights_only=True)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, after[k]), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rule_and_state_follow_cuda_parameters_and_load_on_the_cpu():
+    model = mlp().cuda()
+    opt = nfopt.load_optimizer("nfn_np_small")(model)
+    x, y = (t.cuda() for t in data(model))
+    for _ in range(3):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+    assert all(v.device.type == "cuda" for st in opt._rule_states for v in st.values())  # tensors and WSFs
+    cpu = mlp()
+    cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    opt_cpu = nfopt.load_optimizer("nfn_np_small")(cpu)
+    opt_cpu.load_state_dict(opt.state_dict())  # CUDA rule state -> the CPU parameters' device
+    train(cpu, opt_cpu, 1)
+    assert all(torch.isfinite(p).all() for p in cpu.parameters())
