@@ -20,7 +20,15 @@ def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     assert "Kendall" in capsys.readouterr().out
     assert main(["zoo", shipped_job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"))]) == 0
     tickets = json.loads((tmp_path / "tk" / "results.json").read_text())["results"]
-    assert set(tickets) == {"nfn", "imp", "random", "dense"}
+    assert set(tickets) == {"nfn_np", "imp", "random", "dense"}
+    # a second run with other predictors reuses IMP's masks (same IMP settings) and ablates them
+    job = shipped_job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"), predictors=["np_io", "hnp"], magnitude=True)
+    capsys.readouterr()
+    assert main(["zoo", job]) == 0
+    assert "IMP masks reused" in capsys.readouterr().err
+    again = json.loads((tmp_path / "tk" / "results.json").read_text())
+    assert set(again["results"]) == {"nfn_np_io", "nfn_hnp", "imp", "random", "dense"}
+    assert again["results"]["imp"] == tickets["imp"] and set(again["gap_recovered"]) == {"nfn_np_io", "nfn_hnp"}
 
 
 def test_bad_experiment_files(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Winning tickets: exact sparsity of IMP masks, top-k masks, masked training keeps zeros, and
 the mask predictor's equivariance."""
 
+import pytest
 import torch
 
 from nfopt.data import load_dataset
@@ -30,6 +31,16 @@ def test_imp_reaches_the_target_sparsity_and_masked_training_keeps_pruned_weight
         assert torch.all(w[m == 0] == 0) and torch.any(w[m == 1] != 0)
 
 
-def test_mask_predictor_is_equivariant():
+@pytest.mark.parametrize("kind", ["np", "np_io", "hnp"])
+def test_mask_predictor_is_equivariant(kind):
+    """NP: every neuron permutation; with IO embeddings or HNP layers: hidden permutations only
+    (their declared symmetry), and they do tell input neurons apart."""
     spec = NetworkSpec.mlp([6, 5, 4, 3])
-    assert_equivariant(MaskPredictor(spec, channels=3, layers=2), spec, 1)
+    torch.manual_seed(0)
+    model = MaskPredictor(spec, channels=3, layers=2, kind=kind, in_channels=2).double()
+    assert_equivariant(model, spec, 2)
+    if kind != "np":
+        with pytest.raises(AssertionError):
+            assert_equivariant(model, spec, 2, hidden_only=False)
+    with pytest.raises(ValueError, match="kind='cnn'"):
+        MaskPredictor(spec, 3, 2, kind="cnn")

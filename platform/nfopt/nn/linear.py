@@ -164,6 +164,7 @@ class NPLinear(_EquivariantLinear):
         super().__init__(spec, in_channels, out_channels, (True,) * (L + 1), max_params=None)
         self.io_embed = io_embed
         if io_embed:
+            self.symmetry = "hnp"  # input/output neurons are told apart by their embeddings
             n_in, n_out = spec.io_sizes
             k0, kl = spec.kernel_sizes[0], spec.kernel_sizes[-1]
             self.in_embed = nn.Parameter(torch.randn(k0 * in_channels, n_in))  # folded (F_1, n_0)

@@ -1,6 +1,9 @@
 """Winning tickets: iterative magnitude pruning (IMP, with rewinding to the initialisation) of
-small MLPs, an NFN trained to predict the IMP mask from the initialisation alone, and the
-test accuracy of masked networks retrained from init with NFN, IMP and random masks."""
+small MLPs, NFNs trained to predict the IMP mask from the initialisation alone (NP, NP with
+input/output-neuron embeddings, or HNP layers), and the test accuracy of masked networks
+retrained from init with NFN, IMP and random masks. IMP's masks are kept in the run directory
+(``imp_masks.pt``) and reused by a later run with the same IMP settings, so predictor ablations
+do not pay for IMP again."""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nfopt.data import Dataset, load_dataset
-from nfopt.nn import NFActivation, NPLinear
+from nfopt.nn import HNPLinear, NFActivation, NPLinear
 from nfopt.recipes.experiments import finish_experiment
 from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -105,27 +108,65 @@ def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tenso
 
 
 class MaskPredictor(torch.nn.Module):
-    """Equivariant NP layers: initial weights ``(N, 1, ...)`` -> per-weight keep logits (same shape)."""
+    """Equivariant layers: initial weights ``(N, C, ...)`` -> per-weight keep logits ``(N, 1, ...)``.
 
-    def __init__(self, spec: NetworkSpec, channels: int, layers: int) -> None:
+    ``kind``: ``"np"`` (NP layers: every neuron permutable, so input pixels and classes are
+    exchangeable), ``"np_io"`` (NP layers with learned input/output-neuron embeddings: equivariant
+    to hidden permutations only) or ``"hnp"`` (the complete HNP basis, also hidden-only)."""
+
+    def __init__(self, spec: NetworkSpec, channels: int, layers: int, kind: str = "np", in_channels: int = 1) -> None:
         super().__init__()
+
+        def layer(c_in: int, c_out: int) -> torch.nn.Module:
+            if kind == "hnp":
+                return HNPLinear(spec, c_in, c_out)
+            if kind in ("np", "np_io"):
+                return NPLinear(spec, c_in, c_out, io_embed=kind == "np_io")
+            raise ValueError(f"kind={kind!r}: use 'np', 'np_io' or 'hnp'")
+
         mods: list[torch.nn.Module] = []
-        c = 1
+        c = in_channels
         for _ in range(layers - 1):
-            mods += [NPLinear(spec, c, channels), NFActivation()]
+            mods += [layer(c, channels), NFActivation()]
             c = channels
-        mods.append(NPLinear(spec, c, 1))
+        mods.append(layer(c, 1))
         self.net = torch.nn.Sequential(*mods)
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         return self.net(x)
 
 
-def _features(params: Params, scales: list[float]) -> WeightSpaceFeatures:
+def _features(params: Params, scales: list[float], magnitude: bool = False) -> WeightSpaceFeatures:
+    """Initial weights scaled by each layer's std ``(N, 1, ...)``, with ``|w|`` as a second channel
+    when ``magnitude``."""
+
+    def chans(t: torch.Tensor, s: float) -> torch.Tensor:
+        t = t.unsqueeze(1) / s
+        return torch.cat([t, t.abs()], 1) if magnitude else t
+
     return WeightSpaceFeatures(
-        [w.unsqueeze(1) / scales[i] for i, w in enumerate(params[0::2])],
-        [b.unsqueeze(1) / scales[i] for i, b in enumerate(params[1::2])],
+        [chans(w, scales[i]) for i, w in enumerate(params[0::2])],
+        [chans(b, scales[i]) for i, b in enumerate(params[1::2])],
     )
+
+
+def _cached_imp_masks(init: Params, data: Dataset, spec: TicketSpec, console) -> tuple[list[torch.Tensor], float]:
+    """IMP's masks and the seconds they took: from ``imp_masks.pt`` in the run directory when it
+    was made with the same IMP settings, else computed and saved there."""
+    path = spec.out_dir / "imp_masks.pt"
+    key = spec.imp_key()
+    if path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved.get("key") == key:
+            console.print(f"IMP masks reused from {path}")
+            return list(saved["masks"]), float(saved["seconds"])
+        console.print(f"{path} was made with other IMP settings: recomputing")
+    start = time.perf_counter()
+    masks = imp_masks(init, data, spec)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "masks": masks, "seconds": seconds}, path)
+    return masks, seconds
 
 
 def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
@@ -139,72 +180,90 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     data = load_dataset(spec.data.name, **kwargs)
     widths = [data.input_size, *spec.widths, data.num_classes]
     init = init_mlps(widths, [child_seed(spec.seed, k, stride=100_003) for k in range(spec.inits)])
-    start = time.perf_counter()
-    masks = imp_masks(init, data, spec)
-    imp_seconds = time.perf_counter() - start
-    console.print(f"IMP masks for {spec.inits} initialisations in {imp_seconds:.0f} s")
+    masks, imp_seconds = _cached_imp_masks(init, data, spec, console)
+    console.print(f"IMP masks for {spec.inits} initialisations: {imp_seconds:.0f} s")
     n_train = spec.inits - spec.test_inits
     tr, te = slice(0, n_train), slice(n_train, spec.inits)
     scales = [float(w.std()) for w in init[0::2]]
     net_spec = NetworkSpec.mlp(widths)
-    torch.manual_seed(spec.seed)
-    model = MaskPredictor(net_spec, spec.channels, spec.layers)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x_train = _features([t[tr] for t in init], scales)
+    x_train = _features([t[tr] for t in init], scales, spec.magnitude)
+    x_test = _features([t[te] for t in init], scales, spec.magnitude)
     y_train = [m[tr] for m in masks]
     keep = keep_counts(widths, spec.sparsity)
     pos_weight = [torch.tensor((1 - k / m[0].numel()) / (k / m[0].numel())) for k, m in zip(keep, masks)]
-    start = time.perf_counter()
-    for epoch in range(spec.nfn_epochs):
-        out = model(x_train)
-        loss = sum(
-            F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
-            for o, y, pw in zip(out.weights, y_train, pos_weight)
-        )
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
-            console.print(f"mask predictor epoch {epoch + 1}/{spec.nfn_epochs}: bce {loss.item():.4f}")
-    nfn_seconds = time.perf_counter() - start
-    with torch.no_grad():
-        scores = [o[:, 0] for o in model(_features([t[te] for t in init], scales)).weights]
+    predicted, nfn_seconds = {}, {}
+    for kind in spec.predictors:
+        torch.manual_seed(spec.seed)
+        model = MaskPredictor(net_spec, spec.channels, spec.layers, kind, in_channels=x_train.channels)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        for epoch in range(spec.nfn_epochs):
+            out = model(x_train)
+            loss = sum(
+                F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
+                for o, y, pw in zip(out.weights, y_train, pos_weight)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
+                console.print(f"mask predictor {kind} epoch {epoch + 1}/{spec.nfn_epochs}: bce {loss.item():.4f}")
+        nfn_seconds[kind] = time.perf_counter() - start
+        with torch.no_grad():
+            predicted[f"nfn_{kind}"] = topk_masks([o[:, 0] for o in model(x_test).weights], keep)
     test_init = [t[te] for t in init]
     gen = torch.Generator().manual_seed(spec.seed + 1)
+    imp_test = [m[te] for m in masks]
     candidates = {
-        "nfn": topk_masks(scores, keep),
-        "imp": [m[te] for m in masks],
-        "random": topk_masks([torch.rand(s.shape, generator=gen) for s in scores], keep),
-        "dense": [torch.ones_like(s) for s in scores],
+        **predicted,
+        "imp": imp_test,
+        "random": topk_masks([torch.rand(m.shape, generator=gen) for m in imp_test], keep),
+        "dense": [torch.ones_like(m) for m in imp_test],
     }
-    overlap = sum(float((a * b).sum()) for a, b in zip(candidates["nfn"], candidates["imp"])) / sum(
-        float(b.sum()) for b in candidates["imp"]
-    )
+    kept = sum(float(b.sum()) for b in imp_test)
+    overlap = {k: sum(float((a * b).sum()) for a, b in zip(m, imp_test)) / kept for k, m in predicted.items()}
     results = {}
     for name, m in candidates.items():
         trained = train_masked(test_init, m, data, spec.train_steps, spec.batch_size, spec.lr, seed=spec.seed + 999)
         acc = _test_accuracy(trained, data)
         results[name] = {"mean": float(acc.mean()), "std": float(acc.std()), "per_init": acc.tolist()}
+    gap = results["imp"]["mean"] - results["random"]["mean"]
+    recovered = {
+        k: (results[k]["mean"] - results["random"]["mean"]) / gap if gap > 0 else float("nan") for k in predicted
+    }
     meta = {
         "widths": widths,
         "sparsity": spec.sparsity,
         "imp_seconds": imp_seconds,
         "nfn_seconds": nfn_seconds,
         "nfn_imp_overlap": overlap,
+        "gap_recovered": recovered,
         "train_inits": n_train,
         "test_inits": spec.test_inits,
     }
     lines = [
         f"Test accuracy at {spec.sparsity:.0%} sparsity ({spec.data.name}, MLP {widths}), retrained from init, "
-        f"{spec.test_inits} held-out initialisations (NFN trained on {n_train})",
+        f"{spec.test_inits} held-out initialisations (mask predictors trained on {n_train}"
+        f"{'; inputs w and |w|' if spec.magnitude else ''})",
         "",
-        "| mask | test accuracy (mean ± std) |",
-        "|---|---|",
-        *[f"| {k} | {r['mean']:.4f} ± {r['std']:.4f} |" for k, r in results.items()],
+        "| mask | test accuracy (mean ± std) | random-to-IMP gap recovered | overlap with IMP | training s |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {k} | {r['mean']:.4f} ± {r['std']:.4f} | "
+            + (
+                f"{recovered[k]:.0%} | {overlap[k]:.1%} | {nfn_seconds[k[4:]]:.0f} |"
+                if k in predicted
+                else f"- | - | {f'{imp_seconds:.0f}' if k == 'imp' else '-'} |"
+            )
+            for k, r in results.items()
+        ],
         "",
-        f"NFN mask overlap with the IMP mask: {overlap:.1%} of IMP's kept weights; "
-        f"IMP {imp_seconds:.0f} s, NFN training {nfn_seconds:.0f} s",
+        "Overlap: share of IMP's kept weights the mask also keeps (chance: the kept fraction). IMP's time is "
+        "that of the run that computed its masks (imp_masks.pt, reused when the IMP settings match).",
     ]
-    metrics = {f"{k}.test_accuracy": r["mean"] for k, r in results.items()} | {"nfn_imp_overlap": overlap}
+    metrics = {f"{k}.test_accuracy": r["mean"] for k, r in results.items()}
+    metrics |= {f"{k}.imp_overlap": v for k, v in overlap.items()} | {
+        f"{k}.gap_recovered": v for k, v in recovered.items()
+    }
     finish_experiment(spec, meta, results, lines, metrics, "nfopt-zoo")
     return {**meta, "results": results}

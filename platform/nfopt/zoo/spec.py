@@ -138,9 +138,21 @@ class TicketSpec(StrictModel):
     channels: Int = Field(default=16, gt=0)
     layers: Int = Field(default=3, ge=1)
     nfn_epochs: Int = Field(default=200, gt=0)
+    predictors: list[Literal["np", "np_io", "hnp"]] = Field(
+        default=["np"],
+        min_length=1,
+        description="mask predictors, each trained on the same IMP masks: np (every neuron permutable), np_io "
+        "(NP layers with learned input/output-neuron embeddings), hnp (the complete hidden-neuron basis)",
+    )
+    magnitude: bool = Field(default=False, description="give the predictors |w| as a second input channel")
     out: str = "runs/{name}"
     tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
+
+    def imp_key(self) -> dict:
+        """The fields IMP's masks depend on (a cached ``imp_masks.pt`` is reused only when they match)."""
+        keys = ("data", "widths", "inits", "sparsity", "prune_rate", "train_steps", "batch_size", "lr", "seed")
+        return {k: v for k, v in self.model_dump().items() if k in keys}
 
     @model_validator(mode="after")
     def _split(self):
