@@ -63,7 +63,7 @@ def test_baselines_equal_torch_optim(make, rule, ref):
 
 
 def feats(opt, get):
-    return opt._features(opt.spaces[0], opt._params(), get)
+    return opt._features(opt.spaces[0], opt._params(), get, torch.float32)
 
 
 @pytest.mark.parametrize("make", [mlp, cnn])

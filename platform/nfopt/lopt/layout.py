@@ -205,15 +205,13 @@ def _feedforward_space(name: str, m: nn.Module, flat: list) -> list[SpaceLayout]
     parts = [(n, p) for n, p in parts if p is not None]
     if not all(p.requires_grad for _, p in parts):
         return []
-    at, layers = len(flat), []
+    at, slots = len(flat), []
     flat.extend(parts)
     for k in ("linear1", "linear2"):
         has_b = getattr(m, k).bias is not None
-        layers.append((Slot(at), Slot(at + 1) if has_b else None))
+        slots += [Slot(at), Slot(at + 1) if has_b else None]
         at += 1 + has_b
-    views = tuple(tuple(getattr(m, k).weight.shape) for k in ("linear1", "linear2"))
-    spec = NetworkSpec(views, tuple(b is not None for _, b in layers))
-    return [SpaceLayout(spec, tuple(layers), views, "chain")]
+    return [_two_layer("chain", *slots, flat)]
 
 
 def _recurrent_spaces(name: str, m: nn.RNNBase, gates: int, flat: list) -> list[SpaceLayout]:
@@ -222,7 +220,7 @@ def _recurrent_spaces(name: str, m: nn.RNNBase, gates: int, flat: list) -> list[
     params = dict(m.named_parameters())
     if getattr(m, "proj_size", 0) or not all(p.requires_grad for p in params.values()):
         return []
-    h, spaces = m.hidden_size, []
+    h, pre, spaces = m.hidden_size, f"{name}." if name else "", []
     for layer in range(m.num_layers):
         for sfx in ("", "_reverse")[: 2 if m.bidirectional else 1]:
             keys = [f"{k}_l{layer}{sfx}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
@@ -230,7 +228,7 @@ def _recurrent_spaces(name: str, m: nn.RNNBase, gates: int, flat: list) -> list[
             for k in keys:
                 if k in params:
                     idx[k] = len(flat)
-                    flat.append((f"{name}.{k}" if name else k, params[k]))
+                    flat.append((f"{pre}{k}", params[k]))
             for g in range(gates):
                 rows = (g * h, (g + 1) * h)
                 bih = Slot(idx[keys[2]], rows) if keys[2] in idx else None

@@ -151,12 +151,16 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return float(getattr(self.rule, "step_mult", getattr(self.rule, "lr", 1.0)))
 
     @staticmethod
-    def _features(space: SpaceLayout, ps: list[Tensor], get) -> WeightSpaceFeatures:
+    def _features(space: SpaceLayout, ps: list[Tensor], get, dtype: torch.dtype) -> WeightSpaceFeatures:
+        """``get(parameter)`` of each slot of ``space``, in ``dtype`` (converted after slicing:
+        a parameter cut into slots is read once per slot, not converted whole per slot)."""
         ws, bs = [], []
         for (w_s, b_s), view in zip(space.layers, space.views):
-            w = w_s.of(get(ps[w_s.index])).reshape(view)
+            w = w_s.of(get(ps[w_s.index])).to(dtype).reshape(view)
             ws.append(w[None, None])
-            bs.append(b_s.of(get(ps[b_s.index]))[None, None] if b_s is not None else w.new_zeros(1, 1, w.shape[0]))
+            bs.append(
+                b_s.of(get(ps[b_s.index])).to(dtype)[None, None] if b_s is not None else w.new_zeros(1, 1, w.shape[0])
+            )
         return WeightSpaceFeatures(ws, bs)
 
     @torch.no_grad()
@@ -176,8 +180,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             p.add_((step.reshape(p.shape) * g["lr"]).to(p.dtype))
 
         for k, space in enumerate(self.spaces):
-            params = self._features(space, ps, lambda p: p.detach().to(dt))
-            grads = self._features(space, ps, lambda p: (p.grad if p.grad is not None else torch.zeros_like(p)).to(dt))
+            params = self._features(space, ps, torch.Tensor.detach, dt)
+            grads = self._features(space, ps, lambda p: p.grad if p.grad is not None else torch.zeros_like(p), dt)
             new, self._rule_states[k] = self.rule.update(None, self._rule_states[k], params, grads, loss_t)
             for (w_s, b_s), (w, b), (w0, b0) in zip(space.layers, new, params):
                 apply(w_s, w[0, 0] - w0[0, 0])

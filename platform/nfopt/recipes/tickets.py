@@ -187,7 +187,8 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     scales = [float(w.std()) for w in init[0::2]]
     net_spec = NetworkSpec.mlp(widths)
     x_train = _features([t[tr] for t in init], scales, spec.magnitude)
-    x_test = _features([t[te] for t in init], scales, spec.magnitude)
+    test_init = [t[te] for t in init]
+    x_test = _features(test_init, scales, spec.magnitude)
     y_train = [m[tr] for m in masks]
     keep = keep_counts(widths, spec.sparsity)
     pos_weight = [torch.tensor((1 - k / m[0].numel()) / (k / m[0].numel())) for k, m in zip(keep, masks)]
@@ -208,10 +209,9 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
             opt.step()
             if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
                 console.print(f"mask predictor {kind} epoch {epoch + 1}/{spec.nfn_epochs}: bce {loss.item():.4f}")
-        nfn_seconds[kind] = time.perf_counter() - start
+        nfn_seconds[f"nfn_{kind}"] = time.perf_counter() - start
         with torch.no_grad():
             predicted[f"nfn_{kind}"] = topk_masks([o[:, 0] for o in model(x_test).weights], keep)
-    test_init = [t[te] for t in init]
     gen = torch.Generator().manual_seed(spec.seed + 1)
     imp_test = [m[te] for m in masks]
     candidates = {
@@ -251,7 +251,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         *[
             f"| {k} | {r['mean']:.4f} ± {r['std']:.4f} | "
             + (
-                f"{recovered[k]:.0%} | {overlap[k]:.1%} | {nfn_seconds[k[4:]]:.0f} |"
+                f"{recovered[k]:.0%} | {overlap[k]:.1%} | {nfn_seconds[k]:.0f} |"
                 if k in predicted
                 else f"- | - | {f'{imp_seconds:.0f}' if k == 'imp' else '-'} |"
             )
@@ -262,8 +262,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         "that of the run that computed its masks (imp_masks.pt, reused when the IMP settings match).",
     ]
     metrics = {f"{k}.test_accuracy": r["mean"] for k, r in results.items()}
-    metrics |= {f"{k}.imp_overlap": v for k, v in overlap.items()} | {
-        f"{k}.gap_recovered": v for k, v in recovered.items()
-    }
+    metrics |= {f"{k}.imp_overlap": v for k, v in overlap.items()}
+    metrics |= {f"{k}.gap_recovered": v for k, v in recovered.items()}
     finish_experiment(spec, meta, results, lines, metrics, "nfopt-zoo")
     return {**meta, "results": results}
