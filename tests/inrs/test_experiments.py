@@ -40,7 +40,7 @@ def test_edits_and_editors():
     assert edit_images(torch.tensor([0.5, 0.8]), "linear_contrast", 2.0).tolist() == [0.5, 1.0]
     low = 0.45 + 0.1 * torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     assert edit_images(low, "contrast").std() > low.std()  # CLAHE, the papers' colour edit
-    for kind in ("nfn_np", "nfn_hnp", "nft"):
+    for kind in ("nfn_np", "nfn_hnp", "nft", "dwsnets"):
         for fourier in (0, 8):
             editor = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE, fourier_features=fourier)
             with torch.no_grad():
@@ -49,7 +49,7 @@ def test_edits_and_editors():
     from nfopt.testing import random_features
 
     x = random_features(SPEC, 2, 1, torch.Generator().manual_seed(0)).map(torch.Tensor.float)
-    for kind in ("nfn_np", "mlp"):
+    for kind in ("nfn_np", "dwsnets", "mlp"):
         out = Editor(kind, SPEC, channels=4, layers=2, scale=SCALE)(x)
         torch.testing.assert_close(out.weights[0], x.weights[0])  # the untrained editor is the identity
 
@@ -62,10 +62,11 @@ def test_inr_jobs_end_to_end(tmp_path, capsys):
         == 0
     )
     res = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
-    assert set(res) == {"inr2array", "nfn_np", "mlp"} and all(0 <= r["test_accuracy"] <= 1 for r in res.values())
+    assert set(res) == {"inr2array", "nfn_np", "dwsnets", "mlp"}
+    assert all(0 <= r["test_accuracy"] <= 1 for r in res.values())
     assert main(["inr", "edit", shipped_job(tmp_path, "inr_edit_tiny", inrs=str(inrs), out=str(tmp_path / "e"))]) == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())["results"]
-    assert set(res) == {"nfn_np", "nfn_hnp", "nft", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())
+    assert set(res) == {"nfn_np", "nfn_hnp", "nft", "dwsnets", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())
     assert (tmp_path / "e" / "edits.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["inr", "edit", shipped_job(tmp_path, "inr_tiny", out=str(inrs))]) == 2  # wrong experiment kind
 

@@ -59,12 +59,15 @@ class InrFitSpec(_Strict):
 
 class InrClassifySpec(_Strict):
     """Classify INRs by the class of the image they represent: Inr2Array (autoencoder, then a
-    classifier on the latent arrays), an NFN-NP classifier on weights, an MLP on flat weights."""
+    classifier on the latent arrays), an NFN-NP classifier on weights, a DWSNet (raw weights, hidden-neuron
+    equivariant layers), an MLP on flat weights."""
 
     experiment: Literal["inr_classify"] = "inr_classify"
     name: Name
     inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
-    models: list[Literal["inr2array", "nfn_np", "mlp"]] = Field(default_factory=lambda: ["inr2array", "nfn_np", "mlp"])
+    models: list[Literal["inr2array", "nfn_np", "dwsnets", "mlp"]] = Field(
+        default_factory=lambda: ["inr2array", "nfn_np", "mlp"]
+    )
     augment: bool = Field(default=True, description="random hidden permutations of training INRs")
     epochs: Int = Field(default=20, gt=0, description="classifier epochs")
     ae_epochs: Int = Field(default=10, gt=0, description="Inr2Array autoencoder epochs")
@@ -72,6 +75,7 @@ class InrClassifySpec(_Strict):
     lr: Float = Field(default=1e-3, gt=0)
     channels: Int = Field(default=32, gt=0)
     layers: Int = Field(default=2, ge=1)
+    dws_layers: Int = Field(default=4, ge=2, description="DWSNet: DWS layers (input lift, residual blocks, output)")
     fourier_features: Int = Field(
         default=64, ge=0, description="NFN classifier: Gaussian Fourier features per weight entry (0: raw weights)"
     )
@@ -101,7 +105,7 @@ class InrEditSpec(_Strict):
     contrast: Float = Field(default=1.5, gt=0, description="contrast factor around 0.5 (edit: linear_contrast)")
     clahe_clip: Float = Field(default=1.0, gt=0, description="CLAHE clip limit (edit: contrast)")
     clahe_tiles: Int = Field(default=3, ge=1, description="CLAHE tiles per side (edit: contrast)")
-    models: list[Literal["nfn_np", "nfn_hnp", "nft", "mlp"]] = Field(
+    models: list[Literal["nfn_np", "nfn_hnp", "nft", "dwsnets", "mlp"]] = Field(
         default_factory=lambda: ["nfn_np", "nfn_hnp", "mlp"]
     )
     epochs: Int = Field(default=20, gt=0)
@@ -122,5 +126,5 @@ class InrEditSpec(_Strict):
     @model_validator(mode="after")
     def _models(self):
         if not self.models:
-            raise ValueError("models: give at least one of nfn_np, nfn_hnp, nft, mlp")
+            raise ValueError("models: give at least one of nfn_np, nfn_hnp, nft, dwsnets, mlp")
         return self

@@ -2,17 +2,20 @@
 
 Equivariant: :class:`NPLinear` (all neuron permutations), :class:`HNPLinear` (hidden only),
 per-entry :class:`Pointwise`, :class:`NFActivation`, :class:`NFDropout`,
-:class:`ChannelLayerNorm`, :class:`LearnedScale`. Invariant: :class:`NPPool`, :class:`HNPPool`.
+:class:`ChannelLayerNorm`, :class:`ChannelBatchNorm`, :class:`LearnedScale`. Invariant:
+:class:`NPPool`, :class:`HNPPool`.
 IO encodings: :class:`LearnedIOEmbedding`, :class:`FourierIOEncoding`.
 Transformers (NFT): :class:`WeightSpaceAttention`, :class:`NFTBlock`, :class:`NFTEncoder`,
 :func:`build_nft` with :class:`EquivariantHead` / :class:`InvariantHead`; Inr2Array:
 :class:`Inr2ArrayEncoder`, :class:`Inr2ArrayDecoder`, :class:`Inr2ArrayAutoencoder`.
+DWSNets (Navon et al.): :class:`DWSNet`, :class:`DWSClassifier`.
 Architecture-agnostic (one instance for any depth/width/kernel; for learned optimizers):
 :class:`SharedNPLinear`, :class:`SharedPointwise`, :class:`SharedChannelNorm`,
 :class:`SharedWeightSpaceAttention`.
 """
 
 from nfopt.nn.attention import WeightSpaceAttention, attention_fp32
+from nfopt.nn.dws import ChannelBatchNorm, DWSClassifier, DWSNet
 from nfopt.nn.encoding import FourierIOEncoding, LearnedIOEmbedding
 from nfopt.nn.inr2array import GaussianFourierFeatures, Inr2ArrayAutoencoder, Inr2ArrayDecoder, Inr2ArrayEncoder
 from nfopt.nn.linear import HNPLinear, NPLinear, fused_backward
@@ -30,7 +33,10 @@ from nfopt.nn.shared import (
 )
 
 __all__ = [
+    "ChannelBatchNorm",
     "ChannelLayerNorm",
+    "DWSClassifier",
+    "DWSNet",
     "EquivariantHead",
     "FourierIOEncoding",
     "GaussianFourierFeatures",

@@ -1,6 +1,7 @@
 """INR classification (the NFT paper's Inr2Array experiment): an Inr2Array autoencoder trained
 on the INRs' renderings, then a classifier on its latent arrays; an NFN-NP classifier on the
-weights directly; and an MLP on flattened weights. Accuracy on the test split's INRs."""
+weights directly; a DWSNet (Navon et al.) on the raw weights; and an MLP on flattened weights.
+Accuracy on the test split's INRs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from nfopt.inr import Siren, grid_coords
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import InrDataset, SplitData, load_inrs
 from nfopt.nn import (
+    DWSClassifier,
     FourierIOEncoding,
     GaussianFourierFeatures,
     Inr2ArrayAutoencoder,
@@ -228,6 +230,8 @@ def run_classify(spec: InrClassifySpec, progress: bool = True) -> dict:
                 spec.fourier_scale,
                 spec.dropout,
             )
+        elif name == "dwsnets":
+            model = DWSClassifier(nspec, spec.channels, spec.dws_layers, classes, scale, spec.dropout)
         else:
             model = FlatMLP(nspec, classes, scale)
         _fit_classifier(model, spec, train, name, console.print)

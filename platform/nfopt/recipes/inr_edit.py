@@ -1,8 +1,8 @@
 """INR editing (the NFN paper's weight-space editing experiment): a network maps an INR's
 weights to a weight *change* so that the edited INR renders ``edit(image)`` — dilation (digit
 and MNIST-like images) or a contrast change (CLAHE, the papers' edit of colour images).
-Equivariant editors (NFN-NP, NFN-HNP, NFT) keep the permutation symmetry; the MLP baseline
-edits the flattened weight vector."""
+Equivariant editors (NFN-NP, NFN-HNP, NFT, DWSNets) keep the permutation symmetry; the MLP
+baseline edits the flattened weight vector."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nfopt.data.image import clahe
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.spec import InrEditSpec
 from nfopt.inrs.store import load_inrs
-from nfopt.nn import FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
+from nfopt.nn import DWSNet, FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
 from nfopt.recipes.experiments import finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -43,9 +43,10 @@ def edit_images(
 
 
 class Editor(nn.Module):
-    """``x -> x + Δ(x)`` with ``Δ`` an equivariant stack (``np``/``hnp``/``nft``) or an MLP on
+    """``x -> x + Δ(x)`` with ``Δ`` an equivariant stack (``nfn_np``/``nfn_hnp``/``nft``/``dwsnets``) or an MLP on
     the flat weights (``mlp``); inputs are divided by per-tensor scales and ``Δ`` multiplied back.
-    Equivariant editors see Gaussian Fourier features of every entry (``fourier_features > 0``);
+    The NFN and NFT editors see Gaussian Fourier features of every entry (``fourier_features > 0``;
+    the DWSNet, as in its paper, sees the standardised weights alone);
     the NP editor also sees sinusoidal IO-neuron encodings (so it may treat the input and output
     neurons by position, as HNP and NFT layers do). ``Δ`` is scaled by a learned gain that starts
     at zero, so the untrained editor is the identity. ``(B, 1, ...) -> (B, 1, ...)``."""
@@ -65,7 +66,7 @@ class Editor(nn.Module):
         self.register_buffer("scale", torch.tensor(scale))
         enc: list[nn.Module] = []
         c = 1
-        if kind != "mlp" and fourier_features:
+        if kind not in ("mlp", "dwsnets") and fourier_features:
             enc.append(GaussianFourierFeatures(1, fourier_features, fourier_scale))
             c = enc[-1].out_channels
         if kind == "nfn_np":
@@ -84,6 +85,8 @@ class Editor(nn.Module):
             self.delta = build_nft(
                 spec, c, channels=channels, num_blocks=max(1, layers - 1), num_heads=4, out_channels=1
             )
+        elif kind == "dwsnets":
+            self.delta = DWSNet(spec, c, channels, 1, max(2, layers))
         elif kind == "mlp":
             self.delta = nn.Sequential(
                 nn.Linear(spec.num_params, 512),
@@ -93,7 +96,7 @@ class Editor(nn.Module):
                 nn.Linear(512, spec.num_params),
             )
         else:
-            raise ValueError(f"editor kind={kind!r}: use nfn_np, nfn_hnp, nft or mlp")
+            raise ValueError(f"editor kind={kind!r}: use nfn_np, nfn_hnp, nft, dwsnets or mlp")
         self.gain = nn.Parameter(torch.zeros(()))  # ReZero: the untrained editor is exactly the identity
 
     def _scaled(self, x: WeightSpaceFeatures, inverse: bool) -> WeightSpaceFeatures:
