@@ -10,13 +10,14 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from nfopt._files import load_yaml_model
+from nfopt._files import load_yaml_model, read_yaml
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
 from nfopt.meta.estimators import EstimatorKind
 from nfopt.meta.problems import MetaLoss
 from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
 
 __all__ = [
+    "EXPERIMENT_COMMANDS",
     "META_MODEL_SIZES",
     "EstimatorSpec",
     "InnerSpec",
@@ -261,5 +262,26 @@ def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") 
         raise JobSpecError(f"{what} {overrides}: invalid JobSpec:\n  " + "\n  ".join(lines)) from None
 
 
+#: The command that runs each kind of experiment spec (files with an ``experiment:`` field).
+EXPERIMENT_COMMANDS = {
+    "inr_fit": "nfopt inr fit",
+    "inr_classify": "nfopt inr classify",
+    "inr_edit": "nfopt inr edit",
+    "zoo": "nfopt zoo",
+    "generalization": "nfopt zoo",
+    "tickets": "nfopt zoo",
+}
+
+
 def load_job(path: str | Path) -> JobSpec:
-    return load_yaml_model(Path(path), JobSpec, JobSpecError, "job")
+    """Read and validate a meta-training job; an experiment spec (``experiment:`` field) is
+    refused with the command that runs it."""
+    path = Path(path)
+    raw = read_yaml(path, JobSpecError, "job")
+    if isinstance(raw, dict) and "experiment" in raw:
+        kind = raw["experiment"]
+        command = EXPERIMENT_COMMANDS.get(kind, "nfopt inr ... or nfopt zoo")
+        raise JobSpecError(
+            f"{path}: an experiment spec (experiment: {kind}), not a meta-training job; run it with `{command} {path}`"
+        )
+    return load_yaml_model(path, JobSpec, JobSpecError, "job")
