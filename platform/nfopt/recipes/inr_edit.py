@@ -180,6 +180,7 @@ def run_edit(spec: InrEditSpec, progress: bool = True) -> dict:
                 opt.step()
                 total += loss.item() * len(b)
             console.print(f"{kind} epoch {epoch + 1}/{spec.epochs}: train mse {total / len(order):.5f}")
+        editor.eval()  # batch norm (DWSNets) on its running statistics, not the test batch's
         with torch.no_grad():
             mse = []
             for i in range(0, len(ds.test), 256):
