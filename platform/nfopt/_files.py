@@ -11,7 +11,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["atomic_save", "load_yaml_model", "read_yaml"]
+__all__ = ["atomic_save", "load_yaml_model", "read_yaml", "validate_yaml_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,7 +69,12 @@ def read_yaml(path: Path, error: type[ValueError], what: str, missing_hint: str 
 def load_yaml_model(path: Path, model: type[M], error: type[ValueError], what: str, missing_hint: str = "") -> M:
     """Read ``path`` and validate it as ``model``; any problem raises ``error`` with a message
     that names the file and every offending field (``a.b.c: message``)."""
-    raw = read_yaml(path, error, what, missing_hint)
+    return validate_yaml_model(path, read_yaml(path, error, what, missing_hint), model, error)
+
+
+def validate_yaml_model(path: Path, raw, model: type[M], error: type[ValueError]) -> M:
+    """Validate ``raw`` (the parsed YAML of ``path``) as ``model``; problems raise ``error``
+    naming the file and every offending field."""
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     try:

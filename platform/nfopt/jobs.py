@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from nfopt._files import load_yaml_model, read_yaml
+from nfopt._files import read_yaml, validate_yaml_model
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
 from nfopt.meta.estimators import EstimatorKind
 from nfopt.meta.problems import MetaLoss
@@ -284,4 +284,4 @@ def load_job(path: str | Path) -> JobSpec:
         raise JobSpecError(
             f"{path}: an experiment spec (experiment: {kind}), not a meta-training job; run it with `{command} {path}`"
         )
-    return load_yaml_model(path, JobSpec, JobSpecError, "job")
+    return validate_yaml_model(path, raw, JobSpec, JobSpecError)  # the file is read once

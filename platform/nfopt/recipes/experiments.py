@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nfopt._files import load_yaml_model, read_yaml
+from nfopt._files import read_yaml, validate_yaml_model
 from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
 from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
 
@@ -34,7 +34,7 @@ def load_experiment(path: str | Path, allowed: tuple[str, ...] | None = None):
     allowed = allowed or tuple(EXPERIMENTS)
     if kind not in allowed:
         raise ExperimentSpecError(f"{path}: field 'experiment' must be one of {list(allowed)}, got {kind!r}")
-    return load_yaml_model(path, EXPERIMENTS[kind], ExperimentSpecError, "experiment")
+    return validate_yaml_model(path, raw, EXPERIMENTS[kind], ExperimentSpecError)
 
 
 def finish_experiment(
