@@ -22,7 +22,9 @@ def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     tickets = json.loads((tmp_path / "tk" / "results.json").read_text())["results"]
     assert set(tickets) == {"nfn_np", "imp", "random", "dense"}
     # a second run with other predictors reuses IMP's masks (same IMP settings) and ablates them
-    job = shipped_job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"), predictors=["np_io", "hnp"], magnitude=True)
+    job = shipped_job(
+        tmp_path, "tickets_tiny", out=str(tmp_path / "tk"), predictors=["np_io", "hnp"], magnitude=True, loss="ordinal"
+    )
     capsys.readouterr()
     assert main(["zoo", job]) == 0
     assert "IMP masks reused" in capsys.readouterr().err

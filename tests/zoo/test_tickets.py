@@ -5,7 +5,17 @@ import pytest
 import torch
 
 from nfopt.data import load_dataset
-from nfopt.recipes.tickets import MaskPredictor, imp_masks, init_mlps, keep_counts, topk_masks, train_masked
+from nfopt.recipes.tickets import (
+    MaskPredictor,
+    imp_masks,
+    imp_round_count,
+    imp_rounds,
+    init_mlps,
+    keep_counts,
+    ordinal_loss,
+    topk_masks,
+    train_masked,
+)
 from nfopt.testing import assert_equivariant
 from nfopt.weightspace import NetworkSpec
 from nfopt.zoo.spec import TicketSpec
@@ -29,6 +39,35 @@ def test_imp_reaches_the_target_sparsity_and_masked_training_keeps_pruned_weight
     trained = train_masked(init, masks, data, steps=5, batch=16, lr=1e-2)
     for w, m in zip(trained[0::2], masks):
         assert torch.all(w[m == 0] == 0) and torch.any(w[m == 1] != 0)
+
+
+def test_imp_rounds_rank_weights_by_how_long_they_survive(tmp_path):
+    """Each round keeps a subset of the last: survival counts go 0..R, the count kept after round
+    r shrinks by the prune rate, and the weights surviving all R rounds are IMP's final mask."""
+    spec = TicketSpec(name="t", widths=[8], inits=2, test_inits=1, train_steps=5, sparsity=0.9, out=str(tmp_path))
+    data = load_dataset("digits")
+    init = init_mlps([64, 8, 10], [0, 1])
+    rounds = imp_round_count(spec)
+    survived = imp_rounds(init, data, spec)
+    assert rounds == 11
+    for s, m, k in zip(survived, imp_masks(init, data, spec), keep_counts([64, 8, 10], 0.9)):
+        assert int(s.min()) >= 0 and int(s.max()) == rounds
+        assert torch.equal((s == rounds).to(m), m) and int(m[0].sum()) == k
+        alive = [int((s[0] >= r).sum()) for r in range(rounds + 1)]
+        assert alive == sorted(alive, reverse=True) and alive[0] == s[0].numel() and alive[1] < alive[0]
+
+
+def test_ordinal_loss_prefers_scores_ordered_like_survival():
+    torch.manual_seed(0)
+    survived = torch.randint(0, 6, (4, 7, 9)).float()
+    c = torch.linspace(-2, 2, 5)
+    ordered = ordinal_loss(survived - 2.5, survived, c)
+    shuffled = ordinal_loss(survived[:, torch.randperm(7)] - 2.5, survived, c)
+    assert ordered < shuffled
+    score = torch.zeros(4, 7, 9, requires_grad=True)
+    ordinal_loss(score, survived, c).backward()
+    corr = torch.corrcoef(torch.stack([-score.grad.flatten(), survived.flatten()]))[0, 1]
+    assert corr > 0.5  # descending the loss raises the score of long survivors
 
 
 @pytest.mark.parametrize("kind", ["np", "np_io", "hnp"])

@@ -21,7 +21,18 @@ from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import TicketSpec
 
-__all__ = ["MaskPredictor", "imp_masks", "init_mlps", "keep_counts", "run_tickets", "topk_masks", "train_masked"]
+__all__ = [
+    "MaskPredictor",
+    "imp_masks",
+    "imp_round_count",
+    "imp_rounds",
+    "init_mlps",
+    "keep_counts",
+    "ordinal_loss",
+    "run_tickets",
+    "topk_masks",
+    "train_masked",
+]
 
 Params = list[torch.Tensor]  # [W_1 (N, n_1, n_0), b_1 (N, n_1), ...]
 
@@ -89,13 +100,16 @@ def topk_masks(scores: list[torch.Tensor], keep: list[int]) -> list[torch.Tensor
     return masks
 
 
-def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tensor]:
+def imp_rounds(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tensor]:
     """IMP with rewinding: train, prune ``prune_rate`` of each layer's remaining weights by final
-    magnitude, rewind to init; the last round lands exactly on ``sparsity``."""
+    magnitude, rewind to init; the last round lands exactly on ``sparsity``. Returns, per layer
+    ``(N, out, in)``, how many rounds each weight survived (``0 .. R``; ``R``: kept in the final
+    mask) — IMP's whole ranking of the weights, not only its last cut."""
     widths = [init[0].shape[2]] + [w.shape[1] for w in init[0::2]]
     target = keep_counts(widths, spec.sparsity)
-    rounds = math.ceil(math.log(1 - spec.sparsity) / math.log(1 - spec.prune_rate))
+    rounds = imp_round_count(spec)
     masks = [torch.ones_like(w) for w in init[0::2]]
+    survived = [torch.zeros_like(w) for w in init[0::2]]
     for r in range(rounds):
         trained = train_masked(init, masks, data, spec.train_steps, spec.batch_size, spec.lr, seed=spec.seed + r)
         keep = []
@@ -104,7 +118,33 @@ def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tenso
             keep.append(k_final if r == rounds - 1 else max(k_final, round(alive * (1 - spec.prune_rate))))
         scores = [torch.where(m > 0, w.abs(), -1.0) for m, w in zip(masks, trained[0::2])]
         masks = topk_masks(scores, keep)
-    return masks
+        survived = [s + m for s, m in zip(survived, masks)]
+    return survived
+
+
+def imp_round_count(spec: TicketSpec) -> int:
+    """IMP's rounds ``R``: pruning ``prune_rate`` per round until ``sparsity``."""
+    return math.ceil(math.log(1 - spec.sparsity) / math.log(1 - spec.prune_rate))
+
+
+def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tensor]:
+    """IMP's final masks (1: kept), per layer ``(N, out, in)`` (see :func:`imp_rounds`)."""
+    rounds = imp_round_count(spec)
+    return [(s == rounds).to(s) for s in imp_rounds(init, data, spec)]
+
+
+def ordinal_loss(score: torch.Tensor, survived: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Cumulative-link (ordinal logistic) loss of one score per weight against the IMP round it
+    survived to: for every round ``r = 1..R``, ``P(survived >= r) = sigmoid(score - c_r)``, each
+    round's binary cross-entropy balanced by its positive rate. ``score``, ``survived``:
+    ``(N, out, in)``; ``thresholds``: ``(R,)``. Ranking weights by ``score`` is then ranking them
+    by how long IMP keeps them."""
+    r = torch.arange(1, thresholds.shape[0] + 1, device=score.device, dtype=survived.dtype)
+    y = (survived.unsqueeze(-1) >= r).to(score)  # (N, out, in, R)
+    pos = y.mean(dim=(0, 1, 2)).clamp(1e-4, 1 - 1e-4)  # (R,)
+    logits = score.unsqueeze(-1) - thresholds
+    per = F.binary_cross_entropy_with_logits(logits, y, pos_weight=(1 - pos) / pos, reduction="none")
+    return per.mean()
 
 
 class MaskPredictor(torch.nn.Module):
@@ -150,23 +190,25 @@ def _features(params: Params, scales: list[float], magnitude: bool = False) -> W
     )
 
 
-def _cached_imp_masks(init: Params, data: Dataset, spec: TicketSpec, console) -> tuple[list[torch.Tensor], float]:
-    """IMP's masks and the seconds they took: from ``imp_masks.pt`` in the run directory when it
-    was made with the same IMP settings, else computed and saved there."""
+def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -> tuple[list[torch.Tensor], float]:
+    """IMP's survival rounds (:func:`imp_rounds`) and the seconds they took: from ``imp_masks.pt``
+    in the run directory when it was made with the same IMP settings, else computed and saved there."""
     path = spec.out_dir / "imp_masks.pt"
     key = spec.imp_key()
     if path.exists():
         saved = torch.load(path, weights_only=True)
-        if saved.get("key") == key:
+        if saved.get("key") == key and "survived" in saved:
             console.print(f"IMP masks reused from {path}")
-            return list(saved["masks"]), float(saved["seconds"])
-        console.print(f"{path} was made with other IMP settings: recomputing")
+            return list(saved["survived"]), float(saved["seconds"])
+        console.print(f"{path} was made with other IMP settings (or without survival rounds): recomputing")
     start = time.perf_counter()
-    masks = imp_masks(init, data, spec)
+    survived = imp_rounds(init, data, spec)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "masks": masks, "seconds": seconds}, path)
-    return masks, seconds
+    rounds = imp_round_count(spec)
+    masks = [(s == rounds).to(s) for s in survived]
+    torch.save({"key": key, "masks": masks, "survived": survived, "seconds": seconds}, path)
+    return survived, seconds
 
 
 def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
@@ -180,7 +222,9 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     data = load_dataset(spec.data.name, **kwargs)
     widths = [data.input_size, *spec.widths, data.num_classes]
     init = init_mlps(widths, [child_seed(spec.seed, k, stride=100_003) for k in range(spec.inits)])
-    masks, imp_seconds = _cached_imp_masks(init, data, spec, console)
+    survived, imp_seconds = _cached_imp_rounds(init, data, spec, console)
+    rounds = imp_round_count(spec)
+    masks = [(s == rounds).to(s) for s in survived]
     console.print(f"IMP masks for {spec.inits} initialisations: {imp_seconds:.0f} s")
     n_train = spec.inits - spec.test_inits
     tr, te = slice(0, n_train), slice(n_train, spec.inits)
@@ -196,19 +240,25 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     for kind in spec.predictors:
         torch.manual_seed(spec.seed)
         model = MaskPredictor(net_spec, spec.channels, spec.layers, kind, in_channels=x_train.channels)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        thresholds = torch.nn.Parameter(torch.zeros(len(masks), rounds))  # ordinal cut points c_{l,r}
+        opt = torch.optim.Adam([*model.parameters(), thresholds], lr=1e-3)
         start = time.perf_counter()
         for epoch in range(spec.nfn_epochs):
             out = model(x_train)
-            loss = sum(
-                F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
-                for o, y, pw in zip(out.weights, y_train, pos_weight)
-            )
+            if spec.loss == "ordinal":
+                loss = sum(ordinal_loss(o[:, 0], s[tr], c) for o, s, c in zip(out.weights, survived, thresholds))
+            else:
+                loss = sum(
+                    F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
+                    for o, y, pw in zip(out.weights, y_train, pos_weight)
+                )
             opt.zero_grad()
             loss.backward()
             opt.step()
             if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
-                console.print(f"mask predictor {kind} epoch {epoch + 1}/{spec.nfn_epochs}: bce {loss.item():.4f}")
+                console.print(
+                    f"mask predictor {kind} epoch {epoch + 1}/{spec.nfn_epochs}: {spec.loss} {loss.item():.4f}"
+                )
         nfn_seconds[f"nfn_{kind}"] = time.perf_counter() - start
         with torch.no_grad():
             predicted[f"nfn_{kind}"] = topk_masks([o[:, 0] for o in model(x_test).weights], keep)
@@ -234,6 +284,8 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     meta = {
         "widths": widths,
         "sparsity": spec.sparsity,
+        "loss": spec.loss,
+        "imp_rounds": rounds,
         "imp_seconds": imp_seconds,
         "nfn_seconds": nfn_seconds,
         "nfn_imp_overlap": overlap,
@@ -244,7 +296,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     lines = [
         f"Test accuracy at {spec.sparsity:.0%} sparsity ({spec.data.name}, MLP {widths}), retrained from init, "
         f"{spec.test_inits} held-out initialisations (mask predictors trained on {n_train}"
-        f"{'; inputs w and |w|' if spec.magnitude else ''})",
+        f"{'; inputs w and |w|' if spec.magnitude else ''}; loss {spec.loss})",
         "",
         "| mask | test accuracy (mean ± std) | random-to-IMP gap recovered | overlap with IMP | training s |",
         "|---|---|---|---|---|",

@@ -145,6 +145,11 @@ class TicketSpec(StrictModel):
         "(NP layers with learned input/output-neuron embeddings), hnp (the complete hidden-neuron basis)",
     )
     magnitude: bool = Field(default=False, description="give the predictors |w| as a second input channel")
+    loss: Literal["bce", "ordinal"] = Field(
+        default="bce",
+        description="bce: class-balanced cross-entropy against IMP's final mask; ordinal: a cumulative-link loss "
+        "against the round each weight survived to in IMP (its whole pruning order)",
+    )
     out: str = "runs/{name}"
     tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
