@@ -58,7 +58,15 @@ def test_inr_jobs_end_to_end(tmp_path, capsys):
     inrs = tmp_path / "inrs"
     assert main(["inr", "fit", shipped_job(tmp_path, "inr_tiny", out=str(inrs)), "--no-ray"]) == 0
     assert (
-        main(["inr", "classify", shipped_job(tmp_path, "inr_classify_tiny", inrs=str(inrs), out=str(tmp_path / "c"))])
+        main(
+            [
+                "inr",
+                "classify",
+                shipped_job(
+                    tmp_path, "inr_classify_tiny", inrs=str(inrs), out=str(tmp_path / "c"), ae_schedule="cosine"
+                ),
+            ]
+        )
         == 0
     )
     res = json.loads((tmp_path / "c" / "results.json").read_text())["results"]

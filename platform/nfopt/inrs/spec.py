@@ -83,6 +83,9 @@ class InrClassifySpec(_Strict):
     dropout: Float = Field(default=0.1, ge=0, lt=1, description="dropout before the classifier heads' last layer")
     ae_blocks: Int = Field(default=2, ge=0, description="NFT blocks in the Inr2Array encoder")
     ae_max_train: Int | None = Field(default=None, gt=0, description="first N training INRs for the autoencoder")
+    ae_schedule: Literal["constant", "cosine"] = Field(
+        default="constant", description="Inr2Array autoencoder learning rate: constant, or cosine-annealed to 0"
+    )
     num_latents: Int = Field(default=16, gt=0)
     latent_dim: Int = Field(default=64, gt=0)
     max_train: Int | None = Field(default=None, gt=0, description="first N training INRs (None: all)")

@@ -5,6 +5,7 @@ Accuracy on the test split's INRs."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -153,6 +154,10 @@ def _train_autoencoder(
     coords = grid_coords(*arch["image_shape"][1:])
     gen = torch.Generator().manual_seed(spec.seed)
     n = len(train) if spec.ae_max_train is None else min(spec.ae_max_train, len(train))
+    steps = spec.ae_epochs * -(-n // spec.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, (lambda k: 0.5 * (1 + math.cos(math.pi * k / steps))) if spec.ae_schedule == "cosine" else (lambda k: 1.0)
+    )
     for epoch in range(spec.ae_epochs):
         total = 0.0
         for b in _batches(n, spec.batch_size, gen):
@@ -160,6 +165,7 @@ def _train_autoencoder(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item() * len(b)
         log(f"inr2array autoencoder epoch {epoch + 1}/{spec.ae_epochs}: render mse {total / n:.5f}")
     return enc
