@@ -125,6 +125,17 @@ class InnerSpec(StrictModel):
 class MetaOptimizerSpec(StrictModel):
     lr: Float = Field(default=3e-3, gt=0)
     clip: Float = Field(default=1.0, ge=0, description="global meta-gradient norm clip (0: off)")
+    average: Float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="the saved learned optimizer is the uniform mean of θ over this final fraction of the outer "
+        "steps (Polyak/SWA averaging of the meta-parameters); 0: the last θ",
+    )
+
+    def average_from(self, outer_steps: int) -> int | None:
+        """The outer step after which θ is averaged (``None``: no averaging)."""
+        return round(outer_steps * (1 - self.average)) if self.average > 0 else None
 
 
 class WorkersSpec(StrictModel):

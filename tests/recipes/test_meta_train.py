@@ -41,6 +41,32 @@ def test_stop_and_resume_gives_the_uninterrupted_theta(tmp_path):
     assert full.optimizer_path.exists() and (full.optimizer_path.parent / "meta_loss.png").exists()
 
 
+def test_meta_parameter_averaging_ships_the_mean_of_the_last_steps_and_survives_resume(tmp_path):
+    """``meta_optimizer.average: 0.5`` over 4 outer steps: the saved rule is the mean of θ after
+    steps 3 and 4 (not the last θ); stopping after step 3 and resuming gives the same file."""
+    seen = []
+
+    def keep(learner, pool, metrics):
+        seen.append({k: v.clone() for k, v in learner.current_theta().items()})
+
+    spec = tiny_spec(tmp_path / "a", meta_optimizer={"lr": 0.05, "average": 0.5})
+    full = run_job(spec, use_ray=False, progress=False, on_step=keep)
+    saved = torch.load(full.optimizer_path, weights_only=True)
+    rule = LearnedUpdateRule.from_config(saved["config"])
+    rule.load_state_dict(saved["state_dict"])
+    got = dict(rule.named_parameters())
+    for k in seen[-1]:
+        assert torch.allclose(got[k], (seen[2][k] + seen[3][k]) / 2, atol=1e-6), k
+    assert any(not torch.allclose(got[k], seen[-1][k]) for k in seen[-1])  # not simply the last θ
+    assert saved["metadata"]["averaged_outer_steps"] == 2
+    part = tiny_spec(tmp_path / "b", meta_optimizer={"lr": 0.05, "average": 0.5})
+    run_job(part, use_ray=False, progress=False, max_steps=3)
+    rest = run_job(part, resume=True, use_ray=False, progress=False)
+    again = torch.load(rest.optimizer_path, weights_only=True)["state_dict"]
+    for k, v in saved["state_dict"].items():
+        assert torch.equal(v, again[k]), k
+
+
 def _one_damaged_task(damage):
     """A learner over one worker with one digits task whose inner parameters ``damage`` changed;
     returns ``(learner, worker, the task's seed before the step)``."""

@@ -112,16 +112,50 @@ class Learner:
     Each :meth:`step`: every worker's estimate (weighted by its number of tasks) is averaged,
     the global norm is clipped to ``clip`` and Adam steps θ. Non-finite estimates are dropped
     and counted.
+
+    With ``average_from = s``, every θ after outer step ``s`` is also folded into a uniform
+    running mean (Polyak / stochastic-weight averaging of the meta-parameters): :meth:`final_theta`
+    is that mean, which smooths the step-to-step noise of stochastic meta-gradients (single
+    iterates of one run differ widely on held-out tasks: ``bench/results/ablation/budget.md``).
     """
 
-    def __init__(self, theta: Theta, pool: WorkerPool, lr: float = 1e-3, clip: float = 1.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        theta: Theta,
+        pool: WorkerPool,
+        lr: float = 1e-3,
+        clip: float = 1.0,
+        seed: int = 0,
+        average_from: int | None = None,
+    ) -> None:
         self.theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
         self.opt = torch.optim.Adam(self.theta.values(), lr=lr)
         self.pool, self.clip, self.step_count = pool, clip, 0
+        self.average_from = average_from
+        self.theta_avg: Theta | None = None
+        self.avg_count = 0
         torch.manual_seed(seed)
 
     def current_theta(self) -> Theta:
         return {k: v.detach() for k, v in self.theta.items()}
+
+    def final_theta(self) -> Theta:
+        """The θ to ship: the running mean of the averaged steps when there are any, else the
+        current θ."""
+        if self.theta_avg is None:
+            return self.current_theta()
+        return {k: v.clone() for k, v in self.theta_avg.items()}
+
+    def _fold_average(self) -> None:
+        if self.average_from is None or self.step_count <= self.average_from:
+            return
+        self.avg_count += 1
+        now = self.current_theta()
+        if self.theta_avg is None:
+            self.theta_avg = {k: v.clone() for k, v in now.items()}
+        else:
+            for k, v in now.items():
+                self.theta_avg[k].lerp_(v, 1.0 / self.avg_count)  # mean += (θ - mean) / n
 
     def step(self) -> dict:
         t0 = time.perf_counter()
@@ -145,6 +179,9 @@ class Learner:
         metrics["step_s"] = time.perf_counter() - t0
         metrics["overhead"] = max(0.0, metrics["step_s"] - compute) / max(metrics["step_s"], 1e-9)
         self.step_count += 1
+        self._fold_average()
+        if self.avg_count:
+            metrics["averaged_steps"] = self.avg_count
         return metrics
 
     def state_dict(self, with_workers: bool = True) -> dict:
@@ -153,6 +190,8 @@ class Learner:
             "opt": self.opt.state_dict(),
             "step": self.step_count,
             "torch_rng": torch.get_rng_state(),
+            "theta_avg": self.theta_avg,
+            "avg_count": self.avg_count,
             "workers": self.pool.get_states() if with_workers else None,
         }
 
@@ -162,6 +201,9 @@ class Learner:
                 self.theta[k].copy_(v)
         self.opt.load_state_dict(sd["opt"])
         self.step_count = sd["step"]
+        avg = sd.get("theta_avg")  # absent in checkpoints written before averaging existed
+        self.theta_avg = None if avg is None else {k: v.detach().clone() for k, v in avg.items()}
+        self.avg_count = int(sd.get("avg_count", 0))
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("workers") is not None:
             self.pool.set_states(sd["workers"])

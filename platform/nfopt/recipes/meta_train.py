@@ -283,7 +283,8 @@ def run_job(
     else:
         seeds = [child_seed(spec.seed, k, stride=1000) for k in range(w.count)]  # as RayPool's workers
         pool = LocalPool([Worker(make_problem, estimator, spec.inner.tasks_per_worker, s) for s in seeds])
-    learner = Learner(theta, pool, spec.meta_optimizer.lr, spec.meta_optimizer.clip, spec.seed)
+    mo = spec.meta_optimizer
+    learner = Learner(theta, pool, mo.lr, mo.clip, spec.seed, average_from=mo.average_from(spec.outer_steps))
     latest = ckdir / "latest.pt"
     run_id = None
     if resume:
@@ -373,10 +374,11 @@ def run_job(
                     f"{spec.name}: no outer step produced a usable meta-gradient ({why}); the rule was not trained"
                 )
         result.checkpoint = checkpoint()
-        rule.load_state_dict({**rule.state_dict(), **learner.current_theta()})
+        rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
         metadata = {
             "job": spec.name,
             "outer_steps": learner.step_count,
+            "averaged_outer_steps": learner.avg_count,
             "inner_steps": int(budget["inner_steps"]),
             "meta_train_wall_s": round(budget["wall_s"], 1),
             "task": spec.task,
