@@ -129,8 +129,13 @@ def imp_round_count(spec: TicketSpec) -> int:
 
 def imp_masks(init: Params, data: Dataset, spec: TicketSpec) -> list[torch.Tensor]:
     """IMP's final masks (1: kept), per layer ``(N, out, in)`` (see :func:`imp_rounds`)."""
+    return _final_masks(imp_rounds(init, data, spec), spec)
+
+
+def _final_masks(survived: list[torch.Tensor], spec: TicketSpec) -> list[torch.Tensor]:
+    """Survival rounds -> IMP's final masks: the weights that survived every round."""
     rounds = imp_round_count(spec)
-    return [(s == rounds).to(s) for s in imp_rounds(init, data, spec)]
+    return [(s == rounds).to(s) for s in survived]
 
 
 def ordinal_loss(score: torch.Tensor, survived: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
@@ -205,9 +210,7 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
     survived = imp_rounds(init, data, spec)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    rounds = imp_round_count(spec)
-    masks = [(s == rounds).to(s) for s in survived]
-    torch.save({"key": key, "masks": masks, "survived": survived, "seconds": seconds}, path)
+    torch.save({"key": key, "masks": _final_masks(survived, spec), "survived": survived, "seconds": seconds}, path)
     return survived, seconds
 
 
@@ -224,7 +227,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     init = init_mlps(widths, [child_seed(spec.seed, k, stride=100_003) for k in range(spec.inits)])
     survived, imp_seconds = _cached_imp_rounds(init, data, spec, console)
     rounds = imp_round_count(spec)
-    masks = [(s == rounds).to(s) for s in survived]
+    masks = _final_masks(survived, spec)
     console.print(f"IMP masks for {spec.inits} initialisations: {imp_seconds:.0f} s")
     n_train = spec.inits - spec.test_inits
     tr, te = slice(0, n_train), slice(n_train, spec.inits)
