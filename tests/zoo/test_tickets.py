@@ -13,6 +13,7 @@ from nfopt.recipes.tickets import (
     init_mlps,
     keep_counts,
     ordinal_loss,
+    ordinal_targets,
     topk_masks,
     train_masked,
 )
@@ -61,11 +62,13 @@ def test_ordinal_loss_prefers_scores_ordered_like_survival():
     torch.manual_seed(0)
     survived = torch.randint(0, 6, (4, 7, 9)).float()
     c = torch.linspace(-2, 2, 5)
-    ordered = ordinal_loss(survived - 2.5, survived, c)
-    shuffled = ordinal_loss(survived[:, torch.randperm(7)] - 2.5, survived, c)
+    y, pw = ordinal_targets(survived, 5)
+    assert y.shape == (4, 7, 9, 5) and torch.equal(y[..., 2], (survived >= 3).float())
+    ordered = ordinal_loss(survived - 2.5, y, pw, c)
+    shuffled = ordinal_loss(survived[:, torch.randperm(7)] - 2.5, y, pw, c)
     assert ordered < shuffled
     score = torch.zeros(4, 7, 9, requires_grad=True)
-    ordinal_loss(score, survived, c).backward()
+    ordinal_loss(score, y, pw, c).backward()
     corr = torch.corrcoef(torch.stack([-score.grad.flatten(), survived.flatten()]))[0, 1]
     assert corr > 0.5  # descending the loss raises the score of long survivors
 

@@ -29,6 +29,7 @@ __all__ = [
     "init_mlps",
     "keep_counts",
     "ordinal_loss",
+    "ordinal_targets",
     "run_tickets",
     "topk_masks",
     "train_masked",
@@ -138,18 +139,27 @@ def _final_masks(survived: list[torch.Tensor], spec: TicketSpec) -> list[torch.T
     return [(s == rounds).to(s) for s in survived]
 
 
-def ordinal_loss(score: torch.Tensor, survived: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+def ordinal_targets(survived: torch.Tensor, rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets of :func:`ordinal_loss` from the IMP round each weight survived to ``(N, out, in)``:
+    ``y[..., r-1] = [survived >= r]`` for ``r = 1..R`` ``(N, out, in, R)``, and each round's
+    class-balancing positive weight ``(1 - p_r) / p_r`` ``(R,)`` (``p_r``: its positive rate)."""
+    r = torch.arange(1, rounds + 1, device=survived.device, dtype=survived.dtype)
+    y = (survived.unsqueeze(-1) >= r).to(torch.get_default_dtype())
+    pos = y.mean(dim=(0, 1, 2)).clamp(1e-4, 1 - 1e-4)
+    return y, (1 - pos) / pos
+
+
+def ordinal_loss(
+    score: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
     """Cumulative-link (ordinal logistic) loss of one score per weight against the IMP round it
     survived to: for every round ``r = 1..R``, ``P(survived >= r) = sigmoid(score - c_r)``, each
-    round's binary cross-entropy balanced by its positive rate. ``score``, ``survived``:
-    ``(N, out, in)``; ``thresholds``: ``(R,)``. Ranking weights by ``score`` is then ranking them
-    by how long IMP keeps them."""
-    r = torch.arange(1, thresholds.shape[0] + 1, device=score.device, dtype=survived.dtype)
-    y = (survived.unsqueeze(-1) >= r).to(score)  # (N, out, in, R)
-    pos = y.mean(dim=(0, 1, 2)).clamp(1e-4, 1 - 1e-4)  # (R,)
+    round's binary cross-entropy balanced by its positive rate. ``score``: ``(N, out, in)``;
+    ``y``, ``pos_weight``: from :func:`ordinal_targets` (computed once per training set);
+    ``thresholds``: ``(R,)``. Ranking weights by ``score`` is then ranking them by how long IMP
+    keeps them."""
     logits = score.unsqueeze(-1) - thresholds
-    per = F.binary_cross_entropy_with_logits(logits, y, pos_weight=(1 - pos) / pos, reduction="none")
-    return per.mean()
+    return F.binary_cross_entropy_with_logits(logits, y.to(logits), pos_weight=pos_weight.to(logits))
 
 
 class MaskPredictor(torch.nn.Module):
@@ -210,7 +220,7 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
     survived = imp_rounds(init, data, spec)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"key": key, "masks": _final_masks(survived, spec), "survived": survived, "seconds": seconds}, path)
+    torch.save({"key": key, "survived": survived, "seconds": seconds}, path)  # the masks derive from it
     return survived, seconds
 
 
@@ -239,6 +249,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
     y_train = [m[tr] for m in masks]
     keep = keep_counts(widths, spec.sparsity)
     pos_weight = [torch.tensor((1 - k / m[0].numel()) / (k / m[0].numel())) for k, m in zip(keep, masks)]
+    ordinal = [ordinal_targets(s[tr], rounds) for s in survived] if spec.loss == "ordinal" else []
     predicted, nfn_seconds = {}, {}
     for kind in spec.predictors:
         torch.manual_seed(spec.seed)
@@ -249,7 +260,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
         for epoch in range(spec.nfn_epochs):
             out = model(x_train)
             if spec.loss == "ordinal":
-                loss = sum(ordinal_loss(o[:, 0], s[tr], c) for o, s, c in zip(out.weights, survived, thresholds))
+                loss = sum(ordinal_loss(o[:, 0], y, pw, c) for o, (y, pw), c in zip(out.weights, ordinal, thresholds))
             else:
                 loss = sum(
                     F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
