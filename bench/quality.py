@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="inner steps per held-out task (default: horizons)")
     p.add_argument("--tasks", default=None, help="only these tasks of the suite, comma-separated")
     p.add_argument("--out", default="bench/results/quality")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous report in --out")
     p.add_argument(
         "--use",
         action="append",
@@ -89,6 +90,7 @@ def main() -> None:
         title=f"quality: pretrained learned optimizers on held-out suite {args.suite} (meta-training inner steps: "
         + ", ".join(f"{k} {v}" for k, v in budgets.items())
         + ")",
+        overwrite=args.overwrite,
     )
     rows = run.rows
     nf = [k for k in optimizers if k != "mlp"]

@@ -1,4 +1,5 @@
-"""Small file helpers shared across the package: atomic writes and validated YAML specs."""
+"""Small file helpers shared across the package: atomic writes, output directories that are
+never silently replaced, and validated YAML specs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["atomic_save", "load_yaml_model", "read_yaml", "validate_yaml_model"]
+__all__ = ["RunExistsError", "atomic_save", "claim_output", "load_yaml_model", "read_yaml", "validate_yaml_model"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -29,6 +30,22 @@ def atomic_save(obj, path: str | Path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+class RunExistsError(FileExistsError):
+    """A previous run's output is where a new one would go (never silently replaced; CLI exit 5)."""
+
+
+def claim_output(marker: str | Path, overwrite: bool, what: str) -> None:
+    """Refuse to write a new result where ``marker`` (the file a finished ``what`` leaves, e.g.
+    ``out/results.json``) already is, unless ``overwrite``: raises :class:`RunExistsError`
+    naming the file and the fix. Call it before the work starts, not when writing the result."""
+    marker = Path(marker)
+    if marker.exists() and not overwrite:
+        raise RunExistsError(
+            f"{marker}: a previous {what} is there; choose another output directory, or pass "
+            "--overwrite (overwrite=True) to replace it"
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

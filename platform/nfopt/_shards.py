@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from nfopt._files import atomic_save
+from nfopt._files import RunExistsError, atomic_save
 
 __all__ = [
     "missing_shards",
@@ -56,10 +56,10 @@ def same_spec(old: dict, spec: BaseModel) -> bool:
 def write_manifest(path: Path, spec: BaseModel, **fields) -> None:
     """Write the manifest ``{"spec": spec.model_dump(), **fields}`` atomically; an existing
     manifest must hold the same spec (:func:`same_spec`: a build never mixes shards of two specs,
-    but survives fields added to the spec class at their defaults)."""
+    but survives fields added to the spec class at their defaults), else :class:`RunExistsError`."""
     if path.exists():
         if not same_spec(json.loads(path.read_text()).get("spec", {}), spec):
-            raise ValueError(
+            raise RunExistsError(
                 f"{path}: holds data built from a different spec; build into another `out` directory "
                 "or delete it to start over"
             )

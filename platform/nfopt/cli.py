@@ -95,8 +95,9 @@ def _run(args) -> int:
     spec, console = _load(args)
     if spec is None:
         return 2
+    from nfopt._files import RunExistsError
     from nfopt.cluster.submit import ClusterUnreachableError
-    from nfopt.recipes.meta_train import NoProgressError, RunExistsError, run_job
+    from nfopt.recipes.meta_train import NoProgressError, run_job
     from nfopt.track import TrackingUnreachableError
 
     console.print(f"[dim]outputs: {escape(str(spec.checkpoint_dir))}[/dim]")
@@ -154,6 +155,7 @@ def _evaluate(spec, result, args) -> None:
 def _evaluate_cmd(args) -> int:
     from rich.console import Console
 
+    from nfopt._files import RunExistsError
     from nfopt.evaluation import EvalSettings
     from nfopt.recipes.evaluate import load_optimizers, run_evaluation
     from nfopt.specs import TrackingSpec
@@ -208,7 +210,11 @@ def _evaluate_cmd(args) -> int:
             use_ray=not args.no_ray,
             address=args.address,
             tracking=None if args.no_track else TrackingSpec(uri=args.tracking_uri, experiment=args.experiment),
+            overwrite=args.overwrite,
         )
+    except RunExistsError as err:
+        _error(console, str(err))
+        return 5
     except FileNotFoundError as err:  # a dataset's files (DataNotFoundError says where it looked)
         _error(console, f"{args.suite}: {err}")
         return 3
@@ -303,6 +309,7 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
     """Load an experiment spec of one of ``kinds`` and run it (``nfopt zoo`` / ``nfopt inr``)."""
     from rich.console import Console
 
+    from nfopt._files import RunExistsError
     from nfopt.recipes.experiments import ExperimentSpecError, load_experiment
 
     console = Console(stderr=True)
@@ -332,7 +339,10 @@ def _experiment(args, kinds: tuple[str, ...], hint: str = "") -> int:
 
             runners = {"generalization": run_generalization, "tickets": run_tickets}
             runners |= {"inr_classify": run_classify, "inr_edit": run_edit}
-            runners[spec.experiment](spec)
+            runners[spec.experiment](spec, overwrite=args.overwrite)
+    except RunExistsError as err:
+        _error(console, str(err))
+        return 5
     except FileNotFoundError as err:
         _error(console, str(err))
         return 3
@@ -439,7 +449,7 @@ EXIT_CODES = """exit codes:
   2    bad arguments or an invalid file (the message names the file and the field)
   3    a missing file: checkpoint, sweep, data, optimizer
   4    an unreachable Ray cluster or MLflow tracking server
-  5    a run already where a new one would go (use --resume or --overwrite)
+  5    a run, report or result already where a new one would go (use --resume or --overwrite)
   6    meta-training made no progress (no usable meta-gradient)
   130  interrupted (--resume continues from the last checkpoint)"""
 
@@ -506,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     ev.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default sqlite:///<cwd>/mlflow.db)")
     ev.add_argument("--experiment", default="nfopt-evaluate")
+    ev.add_argument("--overwrite", action="store_true", help="replace a previous report in --out")
     ev.set_defaults(fn=_evaluate_cmd)
     zo = sub.add_parser(
         "zoo", help="build a model zoo, or run a zoo experiment (generalization prediction, winning tickets)"
@@ -513,12 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     zo.add_argument("job", help="jobs/experiments/zoo_*.yaml, generalization*.yaml, tickets*.yaml")
     zo.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     zo.add_argument("--no-ray", action="store_true", help="train zoo shards one after another in this process")
+    zo.add_argument("--overwrite", action="store_true", help="replace an experiment's previous results.json")
     zo.set_defaults(fn=_zoo)
     ir = sub.add_parser("inr", help="INR experiments: fit an INR dataset, classify INRs, edit INRs")
     ir.add_argument("action", choices=["fit", "classify", "edit"])
     ir.add_argument("job", help="jobs/experiments/inr_*.yaml")
     ir.add_argument("--address", default=None, help="attach to a Ray cluster instead of an embedded local one")
     ir.add_argument("--no-ray", action="store_true", help="fit shards one after another in this process")
+    ir.add_argument("--overwrite", action="store_true", help="replace an experiment's previous results.json")
     ir.set_defaults(fn=_inr)
     pt = sub.add_parser(
         "pretrained",

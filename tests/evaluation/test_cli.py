@@ -30,6 +30,9 @@ def test_evaluate_writes_a_report_and_logs_it(tiny_suite, tmp_path, capsys):
     assert "digits_a.mlp:demo.train_loss" in run.data.metrics
     names = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"report.md", "summary.csv", "results.json", "speedups.png", "curves.png", "curves"} <= names
+    before = (out / "results.json").read_text()
+    assert main(args) == 5  # the report is there: never replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and (out / "results.json").read_text() == before
 
 
 def test_a_malformed_suite_is_refused_with_the_field_named(tmp_path, capsys):

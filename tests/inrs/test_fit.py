@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from nfopt._files import RunExistsError
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.fit import fit_sirens, labelled_images, psnr
 from nfopt.inrs.spec import InrFitSpec
@@ -146,5 +147,5 @@ def test_a_build_resumes_across_spec_fields_added_at_their_defaults(tmp_path):
     assert not same_spec(old, _spec(tmp_path, steps=5, source={**spec.source.model_dump(), "crop": 32}))
     assert not same_spec(old, _spec(tmp_path, steps=6))
     assert not same_spec({**old, "retired_field": 1}, spec)
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(RunExistsError, match="different spec"):
         build_inrs(_spec(tmp_path, steps=6), use_ray=False, progress=False)

@@ -18,15 +18,20 @@ def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     assert all(-1 <= r["tau"] <= 1 for r in results["results"].values())
     assert (tmp_path / "gen" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
     assert "Kendall" in capsys.readouterr().out
+    assert main(["zoo", gen]) == 5  # a result is there: never replaced without --overwrite
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["zoo", shipped_job(tmp_path, "tickets_tiny", out=str(tmp_path / "tk"))]) == 0
     tickets = json.loads((tmp_path / "tk" / "results.json").read_text())["results"]
     assert set(tickets) == {"nfn_np", "imp", "random", "dense"}
-    # a second run with other predictors reuses IMP's masks (same IMP settings) and ablates them
+    # a second run with other predictors (asked to replace the first's table) reuses IMP's masks
+    # (same IMP settings) and ablates them
     job = shipped_job(
         tmp_path, "tickets_tiny", out=str(tmp_path / "tk"), predictors=["np_io", "hnp"], magnitude=True, loss="ordinal"
     )
     capsys.readouterr()
-    assert main(["zoo", job]) == 0
+    assert main(["zoo", job]) == 5
+    assert json.loads((tmp_path / "tk" / "results.json").read_text())["results"] == tickets  # untouched
+    assert main(["zoo", job, "--overwrite"]) == 0
     assert "IMP masks reused" in capsys.readouterr().err
     again = json.loads((tmp_path / "tk" / "results.json").read_text())
     assert set(again["results"]) == {"nfn_np_io", "nfn_hnp", "imp", "random", "dense"}

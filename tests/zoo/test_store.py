@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from nfopt._files import RunExistsError
 from nfopt.zoo import store
 from nfopt.zoo.spec import ZooSpec
 from nfopt.zoo.train import sample_shard
@@ -87,7 +88,7 @@ def test_an_interrupted_build_resumes_without_duplicate_or_lost_runs(tmp_path, m
 
 def test_a_different_spec_cannot_extend_an_existing_zoo(tmp_path):
     store.build_zoo(tiny(tmp_path), use_ray=False, progress=False)
-    with pytest.raises(ValueError, match="different spec"):
+    with pytest.raises(RunExistsError, match="different spec"):
         store.build_zoo(tiny(tmp_path, epochs=3, save_epochs=[3]), use_ray=False, progress=False)
 
 

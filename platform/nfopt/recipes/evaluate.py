@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nfopt
+from nfopt._files import claim_output
 from nfopt.evaluation.protocol import EvalSettings, TaskResult, evaluate_suite
 from nfopt.evaluation.report import SummaryRow, print_table, summarize, win_fraction, write_report
 from nfopt.jobs import JobSpec
@@ -98,10 +99,14 @@ def run_evaluation(
     progress: bool = True,
     console=None,
     untrained: bool = True,
+    overwrite: bool = False,
 ) -> EvaluationRun:
     """Evaluate, print the table, write the report under ``out`` and (with ``tracking``) log
     metrics and every output file to one MLflow run. With
-    ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`)."""
+    ``untrained`` every learned rule is joined by its own initialisation (:func:`with_untrained`).
+    A previous report in ``out`` raises :class:`~nfopt._files.RunExistsError` before any work
+    unless ``overwrite``."""
+    claim_output(Path(out) / "results.json", overwrite, "evaluation report")
     inits: dict[str, str] = {}
     if untrained:
         inits = {n: untrained_name(optimizers, n) for n, r in optimizers.items() if isinstance(r, LearnedUpdateRule)}
@@ -194,4 +199,5 @@ def evaluate_job(
         use_ray=use_ray,
         address=address,
         tracking=tr if tr.enabled else None,
+        overwrite=True,  # the run's own report: replaced whenever its run is (re)started or resumed
     )

@@ -10,6 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nfopt._files import claim_output
 from nfopt.recipes.experiments import finish_experiment
 from nfopt.zoo.predict import build_predictor, kendall_tau
 from nfopt.zoo.spec import GeneralizationSpec
@@ -74,9 +75,10 @@ def _scatter(results: dict, path) -> None:
     plt.close(fig)
 
 
-def run_generalization(spec: GeneralizationSpec, progress: bool = True) -> dict:
+def run_generalization(spec: GeneralizationSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train and score every predictor of ``spec``; writes ``results.json``, ``table.md`` and
     ``scatter.png`` to ``spec.out_dir`` and returns ``{kind: {"tau", "rmse", "seconds", ...}}``."""
+    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     zoo = load_zoo(spec.zoo)

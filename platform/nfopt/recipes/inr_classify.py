@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfopt._files import claim_output
 from nfopt.inr import Siren, grid_coords
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import InrDataset, SplitData, load_inrs
@@ -208,8 +209,9 @@ def accuracy(model: nn.Module, data: SplitData, batch: int = 256) -> float:
     return correct / len(data)
 
 
-def run_classify(spec: InrClassifySpec, progress: bool = True) -> dict:
+def run_classify(spec: InrClassifySpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train and test every model of ``spec``; writes ``results.json`` and ``table.md``."""
+    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nfopt._files import claim_output
 from nfopt.data.image import clahe
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.spec import InrEditSpec
@@ -145,8 +146,9 @@ def _grid(rows: list[torch.Tensor], names: list[str], path) -> None:
     plt.close(fig)
 
 
-def run_edit(spec: InrEditSpec, progress: bool = True) -> dict:
+def run_edit(spec: InrEditSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train every editor; test MSE between the edited INR's rendering and the edited image."""
+    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 
 import nfopt
+from nfopt._files import RunExistsError
 from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.lopt.pretrained import pretrained_path
@@ -36,10 +37,6 @@ __all__ = [
     "check_job",
     "run_job",
 ]
-
-
-class RunExistsError(FileExistsError):
-    """Starting a job whose checkpoint directory already holds a run (never silently replaced)."""
 
 
 class NoProgressError(RuntimeError):

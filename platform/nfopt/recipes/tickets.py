@@ -14,6 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from nfopt._files import claim_output
 from nfopt.data import Dataset, load_dataset
 from nfopt.nn import HNPLinear, NFActivation, NPLinear
 from nfopt.recipes.experiments import finish_experiment
@@ -224,8 +225,9 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
     return survived, seconds
 
 
-def run_tickets(spec: TicketSpec, progress: bool = True) -> dict:
+def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """The whole experiment; writes ``results.json`` and ``table.md`` to ``spec.out_dir``."""
+    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)
