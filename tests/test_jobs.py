@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from nfopt.jobs import EXPERIMENT_COMMANDS, JobSpecError, load_job
+from nfopt.jobs import EXPERIMENTS, JobSpecError, load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "name: j\ntask: digits_mlp\nouter_steps: 3\n"
@@ -18,7 +18,7 @@ def test_shipped_jobs_validate_and_live_by_what_runs_them():
         spec = load_experiment(f)
         kinds.add(spec.experiment)
         assert spec.name
-        command = EXPERIMENT_COMMANDS[spec.experiment]
+        command = EXPERIMENTS[spec.experiment].command
         with pytest.raises(JobSpecError, match=f"experiment spec .* run it with `{command} "):
             load_job(f)  # `nfopt run` on an experiment names the command that runs it
     for f in sorted((ROOT / "jobs" / "meta").glob("*.yaml")):  # nfopt run / tune / submit

@@ -1,4 +1,5 @@
-"""Job specs (``jobs/meta/*.yaml``): what ``nfopt run`` meta-trains, where, and how it is tracked.
+"""Job specs (``jobs/meta/*.yaml``): what ``nfopt run`` meta-trains, where, and how it is tracked;
+and the table of experiment specs (``jobs/experiments/*.yaml``, :data:`EXPERIMENTS`).
 
 Validated by pydantic: unknown keys are errors, and every error names the file and the field
 and says what is allowed."""
@@ -12,12 +13,14 @@ from pydantic import Field, ValidationError, model_validator
 
 from nfopt._files import read_yaml, validate_yaml_model
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
+from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
 from nfopt.meta.estimators import EstimatorKind
 from nfopt.meta.problems import MetaLoss
 from nfopt.specs import Float, Int, Name, Rate, Seed, StrictModel, TrackingSpec, output_dir
+from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
 
 __all__ = [
-    "EXPERIMENT_COMMANDS",
+    "EXPERIMENTS",
     "META_MODEL_SIZES",
     "EstimatorSpec",
     "InnerSpec",
@@ -273,14 +276,15 @@ def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") 
         raise JobSpecError(f"{what} {overrides}: invalid JobSpec:\n  " + "\n  ".join(lines)) from None
 
 
-#: The command that runs each kind of experiment spec (files with an ``experiment:`` field).
-EXPERIMENT_COMMANDS = {
-    "inr_fit": "nfopt inr fit",
-    "inr_classify": "nfopt inr classify",
-    "inr_edit": "nfopt inr edit",
-    "zoo": "nfopt zoo",
-    "generalization": "nfopt zoo",
-    "tickets": "nfopt zoo",
+#: The experiment specs (files with an ``experiment:`` field) by kind; each class names the
+#: command that runs it (``command``).
+EXPERIMENTS = {
+    "zoo": ZooSpec,
+    "generalization": GeneralizationSpec,
+    "tickets": TicketSpec,
+    "inr_fit": InrFitSpec,
+    "inr_classify": InrClassifySpec,
+    "inr_edit": InrEditSpec,
 }
 
 
@@ -291,7 +295,7 @@ def load_job(path: str | Path) -> JobSpec:
     raw = read_yaml(path, JobSpecError, "job")
     if isinstance(raw, dict) and "experiment" in raw:
         kind = raw["experiment"]
-        command = EXPERIMENT_COMMANDS.get(kind, "nfopt inr ... or nfopt zoo")
+        command = EXPERIMENTS[kind].command if kind in EXPERIMENTS else "nfopt inr ... or nfopt zoo"
         raise JobSpecError(
             f"{path}: an experiment spec (experiment: {kind}), not a meta-training job; run it with `{command} {path}`"
         )

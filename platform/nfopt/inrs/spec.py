@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -40,6 +40,7 @@ class InrFitSpec(_Strict):
     batched population; resumable (complete shards are kept)."""
 
     experiment: Literal["inr_fit"] = "inr_fit"
+    command: ClassVar[str] = "nfopt inr fit"  # what runs it
     name: Name
     source: InrSourceSpec = InrSourceSpec()
     hidden: Int = Field(default=32, gt=0, description="SIREN width")
@@ -63,6 +64,7 @@ class InrClassifySpec(_Strict):
     equivariant layers), an MLP on flat weights."""
 
     experiment: Literal["inr_classify"] = "inr_classify"
+    command: ClassVar[str] = "nfopt inr classify"  # what runs it
     name: Name
     inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
     models: list[Literal["inr2array", "nfn_np", "dwsnets", "mlp"]] = Field(
@@ -98,6 +100,7 @@ class InrEditSpec(_Strict):
     """Learn weight-space edits: the edited INR should render ``edit(image)``."""
 
     experiment: Literal["inr_edit"] = "inr_edit"
+    command: ClassVar[str] = "nfopt inr edit"  # what runs it
     name: Name
     inrs: str = Field(description="an INR dataset directory (written by `nfopt inr fit`)")
     edit: Literal["dilate", "contrast", "linear_contrast"] = Field(

@@ -6,19 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nfopt._files import read_yaml, validate_yaml_model
-from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
-from nfopt.zoo.spec import GeneralizationSpec, TicketSpec, ZooSpec
+from nfopt.jobs import EXPERIMENTS
 
-__all__ = ["EXPERIMENTS", "ExperimentSpecError", "finish_experiment", "load_experiment"]
-
-EXPERIMENTS = {
-    "zoo": ZooSpec,
-    "generalization": GeneralizationSpec,
-    "tickets": TicketSpec,
-    "inr_fit": InrFitSpec,
-    "inr_classify": InrClassifySpec,
-    "inr_edit": InrEditSpec,
-}
+__all__ = ["ExperimentSpecError", "finish_experiment", "load_experiment"]
 
 
 class ExperimentSpecError(ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -62,6 +62,7 @@ class ZooSpec(StrictModel):
     hyperparameters, weights saved after each epoch in ``save_epochs`` (0 = initialisation)."""
 
     experiment: Literal["zoo"] = "zoo"
+    command: ClassVar[str] = "nfopt zoo"  # what runs it
     name: Name
     data: ZooDataSpec = ZooDataSpec()
     conv_layers: Int = Field(default=3, ge=1)
@@ -98,6 +99,7 @@ class GeneralizationSpec(StrictModel):
     """Predict a zoo member's test accuracy from its weights (invariant NFN-NP/HNP, NFT, STATNN)."""
 
     experiment: Literal["generalization"] = "generalization"
+    command: ClassVar[str] = "nfopt zoo"  # what runs it
     name: Name
     zoo: str = Field(description="a zoo directory (written by `nfopt zoo`)")
     predictors: list[Literal["nfn_np", "nfn_hnp", "nft", "statnn"]] = Field(
@@ -125,6 +127,7 @@ class TicketSpec(StrictModel):
     initialisation; compared by test accuracy of the masked network retrained from init."""
 
     experiment: Literal["tickets"] = "tickets"
+    command: ClassVar[str] = "nfopt zoo"  # what runs it
     name: Name
     data: ZooDataSpec = ZooDataSpec(name="digits", size=8)
     widths: list[Int] = Field(default=[64, 64], min_length=1, description="hidden widths of the MLPs")
