@@ -12,7 +12,15 @@ import torch
 import yaml
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["RunExistsError", "atomic_save", "claim_output", "load_yaml_model", "read_yaml", "validate_yaml_model"]
+__all__ = [
+    "RunExistsError",
+    "atomic_save",
+    "claim_output",
+    "load_yaml_model",
+    "read_yaml",
+    "validate_yaml_model",
+    "validation_message",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -97,5 +105,10 @@ def validate_yaml_model(path: Path, raw, model: type[M], error: type[ValueError]
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
-        raise error(f"{path}: invalid {model.__name__}:\n  " + "\n  ".join(lines)) from None
+        raise error(f"{path}: {validation_message(err, model)}") from None
+
+
+def validation_message(err: ValidationError, model: type[BaseModel]) -> str:
+    """``invalid MODEL:`` then one indented line per offending field (``a.b.c: message``)."""
+    lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
+    return f"invalid {model.__name__}:\n  " + "\n  ".join(lines)

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from nfopt._files import read_yaml, validate_yaml_model
+from nfopt._files import read_yaml, validate_yaml_model, validation_message
 from nfopt.evaluation.protocol import ADAM_LRS, SGD_LRS
 from nfopt.inrs.spec import InrClassifySpec, InrEditSpec, InrFitSpec
 from nfopt.meta.estimators import EstimatorKind
@@ -272,8 +272,7 @@ def apply_overrides(spec: JobSpec, overrides: dict, what: str = "search.space") 
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
-        raise JobSpecError(f"{what} {overrides}: invalid JobSpec:\n  " + "\n  ".join(lines)) from None
+        raise JobSpecError(f"{what} {overrides}: {validation_message(err, JobSpec)}") from None
 
 
 #: The experiment specs (files with an ``experiment:`` field) by kind; each class names the
