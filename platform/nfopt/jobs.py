@@ -29,6 +29,7 @@ __all__ = [
     "MetaModelSpec",
     "MetaOptimizerSpec",
     "SearchSpec",
+    "ValidationSpec",
     "apply_overrides",
     "load_job",
 ]
@@ -175,6 +176,19 @@ class EvaluateSpec(StrictModel):
     )
 
 
+class ValidationSpec(StrictModel):
+    """A fixed validation set (:mod:`nfopt.evaluation.validation`): every ``every`` outer steps
+    the rule that would be saved (the running mean of θ when ``meta_optimizer.average`` is on)
+    trains ``networks`` networks on each of ``tasks`` fixed draws of the job's task for ``steps``
+    steps; the score (mean log of final over initial train loss, lower is better) is logged as
+    ``val_loss``, and the best-scoring rule so far is kept as ``best_optimizer.pt``."""
+
+    tasks: Int = Field(default=4, gt=0, description="fixed tasks drawn from the job's task family or mixture")
+    networks: Int = Field(default=2, gt=0, description="networks (initialisations) per task")
+    steps: Int = Field(default=300, gt=0, description="inner steps of each validation run (the rule is told)")
+    every: Int = Field(default=25, gt=0, description="outer steps between validations")
+
+
 class SearchSpec(StrictModel):
     """A Ray Tune sweep over job fields (``nfopt tune``): ``space`` maps dotted job fields to one
     of ``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{choice: [...]}``, ``{grid: [...]}``."""
@@ -231,6 +245,7 @@ class JobSpec(StrictModel):
     checkpoint: CheckpointSpec = CheckpointSpec()
     tracking: TrackingSpec = TrackingSpec()
     evaluate: EvaluateSpec | None = None
+    validation: ValidationSpec | None = None
     search: SearchSpec | None = None
     init_from: str | None = Field(
         default=None,

@@ -67,6 +67,32 @@ def test_meta_parameter_averaging_ships_the_mean_of_the_last_steps_and_survives_
         assert torch.equal(v, again[k]), k
 
 
+def test_a_fixed_validation_set_scores_the_rule_and_keeps_the_best_across_resume(tmp_path):
+    """``validation`` every 2 outer steps (and at the last): ``val_loss`` in the history, the
+    best-scoring rule in ``best_optimizer.pt`` (its metadata says which step and score), the
+    score a deterministic function of θ, and a resumed run keeps the best it had."""
+    from nfopt.evaluation import validation_score, validation_tasks
+    from nfopt.tasks import load_tasks
+
+    val = {"tasks": 2, "networks": 2, "steps": 5, "every": 2}
+    spec = tiny_spec(tmp_path / "a", outer_steps=3, validation=val, meta_optimizer={"lr": 0.05})
+    full = run_job(spec, use_ray=False, progress=False)
+    scores = {h["step"]: h["val_loss"] for h in full.history if "val_loss" in h}
+    assert set(scores) == {2, 3} and all(math.isfinite(v) for v in scores.values())
+    best = torch.load(full.checkpoint.parent / "best_optimizer.pt", weights_only=True)
+    assert best["metadata"]["val_loss"] == min(scores.values())
+    assert best["metadata"]["outer_steps"] == min(scores, key=scores.get)
+    rule = LearnedUpdateRule.from_config(best["config"])
+    rule.load_state_dict(best["state_dict"])
+    tasks = validation_tasks(load_tasks("digits_mlp"), 2)
+    assert validation_score(rule, tasks, 2, 5) == best["metadata"]["val_loss"]  # deterministic
+    part = tiny_spec(tmp_path / "b", outer_steps=3, validation=val, meta_optimizer={"lr": 0.05})
+    run_job(part, use_ray=False, progress=False, max_steps=2)
+    rest = run_job(part, resume=True, use_ray=False, progress=False)
+    again = torch.load(rest.checkpoint.parent / "best_optimizer.pt", weights_only=True)["metadata"]
+    assert again["val_loss"] == best["metadata"]["val_loss"]
+
+
 def _one_damaged_task(damage):
     """A learner over one worker with one digits task whose inner parameters ``damage`` changed;
     returns ``(learner, worker, the task's seed before the step)``."""

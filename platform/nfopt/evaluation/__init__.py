@@ -16,6 +16,7 @@ from nfopt.evaluation.protocol import (
     tune_lr,
 )
 from nfopt.evaluation.report import print_table, speedup, summarize, win_fraction, write_report
+from nfopt.evaluation.validation import validation_score, validation_tasks
 
 __all__ = [
     "ADAM_LRS",
@@ -33,6 +34,8 @@ __all__ = [
     "summarize",
     "train_population",
     "tune_lr",
+    "validation_score",
+    "validation_tasks",
     "win_fraction",
     "write_report",
 ]

@@ -17,6 +17,7 @@ import torch
 
 import nfopt
 from nfopt._files import RunExistsError
+from nfopt.evaluation.validation import validation_score, validation_tasks
 from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.lopt.pretrained import pretrained_path
@@ -208,6 +209,13 @@ class RunResult:
     model_uri: str | None = None  # the learned optimizer as an MLflow model (models:/NAME/VERSION if registered)
 
 
+def _best_score(path: Path) -> float:
+    """The validation score of the best rule a resumed run kept (``inf`` when there is none)."""
+    if not path.exists():
+        return math.inf
+    return float(nfopt.load_optimizer(path).metadata.get("val_loss", math.inf))
+
+
 def _plot(history: list[dict], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -305,6 +313,12 @@ def run_job(
         )
         run_id = tracker.run_id
     result = RunResult(steps=learner.step_count, run_id=run_id)
+    val = spec.validation
+    val_tasks = validation_tasks(load_tasks(spec.task), val.tasks) if val else []
+    best_path = ckdir / "best_optimizer.pt"
+    if not resume and best_path.exists():  # a fresh start (--overwrite): the old run's best goes with it
+        best_path.unlink()
+    best = _best_score(best_path)
     start_step = learner.step_count
     end = spec.outer_steps if max_steps is None else min(spec.outer_steps, learner.step_count + max_steps)
     status = "FAILED"
@@ -320,6 +334,19 @@ def run_job(
             },
             latest,
         )
+
+    def metadata(**extra) -> dict:
+        return {
+            "job": spec.name,
+            "outer_steps": learner.step_count,
+            "averaged_outer_steps": learner.avg_count,
+            "inner_steps": int(budget["inner_steps"]),
+            "meta_train_wall_s": round(budget["wall_s"], 1),
+            "task": spec.task,
+            "init_from": spec.init_from,
+            **extra,
+            "spec": spec.model_dump(mode="json"),
+        }
 
     try:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -352,6 +379,12 @@ def run_job(
                 budget["inner_steps"] += m["inner_steps"]
                 budget["wall_s"] += elapsed
                 m["budget_inner_steps"] = budget["inner_steps"]
+                if val and (learner.step_count % val.every == 0 or learner.step_count == spec.outer_steps):
+                    rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
+                    m["val_loss"] = validation_score(rule, val_tasks, val.networks, val.steps)
+                    if m["val_loss"] < best:
+                        best = m["val_loss"]
+                        save_optimizer(rule, best_path, metadata=metadata(val_loss=best))
                 result.history.append(m)
                 if learner.step_count % spec.checkpoint.every == 0:
                     result.checkpoint = checkpoint()
@@ -372,17 +405,7 @@ def run_job(
                 )
         result.checkpoint = checkpoint()
         rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
-        metadata = {
-            "job": spec.name,
-            "outer_steps": learner.step_count,
-            "averaged_outer_steps": learner.avg_count,
-            "inner_steps": int(budget["inner_steps"]),
-            "meta_train_wall_s": round(budget["wall_s"], 1),
-            "task": spec.task,
-            "init_from": spec.init_from,
-            "spec": spec.model_dump(mode="json"),
-        }
-        result.optimizer_path = save_optimizer(rule, ckdir / "learned_optimizer.pt", metadata=metadata)
+        result.optimizer_path = save_optimizer(rule, ckdir / "learned_optimizer.pt", metadata=metadata())
         (ckdir / "job.json").write_text(json.dumps(spec.model_dump(), indent=2))
         curve = _plot(result.history, ckdir / "meta_loss.png") if result.history else None
         if tracker:
