@@ -185,8 +185,13 @@ class ValidationSpec(StrictModel):
 
     tasks: Int = Field(default=4, gt=0, description="fixed tasks drawn from the job's task family or mixture")
     networks: Int = Field(default=2, gt=0, description="networks (initialisations) per task")
-    steps: Int = Field(default=300, gt=0, description="inner steps of each validation run (the rule is told)")
-    every: Int = Field(default=25, gt=0, description="outer steps between validations")
+    steps: Int = Field(
+        default=1000,
+        gt=0,
+        description="inner steps of each validation run (the rule is told); short runs mislead (300 ranked "
+        "phase-1 rules opposite to the held-out suite, 1000 picked the best: bench/results/ablation/budget.md)",
+    )
+    every: Int = Field(default=50, gt=0, description="outer steps between validations")
 
 
 class SearchSpec(StrictModel):
