@@ -409,7 +409,8 @@ def run_job(
         (ckdir / "job.json").write_text(json.dumps(spec.model_dump(), indent=2))
         curve = _plot(result.history, ckdir / "meta_loss.png") if result.history else None
         if tracker:
-            for p in (result.checkpoint, result.optimizer_path, ckdir / "job.json", curve):
+            kept = best_path if best_path.exists() else None
+            for p in (result.checkpoint, result.optimizer_path, ckdir / "job.json", curve, kept):
                 if p is not None:
                     tracker.log_artifact(p)
             result.model_uri = tracker.log_optimizer_model(result.optimizer_path, spec.tracking.register_as)
