@@ -516,3 +516,19 @@ def test_rule_and_state_follow_cuda_parameters_and_load_on_the_cpu():
     opt_cpu.load_state_dict(opt.state_dict())  # CUDA rule state -> the CPU parameters' device
     train(cpu, opt_cpu, 1)
     assert all(torch.isfinite(p).all() for p in cpu.parameters())
+
+
+def test_a_compiled_rule_takes_the_eager_steps():
+    """``compile=True`` (``torch.compile`` of a private copy of the rule): the same updates up to
+    float rounding on a model of two chains with a learned schedule; the caller's rule stays eager."""
+    rule = nfopt.load_optimizer("nfn_np_small")
+    a, b = mlp(), mlp()
+    opt_a = rule(a, num_steps=20)
+    opt_b = rule(b, num_steps=20, compile=True)
+    assert opt_b.rule is not rule.rule and getattr(rule.rule, "_compiled_call_impl", None) is None
+    train(a, opt_a, 3)
+    train(b, opt_b, 3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="compile=True needs a learned rule"):
+        LearnedOptimizer(mlp().parameters(), Adam(lr=1e-3), compile=True)

@@ -147,7 +147,7 @@ def build_features(
 
     def one(p: Tensor, g: Tensor, m: Tensor, u: Tensor | None) -> Tensor:
         parts = [g, p, m] if u is None else [g, p, m, u]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in parts):
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(t.requires_grad for t in parts)):
             return second_moment_normalize(torch.cat(parts, dim=1), cfg.eps)
         return _normalized_cat(parts, cfg.eps)
 

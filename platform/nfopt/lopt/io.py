@@ -41,12 +41,20 @@ class TrainedOptimizer:
         lr: float = 1.0,
         weight_decay: float = 0.0,
         describe: Collection[str] = (),
+        compile: bool = False,
     ) -> LearnedOptimizer:
         """A :class:`LearnedOptimizer` with this rule over ``params`` (a model, its parameters or
         param groups); ``lr`` multiplies the trained step, ``weight_decay`` is decoupled;
-        ``describe``: module families seen as their own weight spaces (``nfopt.lopt.layout``)."""
+        ``describe``: module families seen as their own weight spaces (``nfopt.lopt.layout``);
+        ``compile``: run the rule's step through ``torch.compile``."""
         return LearnedOptimizer(
-            params, self.rule, num_steps=num_steps, lr=lr, weight_decay=weight_decay, describe=describe
+            params,
+            self.rule,
+            num_steps=num_steps,
+            lr=lr,
+            weight_decay=weight_decay,
+            describe=describe,
+            compile=compile,
         )
 
     def __repr__(self) -> str:

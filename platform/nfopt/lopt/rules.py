@@ -211,9 +211,8 @@ class LearnedUpdateRule(nn.Module):
         w = self.log_schedule
         k = w.shape[0] - 1
         x = fraction.clamp(0, 1) * k
-        i = x.floor().clamp(max=k - 1).long()
-        t = x - i.to(x)
-        at = w[i] * (1 - t) + w[i + 1] * t
+        knots = torch.arange(k + 1, dtype=x.dtype, device=x.device)
+        at = (w * (1 - (x - knots).abs()).clamp_min(0)).sum()  # linear interpolation by hat functions
         mean = (w[:-1] + w[1:]).mean() / 2  # the integral of the interpolant over [0, 1]
         return known * (at - mean)
 
@@ -221,8 +220,12 @@ class LearnedUpdateRule(nn.Module):
     def _adam(m: WSF, v: WSF, step: Tensor, dtype: torch.dtype) -> WSF:
         """Adam's bias-corrected direction ``m̂ / (sqrt(v̂) + 1e-8)`` (decays 0.9, 0.999)."""
         t = step.to(dtype)
-        c1, c2 = 1 - 0.9**t, 1 - 0.999**t
-        return (m / c1) / ((v / c2 + 1e-30).map(torch.sqrt) + 1e-8)  # + tiny: finite gradients where v = 0
+        c1, c2 = 1 - torch.pow(0.9, t), 1 - torch.pow(0.999, t)
+
+        def one(a: Tensor, b: Tensor) -> Tensor:  # + tiny: finite gradients where v = 0
+            return (a / c1) / (torch.sqrt(b / c2 + 1e-30) + 1e-8)
+
+        return WSF([one(a, b) for a, b in zip(m.weights, v.weights)], [one(a, b) for a, b in zip(m.biases, v.biases)])
 
     def extra_repr(self) -> str:
         return (

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -77,30 +76,28 @@ class Plan:
         outgoing one (inputs), or the matching ``[κ, υ, ρ]`` output sizes (``out=True``)."""
         return list(self._p_parts[out][level])
 
-    @cached_property
-    def _p_parts(self) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    def __post_init__(self) -> None:
+        # sizes computed once, as plain attributes (not functools.cached_property: its lock stops
+        # torch.compile's tracer)
+        L = self.L
+
         def parts(level: int, out: bool) -> tuple[int, ...]:
             p = (self.fw(level - 1, out), self.fb(level - 1, out)) if level >= 1 else ()
-            return p + ((self.fw(level, out),) if level < self.L else ())
+            return p + ((self.fw(level, out),) if level < L else ())
 
-        return tuple(tuple(parts(lv, out) for lv in range(self.L + 1)) for out in (False, True))
-
-    @cached_property
-    def dz(self) -> int:
-        return sum(self.z_in_parts())
+        p_parts = tuple(tuple(parts(lv, out) for lv in range(L + 1)) for out in (False, True))
+        z_parts = tuple(
+            tuple(self.fw(i, out) for i in range(L)) + tuple(self.fb(i, out) for i in range(L)) for out in (False, True)
+        )
+        object.__setattr__(self, "_p_parts", p_parts)
+        object.__setattr__(self, "_z_parts", z_parts)
+        object.__setattr__(self, "dz", sum(z_parts[0]))
 
     def z_in_parts(self) -> list[int]:
         return list(self._z_parts[0])
 
     def z_out_parts(self) -> list[int]:
         return list(self._z_parts[1])
-
-    @cached_property
-    def _z_parts(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        L = self.L
-        return tuple(
-            tuple(self.fw(i, out) for i in range(L)) + tuple(self.fb(i, out) for i in range(L)) for out in (False, True)
-        )
 
 
 def _mean(x: Tensor, dim: int) -> Tensor:
@@ -287,8 +284,8 @@ class FusedEquivariantLinear(torch.autograd.Function):
 def _native_for(xs):
     """The fused CPU kernels when they apply to these inputs, else ``None``."""
     x = xs[0]
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
+        return None  # torch.compile: the plain ops, which it fuses itself
     return _native.ops()
 
 

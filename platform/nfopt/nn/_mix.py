@@ -12,7 +12,10 @@ __all__ = ["channel_mix", "functorch_active", "outer_sum"]
 
 
 def functorch_active(*tensors: Tensor) -> bool:
-    """Inside a ``torch.func`` transform, or a legacy-vmapped backward (``is_grads_batched``)."""
+    """Inside a ``torch.func`` transform, or a legacy-vmapped backward (``is_grads_batched``);
+    ``False`` while ``torch.compile`` traces (it functionalises in-place ops itself)."""
+    if torch.compiler.is_compiling():
+        return False
     f = torch._C._functorch
     return torch._C._are_functorch_transforms_active() or any(
         f.is_batchedtensor(t) or f.is_functorch_wrapped_tensor(t) or f.is_legacy_batchedtensor(t) for t in tensors
