@@ -1,14 +1,18 @@
 """One loader for the experiment specs (``nfopt zoo`` / ``nfopt inr``), chosen by the file's
-``experiment`` field; errors name the file and every offending field."""
+``experiment`` field; errors name the file and every offending field; the start (:func:`claim_experiment`) and
+finish (:func:`finish_experiment`) every experiment recipe shares."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from nfopt._files import read_yaml, validate_yaml_model
+from nfopt._files import claim_output, read_yaml, validate_yaml_model
 from nfopt.jobs import EXPERIMENTS
 
-__all__ = ["ExperimentSpecError", "finish_experiment", "load_experiment"]
+__all__ = ["RESULTS_FILE", "ExperimentSpecError", "claim_experiment", "finish_experiment", "load_experiment"]
+
+#: What a finished experiment leaves in ``spec.out_dir`` (beside ``table.md``).
+RESULTS_FILE = "results.json"
 
 
 class ExperimentSpecError(ValueError):
@@ -27,6 +31,12 @@ def load_experiment(path: str | Path, allowed: tuple[str, ...] | None = None):
     return validate_yaml_model(path, raw, EXPERIMENTS[kind], ExperimentSpecError)
 
 
+def claim_experiment(spec, overwrite: bool = False) -> None:
+    """Before any work: refuse (:class:`~nfopt._files.RunExistsError`) to run where a finished
+    experiment's :data:`RESULTS_FILE` already is, unless ``overwrite``."""
+    claim_output(spec.out_dir / RESULTS_FILE, overwrite, "result of this experiment")
+
+
 def finish_experiment(
     spec,
     meta: dict,
@@ -43,7 +53,7 @@ def finish_experiment(
 
     out = spec.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
+    (out / RESULTS_FILE).write_text(json.dumps({"spec": spec.model_dump(), **meta, "results": results}))
     (out / "table.md").write_text("\n".join(lines) + "\n")
     if spec.tracking.enabled:
         from nfopt.track import Tracker
@@ -52,7 +62,7 @@ def finish_experiment(
             spec.tracking.uri, spec.tracking.experiment_or(experiment), spec.name, {**spec.model_dump(), **meta}
         )
         tracker.log_metrics(metrics, step=0)
-        for f in ("results.json", "table.md", *files):
+        for f in (RESULTS_FILE, "table.md", *files):
             tracker.log_artifact(out / f)
         tracker.end()
     print("\n".join(lines))

@@ -10,8 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nfopt._files import claim_output
-from nfopt.recipes.experiments import finish_experiment
+from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.zoo.predict import build_predictor, kendall_tau
 from nfopt.zoo.spec import GeneralizationSpec
 from nfopt.zoo.store import Zoo, load_zoo
@@ -78,7 +77,7 @@ def _scatter(results: dict, path) -> None:
 def run_generalization(spec: GeneralizationSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train and score every predictor of ``spec``; writes ``results.json``, ``table.md`` and
     ``scatter.png`` to ``spec.out_dir`` and returns ``{kind: {"tau", "rmse", "seconds", ...}}``."""
-    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
+    claim_experiment(spec, overwrite)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     zoo = load_zoo(spec.zoo)

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfopt._files import claim_output
 from nfopt.inr import Siren, grid_coords
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import InrDataset, SplitData, load_inrs
@@ -27,7 +26,7 @@ from nfopt.nn import (
     NPLinear,
     NPPool,
 )
-from nfopt.recipes.experiments import finish_experiment
+from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
@@ -211,7 +210,7 @@ def accuracy(model: nn.Module, data: SplitData, batch: int = 256) -> float:
 
 def run_classify(spec: InrClassifySpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train and test every model of ``spec``; writes ``results.json`` and ``table.md``."""
-    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
+    claim_experiment(spec, overwrite)
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)

@@ -12,13 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfopt._files import claim_output
 from nfopt.data.image import clahe
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.spec import InrEditSpec
 from nfopt.inrs.store import load_inrs
 from nfopt.nn import DWSNet, FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
-from nfopt.recipes.experiments import finish_experiment
+from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["PAPER_DILATION_MSE", "Editor", "edit_images", "edit_loss", "run_edit"]
@@ -148,7 +147,7 @@ def _grid(rows: list[torch.Tensor], names: list[str], path) -> None:
 
 def run_edit(spec: InrEditSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """Train every editor; test MSE between the edited INR's rendering and the edited image."""
-    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
+    claim_experiment(spec, overwrite)
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)

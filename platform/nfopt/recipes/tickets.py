@@ -14,10 +14,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nfopt._files import claim_output
 from nfopt.data import Dataset, load_dataset
 from nfopt.nn import HNPLinear, NFActivation, NPLinear
-from nfopt.recipes.experiments import finish_experiment
+from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 from nfopt.zoo.spec import TicketSpec
@@ -227,7 +226,7 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
 
 def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """The whole experiment; writes ``results.json`` and ``table.md`` to ``spec.out_dir``."""
-    claim_output(spec.out_dir / "results.json", overwrite, "result of this experiment")
+    claim_experiment(spec, overwrite)
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)
