@@ -71,7 +71,7 @@ def test_a_fixed_validation_set_scores_the_rule_and_keeps_the_best_across_resume
     """``validation`` every 2 outer steps (and at the last): ``val_loss`` in the history, the
     best-scoring rule in ``best_optimizer.pt`` (its metadata says which step and score), the
     score a deterministic function of θ, and a resumed run keeps the best it had."""
-    from nfopt.evaluation import validation_score, validation_tasks
+    from nfopt.evaluation import ValidationSet
     from nfopt.tasks import load_tasks
 
     val = {"tasks": 2, "networks": 2, "steps": 5, "every": 2}
@@ -84,8 +84,8 @@ def test_a_fixed_validation_set_scores_the_rule_and_keeps_the_best_across_resume
     assert best["metadata"]["outer_steps"] == min(scores, key=scores.get)
     rule = LearnedUpdateRule.from_config(best["config"])
     rule.load_state_dict(best["state_dict"])
-    tasks = validation_tasks(load_tasks("digits_mlp"), 2)
-    assert validation_score(rule, tasks, 2, 5) == best["metadata"]["val_loss"]  # deterministic
+    val_set = ValidationSet.draw(load_tasks("digits_mlp"), tasks=2, networks=2, steps=5)
+    assert val_set.score(rule) == best["metadata"]["val_loss"]  # deterministic
     part = tiny_spec(tmp_path / "b", outer_steps=3, validation=val, meta_optimizer={"lr": 0.05})
     run_job(part, use_ray=False, progress=False, max_steps=2)
     rest = run_job(part, resume=True, use_ray=False, progress=False)

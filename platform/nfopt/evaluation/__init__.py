@@ -16,7 +16,7 @@ from nfopt.evaluation.protocol import (
     tune_lr,
 )
 from nfopt.evaluation.report import print_table, speedup, summarize, win_fraction, write_report
-from nfopt.evaluation.validation import validation_score, validation_tasks
+from nfopt.evaluation.validation import ValidationSet
 
 __all__ = [
     "ADAM_LRS",
@@ -27,6 +27,7 @@ __all__ = [
     "EvalSettings",
     "OptimizerResult",
     "TaskResult",
+    "ValidationSet",
     "evaluate_suite",
     "evaluate_task",
     "print_table",
@@ -34,8 +35,6 @@ __all__ = [
     "summarize",
     "train_population",
     "tune_lr",
-    "validation_score",
-    "validation_tasks",
     "win_fraction",
     "write_report",
 ]

@@ -17,7 +17,7 @@ import torch
 
 import nfopt
 from nfopt._files import RunExistsError
-from nfopt.evaluation.validation import validation_score, validation_tasks
+from nfopt.evaluation.validation import ValidationSet
 from nfopt.jobs import JobSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule, save_optimizer
 from nfopt.lopt.pretrained import pretrained_path
@@ -314,7 +314,7 @@ def run_job(
         run_id = tracker.run_id
     result = RunResult(steps=learner.step_count, run_id=run_id)
     val = spec.validation
-    val_tasks = validation_tasks(load_tasks(spec.task), val.tasks) if val else []
+    val_set = ValidationSet.draw(load_tasks(spec.task), val.tasks, val.networks, val.steps) if val else None
     best_path = ckdir / "best_optimizer.pt"
     if not resume and best_path.exists():  # a fresh start (--overwrite): the old run's best goes with it
         best_path.unlink()
@@ -334,6 +334,11 @@ def run_job(
             },
             latest,
         )
+
+    def saved_rule() -> LearnedUpdateRule:
+        """The rule as it would be saved now: the final θ (the running mean when averaging)."""
+        rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
+        return rule
 
     def metadata(**extra) -> dict:
         return {
@@ -380,11 +385,11 @@ def run_job(
                 budget["wall_s"] += elapsed
                 m["budget_inner_steps"] = budget["inner_steps"]
                 if val and (learner.step_count % val.every == 0 or learner.step_count == spec.outer_steps):
-                    rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
-                    m["val_loss"] = validation_score(rule, val_tasks, val.networks, val.steps)
+                    current = saved_rule()
+                    m["val_loss"] = val_set.score(current)
                     if m["val_loss"] < best:
                         best = m["val_loss"]
-                        save_optimizer(rule, best_path, metadata=metadata(val_loss=best))
+                        save_optimizer(current, best_path, metadata=metadata(val_loss=best))
                 result.history.append(m)
                 if learner.step_count % spec.checkpoint.every == 0:
                     result.checkpoint = checkpoint()
@@ -404,8 +409,7 @@ def run_job(
                     f"{spec.name}: no outer step produced a usable meta-gradient ({why}); the rule was not trained"
                 )
         result.checkpoint = checkpoint()
-        rule.load_state_dict({**rule.state_dict(), **learner.final_theta()})
-        result.optimizer_path = save_optimizer(rule, ckdir / "learned_optimizer.pt", metadata=metadata())
+        result.optimizer_path = save_optimizer(saved_rule(), ckdir / "learned_optimizer.pt", metadata=metadata())
         (ckdir / "job.json").write_text(json.dumps(spec.model_dump(), indent=2))
         curve = _plot(result.history, ckdir / "meta_loss.png") if result.history else None
         if tracker:
