@@ -102,6 +102,18 @@ class EstimatorSpec(StrictModel):
     kind: EstimatorKind = "pes"
     sigma: Float = Field(default=0.01, gt=0, description="perturbation scale (ES/PES/episode_es)")
     unroll: Int = Field(default=10, gt=0, description="inner steps per truncation (episode_es: whole runs)")
+    remat: bool = Field(
+        default=False,
+        description="tbptt: recompute each inner step in the backward pass instead of keeping its activations "
+        "(memory of one step rather than of the whole truncation, about one extra forward per step)",
+    )
+
+    @model_validator(mode="after")
+    def _remat(self):
+        if self.remat and self.kind != "tbptt":
+            raise ValueError(f"remat applies to estimator kind 'tbptt' only (this one is {self.kind!r}): drop it")
+        return self
+
     params: list[Name] | None = Field(
         default=None,
         min_length=1,

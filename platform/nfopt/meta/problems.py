@@ -10,11 +10,13 @@ calls from one state see the same data (common random numbers for antithetic est
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
 import torch
+from torch.utils import _pytree as pytree
 
 from nfopt.lopt.rules import LearnedUpdateRule
 from nfopt.specs import child_seed
@@ -28,6 +30,52 @@ META_LOSSES: tuple[str, ...] = get_args(MetaLoss)
 
 Tensor = torch.Tensor
 Theta = dict[str, Tensor]
+
+
+class _Remat(torch.autograd.Function):
+    """``fn(*args)`` run without keeping its graph; the backward runs it again with grad and
+    back-propagates through that. Unlike ``torch.utils.checkpoint`` it works when ``fn`` uses
+    ``torch.func`` transforms (no saved-tensor hooks) and for any pytree of tensors in and out."""
+
+    @staticmethod
+    def forward(ctx, fn, in_spec, *leaves):
+        ctx.fn, ctx.in_spec = fn, in_spec
+        ctx.save_for_backward(*leaves)
+        with torch.no_grad():
+            out = fn(*pytree.tree_unflatten(list(leaves), in_spec))
+        out_leaves, ctx.out_spec = pytree.tree_flatten(out)
+        ctx.mark_non_differentiable(*[t for t in out_leaves if not t.is_floating_point()])
+        return tuple(out_leaves)
+
+    @staticmethod
+    def backward(ctx, *grad_out):
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]
+        with torch.enable_grad():
+            out = ctx.fn(*pytree.tree_unflatten(leaves, ctx.in_spec))
+        pairs = [(o, g) for o, g in zip(pytree.tree_leaves(out), grad_out) if o.requires_grad and g is not None]
+        wrt = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
+        return (None, None, *[next(grads) if t.requires_grad else None for t in leaves])
+
+
+def rematerialized(fn, *args):
+    """``fn(*args)`` (a pytree of tensors in, one out) whose activations are recomputed in the
+    backward pass instead of kept: memory of the inputs and outputs only, one extra forward.
+    Gradients flow to the tensors in ``args`` only: pass everything differentiable as an
+    argument (tensors ``fn`` closes over are constants to it)."""
+    leaves, in_spec = pytree.tree_flatten(args)
+    if not all(isinstance(t, Tensor) for t in leaves):
+        raise TypeError("rematerialized: every leaf of the arguments must be a tensor")
+    out_spec = []
+
+    def run(*a):
+        out = fn(*a)
+        if not out_spec:
+            out_spec.append(pytree.tree_structure(out))
+        return out
+
+    out_leaves = _Remat.apply(run, in_spec, *leaves)
+    return pytree.tree_unflatten(list(out_leaves), out_spec[0])
 
 
 class InnerProblem(Protocol):
@@ -88,6 +136,12 @@ class TaskProblem:
 
     Horizons come from the task (``horizon="task"``), a constant, or log-uniformly between
     ``horizon_range``; each new task starts at a random offset so tasks are not in lockstep.
+
+    ``remat=True`` (for truncated backprop): each inner step of a differentiable unroll is
+    recomputed in the backward pass instead of keeping its activations (``torch.utils.checkpoint``),
+    so memory holds one step's meta-model activations plus the ``(P, ~10, ...)`` states between
+    steps, not ``steps`` x ``(P, ~40, ...)``; about one extra forward per step. The gradient is
+    the same up to float rounding.
     """
 
     def __init__(
@@ -101,12 +155,13 @@ class TaskProblem:
         clip_loss: float = 10.0,
         offsets: bool = True,
         device: str | torch.device = "cpu",
+        remat: bool = False,
     ) -> None:
         if meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss={meta_loss!r}: use one of {', '.join(map(repr, META_LOSSES))}")
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
-        self.clip_loss, self.offsets = clip_loss, offsets
+        self.clip_loss, self.offsets, self.remat = clip_loss, offsets, remat
         self.device = torch.device(device)
         self.rule.to(self.device)  # buffers; θ arrives with every unroll
         self._cache: dict[int, Any] = {}
@@ -157,6 +212,13 @@ class TaskProblem:
             "loss0": loss0.detach().clamp_min(1e-8),
         }
 
+    def _step(self, pop, theta: Theta, params, rstate: dict, xb: Tensor, yb: Tensor):
+        """One inner step: the members' minibatch losses ``(P,)`` at ``params`` and the rule's
+        update of ``params`` and its state."""
+        loss, grads = pop.loss_and_grad(xb, yb, pop.params_from_features(params))
+        params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
+        return loss, params, rstate
+
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
         task, pop = self._task(state["seed"])
         x_train, y_train = self._train_data(task)
@@ -168,14 +230,15 @@ class TaskProblem:
         for k in range(steps):
             gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
             xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
-            p = pop.params_from_features(params)
-            loss, grads = pop.loss_and_grad(xb, yb, p)
+            if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
+                loss, params, rstate = rematerialized(functools.partial(self._step, pop), theta, params, rstate, xb, yb)
+            else:
+                loss, params, rstate = self._step(pop, theta, params, rstate, xb, yb)
             norm = loss / state["loss0"]
             bad = ~torch.isfinite(norm) | (norm > self.clip_loss)
             nonfinite = nonfinite + bad.sum()  # blown up (non-finite, or > clip_loss x its start): reset
             norm = torch.where(bad, torch.full_like(norm, self.clip_loss), norm)
             losses.append((torch.log(norm.clamp_min(1e-6)) if logs else norm).mean())
-            params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
         if self.meta_loss == "final":
             meta = losses[-1]
         elif self.meta_loss == "tail":

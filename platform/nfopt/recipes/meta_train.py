@@ -186,6 +186,7 @@ def _make_problem(spec_json: str) -> TaskProblem:
         horizon_range=spec.inner.horizon_range,
         offsets=spec.estimator.kind != "episode_es",  # whole runs: no shortened first episodes
         device=device,
+        remat=spec.estimator.remat,
     )
 
 
