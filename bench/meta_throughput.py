@@ -1,19 +1,22 @@
-"""Benchmark: meta-training throughput on Ray with 1 and 2 workers on ``digits_mlp``, and against
-a JAX peer.
+"""Benchmark: meta-training throughput on Ray with 1 and 2 workers, and against a JAX peer.
 
-Each worker owns the same shard (``--tasks`` tasks of ``--population`` networks, PES with
-``--unroll`` inner steps per truncation), so 2 workers do twice the work per outer step.
-All pools live side by side and are measured in alternating rounds (the order flips every round),
-so a noisy period of the machine hits all of them: the NFN-NP rule with 1 and 2 workers, the
-per-parameter MLP rule with 1 worker, and the JAX reference (``bench/anchors/jax_pes.py``: the
-same problem, population, unroll and PES, a per-parameter MLP learned optimizer under one
-``jax.jit``, one CPU thread) in this process. The scaling efficiency is the median over rounds of
-``(inner/s with 2) / (2 x inner/s with 1)``, the overhead the median share of an outer step spent
-outside the workers' compute (publishing θ, gathering estimates, the learner's update), ``vs_jax``
-the median over rounds of nfopt's per-core inner steps/s with the same (per-parameter MLP) rule
-over the JAX reference's, ``nfn_vs_jax`` the same for the NFN-NP rule. Without JAX installed
-(the ``bench`` extra) the JAX figures are skipped. Last line ``RESULT scaling_efficiency=X
-overhead=Y vs_jax=Z nfn_vs_jax=W inner_per_s_1=A inner_per_s_2=B mlp_inner_per_s=C jax_inner_per_s=D``.
+The problem is the JAX peer's: ``digits_mlp``'s draw 0 (a 64-50-10 ReLU MLP, horizon 99), pinned
+as a one-task family so both sides train the same networks. Each worker owns the same shard
+(``--tasks`` tasks of ``--population`` networks, PES with ``--unroll`` inner steps per
+truncation), so 2 workers do twice the work per outer step. All pools live side by side and are
+measured in alternating rounds (the order flips every round), so a noisy period of the machine
+hits all of them: the NFN-NP rule with 1 and 2 workers, the per-parameter MLP rule with 1 worker
+(with ``--compile`` also both rules with the compiled inner step, ``estimator.compile``), and the
+JAX reference (``bench/anchors/jax_pes.py``: the same problem, population, unroll and PES, a
+per-parameter MLP learned optimizer under one ``jax.jit``, one CPU thread) in this process. The
+scaling efficiency is the median over rounds of ``(inner/s with 2) / (2 x inner/s with 1)``, the
+overhead the median share of an outer step spent outside the workers' compute (publishing θ,
+gathering estimates, the learner's update), ``vs_jax`` the median over rounds of nfopt's
+per-core inner steps/s with the same (per-parameter MLP) rule over the JAX reference's (with
+``--compile``: the compiled step's), ``nfn_vs_jax`` the same for the NFN-NP rule. Without JAX
+installed (the ``bench`` extra) the JAX figures are skipped. Last line ``RESULT
+scaling_efficiency=X overhead=Y vs_jax=Z nfn_vs_jax=W inner_per_s_1=A inner_per_s_2=B
+mlp_inner_per_s=C jax_inner_per_s=D [mlp_compiled_inner_per_s=E nfn_compiled_inner_per_s=F]``.
 """
 
 from __future__ import annotations
@@ -21,26 +24,50 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import tempfile
 import time
+from pathlib import Path
+
+import yaml
 
 from nfopt.cluster import RayPool, init_ray
 from nfopt.jobs import JobSpec
 from nfopt.meta import Learner
 from nfopt.recipes.meta_train import _estimator, _make_problem, build_rule
+from nfopt.tasks import TaskFamily
 
 
-def make(workers: int, args, kind: str = "nfn_np"):
+def pinned_task(directory: Path) -> Path:
+    """A one-task family file: the ``digits_mlp`` task the JAX peer trains (its draw 0:
+    architecture, activation, batch size, horizon), so both sides train the same problem."""
+    task = TaskFamily.load("digits_mlp").sample(0)
+    sizes = task.network_spec.weight_shapes
+    spec = {
+        "name": "digits_mlp_pinned",
+        "description": "digits_mlp's draw 0, the JAX peer's problem",
+        "dataset": {"name": "digits", "size": 8},
+        "model": {"kind": "mlp", "hidden_layers": len(sizes) - 1, "width": sizes[0][0], "activation": task.activation},
+        "batch_size": task.batch_size,
+        "horizon": task.horizon,
+    }
+    path = directory / "digits_mlp_pinned.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def make(workers: int, args, kind: str = "nfn_np", compile: bool = False):
     """A learner over ``workers`` population workers (the same shard each: ``--tasks`` tasks of
-    ``--population`` networks, PES with ``--unroll`` inner steps per truncation), meta-model
-    ``kind`` at the quickstart's size (NFN-NP 8 channels x 2 layers; MLP 2 x 32)."""
+    ``--population`` networks, PES with ``--unroll`` inner steps per truncation, on
+    ``args.task``), meta-model ``kind`` at the quickstart's size (NFN-NP 8 channels x 2 layers;
+    MLP 2 x 32); ``compile``: the compiled inner step (``estimator.compile``)."""
     meta = {"kind": "nfn_np", "channels": 8, "layers": 2} if kind == "nfn_np" else {"kind": kind}
     spec = JobSpec.model_validate(
         {
             "name": "bench",
-            "task": "digits_mlp",
+            "task": str(args.task),
             "outer_steps": 1,
             "meta_model": meta,
-            "estimator": {"kind": "pes", "unroll": args.unroll},
+            "estimator": {"kind": "pes", "unroll": args.unroll, "compile": compile},
             "inner": {"population": args.population, "tasks_per_worker": args.tasks},
             "workers": {"count": workers, "num_cpus": 1},
             "tracking": {"enabled": False},
@@ -70,7 +97,11 @@ def main() -> None:
     ap.add_argument("--population", type=int, default=4)
     ap.add_argument("--unroll", type=int, default=10)
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX reference")
+    ap.add_argument(
+        "--compile", action="store_true", help="also measure the compiled inner step (estimator.compile) of both rules"
+    )
     args = ap.parse_args()
+    args.task = pinned_task(Path(tempfile.mkdtemp(prefix="nfopt-bench-")))
     jax_pes = None
     if not args.no_jax:
         try:  # before Ray starts: XLA's thread settings are read at import
@@ -81,6 +112,8 @@ def main() -> None:
             jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
     init_ray(num_cpus=4)  # room for every pool's actors; an idle actor uses no core
     pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
+    if args.compile:  # the first steps compile (one graph per rule: one task, one plan)
+        pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}
     for learner, _ in pools.values():
         for _ in range(args.warmup):
             learner.step()
@@ -109,9 +142,10 @@ def main() -> None:
             + f" inner steps/s; 2-worker efficiency {ratios[-1]:.2f}"
         )
         if jax_pes is not None:
-            vs_jax.append(res["mlp_1"] / res["jax"])
-            nfn_vs_jax.append(res["nfn_1"] / res["jax"])
-            line += f", vs JAX (MLP rule) {vs_jax[-1]:.2f}"
+            mlp, nfn = ("mlp_1c", "nfn_1c") if args.compile else ("mlp_1", "nfn_1")
+            vs_jax.append(res[mlp] / res["jax"])
+            nfn_vs_jax.append(res[nfn] / res["jax"])
+            line += f", vs JAX (MLP rule{', compiled' if args.compile else ''}) {vs_jax[-1]:.2f}"
         print(line, flush=True)
     for _, pool in pools.values():
         pool.shutdown()
@@ -122,6 +156,8 @@ def main() -> None:
         f" vs_jax={statistics.median(vs_jax):.2f} nfn_vs_jax={statistics.median(nfn_vs_jax):.2f}" if vs_jax else ""
     )
     tail = f" jax_inner_per_s={med['jax']:.0f}" if "jax" in med else ""
+    if args.compile:
+        tail += f" mlp_compiled_inner_per_s={med['mlp_1c']:.0f} nfn_compiled_inner_per_s={med['nfn_1c']:.0f}"
     print(
         f"RESULT scaling_efficiency={statistics.median(ratios):.2f} overhead={statistics.median(overheads):.3f}"
         f"{jax_part} inner_per_s_1={med['nfn_1']:.0f} inner_per_s_2={med['nfn_2']:.0f} "

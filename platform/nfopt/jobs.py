@@ -107,19 +107,25 @@ class EstimatorSpec(StrictModel):
         description="tbptt: recompute each inner step in the backward pass instead of keeping its activations "
         "(memory of one step rather than of the whole truncation, about one extra forward per step)",
     )
-
-    @model_validator(mode="after")
-    def _remat(self):
-        if self.remat and self.kind != "tbptt":
-            raise ValueError(f"remat applies to estimator kind 'tbptt' only (this one is {self.kind!r}): drop it")
-        return self
-
     params: list[Name] | None = Field(
         default=None,
         min_length=1,
         description="meta-train only these meta-parameters (names or dotted prefixes, e.g. log_schedule, "
         "log_step_scale, meta_model); the rest stay as they start (default: all)",
     )
+    compile: bool = Field(
+        default=False,
+        description="es, pes, episode_es: run each inner step of a plain-MLP task (inner gradient and the rule's "
+        "update) as one torch.compile graph per architecture plan (compiled on first use, tens of seconds each)",
+    )
+
+    @model_validator(mode="after")
+    def _fits_kind(self):
+        if self.remat and self.kind != "tbptt":
+            raise ValueError(f"remat applies to estimator kind 'tbptt' only (this one is {self.kind!r}): drop it")
+        if self.compile and self.kind == "tbptt":
+            raise ValueError("compile applies to the forward-only estimators (es, pes, episode_es), not 'tbptt'")
+        return self
 
 
 class InnerSpec(StrictModel):

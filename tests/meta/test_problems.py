@@ -48,6 +48,33 @@ def test_rematerialized_differentiates_through_torch_func_and_pytrees():
 
 
 def test_remat_is_for_truncated_backprop_only():
-    assert EstimatorSpec(kind="tbptt", remat=True).remat
+    assert EstimatorSpec(kind="tbptt", remat=True).remat and EstimatorSpec(kind="pes", compile=True).compile
     with pytest.raises(ValidationError, match="remat applies to estimator kind 'tbptt' only"):
         EstimatorSpec(kind="pes", remat=True)
+    with pytest.raises(ValidationError, match="compile applies to the forward-only estimators"):
+        EstimatorSpec(kind="tbptt", compile=True)
+
+
+def test_compiled_forward_only_unrolls_equal_eager_ones_across_tasks_of_one_plan():
+    """The compiled step (one graph per plan; widths, scales and loss scale are inputs) gives the
+    eager unroll's losses and parameters, on two tasks of one plan, one of them reparameterised."""
+    torch.manual_seed(0)
+    rule = LearnedUpdateRule("mlp", meta_model={"hidden": 8})
+    theta = {k: v.detach() + 0.05 * torch.randn_like(v) for k, v in rule.named_parameters()}
+    fam = TaskFamily.load("digits_mlp")
+    eager = TaskProblem(fam, rule, population=2, offsets=False)
+    fused = TaskProblem(fam, rule, population=2, offsets=False, compile=True)
+    seeds = [s for s in range(40) if fam.sample(s).network_spec.num_layers == 2 and fam.sample(s).activation == "relu"][
+        :2
+    ]  # one plan, two widths
+    for prob in (eager, fused):  # reparameterise the second task's population
+        task, pop = prob._task(seeds[1])
+        prob._cache[seeds[1]] = (task, pop.reparameterize({"1.weight": 3.0}, loss_scale=0.5))
+    for seed in seeds:
+        with torch.no_grad():
+            a_loss, a, _ = eager.unroll(theta, eager.init_state(seed), 3)
+            b_loss, b, _ = fused.unroll(theta, fused.init_state(seed), 3)
+        torch.testing.assert_close(b_loss, a_loss, rtol=1e-5, atol=1e-6)
+        for x, y in zip(b["params"].tensors(), a["params"].tensors()):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    assert len(fused._compiled) == 1

@@ -119,9 +119,9 @@ def test_mlp_fast_path_equals_vmap_path():
     pop = task.population(3, seed=5)
     d = task.dataset
     xb, yb = pop.sample_batch(d.x_train, d.y_train, 8, torch.Generator().manual_seed(1))
-    assert pop._mlp
+    assert pop.plan is not None
     fast = pop.loss_and_grad(xb, yb)
-    pop._mlp = False
+    pop.plan = None
     slow = pop.loss_and_grad(xb, yb)
     assert torch.allclose(fast[0], slow[0], atol=1e-6)
     for k in fast[1]:

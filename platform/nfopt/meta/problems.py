@@ -21,6 +21,7 @@ from torch.utils import _pytree as pytree
 from nfopt.lopt.rules import LearnedUpdateRule
 from nfopt.specs import child_seed
 from nfopt.tasks import TaskSampler
+from nfopt.tasks.batched import MLPPlan, mlp_loss_and_grad
 
 __all__ = ["META_LOSSES", "InnerProblem", "MetaLoss", "QuadraticProblem", "TaskProblem"]
 
@@ -76,6 +77,18 @@ def rematerialized(fn, *args):
 
     out_leaves = _Remat.apply(run, in_spec, *leaves)
     return pytree.tree_unflatten(list(out_leaves), out_spec[0])
+
+
+#: Compiled graphs one fused step may keep (one per plan and shape class; dynamo's default is 8).
+_RECOMPILE_LIMIT = 64
+
+
+def _fused_step(rule: LearnedUpdateRule, plan: MLPPlan, theta: Theta, params, rstate: dict, xb, yb, scales, loss_scale):
+    """One forward-only inner step of a plain-MLP population: minibatch losses ``(P,)``, then the
+    rule's update of the parameters (features ``(P, 1, ...)``) and its state. Compiled per plan."""
+    loss, grads = mlp_loss_and_grad(plan, plan.params(params), xb, yb, scales, loss_scale)
+    params, rstate = rule.update(theta, rstate, params, plan.features(grads), loss)
+    return loss, params, rstate
 
 
 class InnerProblem(Protocol):
@@ -142,6 +155,12 @@ class TaskProblem:
     so memory holds one step's meta-model activations plus the ``(P, ~10, ...)`` states between
     steps, not ``steps`` x ``(P, ~40, ...)``; about one extra forward per step. The gradient is
     the same up to float rounding.
+
+    ``compile=True`` (for the forward-only estimators: ES, PES, whole-run ES): each inner step of
+    a plain-MLP population (inner gradient and the rule's update) runs as one ``torch.compile``
+    graph per architecture plan (:class:`~nfopt.tasks.batched.MLPPlan`: depth, activations,
+    loss; widths, batch sizes, reparameterisation and loss scales are inputs, not constants),
+    compiled on first use (tens of seconds each on a CPU core). Other steps stay eager.
     """
 
     def __init__(
@@ -156,12 +175,14 @@ class TaskProblem:
         offsets: bool = True,
         device: str | torch.device = "cpu",
         remat: bool = False,
+        compile: bool = False,
     ) -> None:
         if meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss={meta_loss!r}: use one of {', '.join(map(repr, META_LOSSES))}")
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
-        self.clip_loss, self.offsets, self.remat = clip_loss, offsets, remat
+        self.clip_loss, self.offsets, self.remat, self.compile = clip_loss, offsets, remat, compile
+        self._compiled: dict[MLPPlan, Any] = {}
         self.device = torch.device(device)
         self.rule.to(self.device)  # buffers; θ arrives with every unroll
         self._cache: dict[int, Any] = {}
@@ -219,6 +240,16 @@ class TaskProblem:
         params, rstate = self.rule.update(theta, rstate, params, pop.features(grads), loss)
         return loss, params, rstate
 
+    def _fused(self, pop, theta: Theta):
+        """The compiled step for ``pop``'s plan and its tensor inputs: a scale for every
+        parameter (1 where not reparameterised) and the loss scale."""
+        plan = pop.plan
+        if plan not in self._compiled:
+            self._compiled[plan] = torch.compile(functools.partial(_fused_step, self.rule, plan))
+        one = next(iter(theta.values())).new_ones(())
+        scales = {k: one * pop.scales.get(k, 1.0) for k in pop.params}
+        return self._compiled[plan], (scales, one * pop.loss_scale)
+
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
         task, pop = self._task(state["seed"])
         x_train, y_train = self._train_data(task)
@@ -227,10 +258,16 @@ class TaskProblem:
         losses = []
         nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
         logs = self.meta_loss in ("log", "tail")
+        fused = fused_inputs = None
+        if self.compile and pop.plan is not None and not torch.is_grad_enabled():
+            fused, fused_inputs = self._fused(pop, theta)
         for k in range(steps):
             gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
             xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
-            if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
+            if fused is not None:
+                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                    loss, params, rstate = fused(theta, params, rstate, xb, yb, *fused_inputs)
+            elif self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
                 loss, params, rstate = rematerialized(functools.partial(self._step, pop), theta, params, rstate, xb, yb)
             else:
                 loss, params, rstate = self._step(pop, theta, params, rstate, xb, yb)

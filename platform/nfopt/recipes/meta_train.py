@@ -187,6 +187,7 @@ def _make_problem(spec_json: str) -> TaskProblem:
         offsets=spec.estimator.kind != "episode_es",  # whole runs: no shortened first episodes
         device=device,
         remat=spec.estimator.remat,
+        compile=spec.estimator.compile,
     )
 
 

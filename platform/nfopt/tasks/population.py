@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
+from nfopt.tasks.batched import MLPPlan, mlp_loss_and_grad
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures, parse_module
 
 __all__ = ["Population"]
@@ -19,17 +20,6 @@ Tensor = torch.Tensor
 Params = dict[str, Tensor]
 
 _LOSSES = {"cross_entropy": F.cross_entropy, "mse": F.mse_loss}
-# elementwise, parameter-free modules the batched-MLP fast path applies as they are
-_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.ELU, nn.SiLU, nn.LeakyReLU, nn.Identity, nn.Softplus)
-
-
-def _is_plain_mlp(m: nn.Module) -> bool:
-    from nfopt.inr import Sine
-
-    if not isinstance(m, nn.Sequential) or not m:
-        return False
-    ok = (nn.Linear, nn.Flatten, Sine, *_ELEMENTWISE)
-    return all(isinstance(c, ok) for c in m) and isinstance(m[0], (nn.Flatten, nn.Linear))
 
 
 class Population:
@@ -58,7 +48,7 @@ class Population:
         self.loss = loss
         self._layers = [name for name, _ in parse_module(template)]
         self.spec = NetworkSpec.from_module(template)
-        self._mlp = _is_plain_mlp(template)
+        self.plan = MLPPlan.of(template, loss)  # plain MLPs: the batched-GEMM path
         unknown = set(scales or {}) - set(params)
         if unknown:
             raise ValueError(f"scales name no parameter: {sorted(unknown)}")
@@ -153,33 +143,11 @@ class Population:
         gradient of the summed loss is every member's gradient); everything else, and calls that
         must stay differentiable in ``params``, use ``vmap(grad)``."""
         params = self.params if params is None else params
-        if self._mlp and not any(p.requires_grad for p in params.values()) and not torch.is_inference_mode_enabled():
-            return self._mlp_loss_and_grad(x, y, params)
+        if self.plan is not None and not any(p.requires_grad for p in params.values()):
+            if not torch.is_inference_mode_enabled():
+                return mlp_loss_and_grad(self.plan, params, x, y, self.scales, self.loss_scale)
         grads, loss = vmap(grad_and_value(self._member_loss))(params, x, y)
         return loss, grads
-
-    def _mlp_loss_and_grad(self, x: Tensor, y: Tensor, params: Params) -> tuple[Tensor, Params]:
-        with torch.enable_grad():
-            ps = {k: v.detach().requires_grad_() for k, v in params.items()}
-            out = self._mlp_forward(self._effective(ps), x)  # (P, batch, out)
-            if self.loss == "cross_entropy":
-                per = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
-            else:
-                per = F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
-            if self.loss_scale != 1.0:
-                per = per * self.loss_scale
-            grads = torch.autograd.grad(per.sum(), list(ps.values()))
-        return per.detach(), dict(zip(ps, grads))
-
-    def _mlp_forward(self, params: Params, x: Tensor) -> Tensor:
-        h = x.flatten(2) if x.ndim > 3 else x  # (P, batch, features)
-        for name, m in self.template.named_children():
-            if isinstance(m, nn.Linear):
-                w, b = params[f"{name}.weight"], params.get(f"{name}.bias")
-                h = torch.bmm(h, w.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-            elif not isinstance(m, nn.Flatten):
-                h = m(h)  # parameter-free and elementwise: runs on real data though held on "meta"
-        return h
 
     def sample_batch(
         self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None
