@@ -110,7 +110,7 @@ def main() -> None:
             print(f"JAX reference skipped ({err}; pip install -e '.[bench]')")
         else:
             jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
-    init_ray(num_cpus=4)  # room for every pool's actors; an idle actor uses no core
+    init_ray(num_cpus=6 if args.compile else 4)  # room for every pool's actors; an idle actor uses no core
     pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
     if args.compile:  # the first steps compile (one graph per rule: one task, one plan)
         pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}

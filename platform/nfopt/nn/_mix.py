@@ -44,6 +44,8 @@ def _forward(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     wx = w.expand(bsz, *w.shape)
     if b is None:
         return torch.bmm(wx, x)
+    if torch.compiler.is_compiling():  # inductor would materialise the expanded bias; the add fuses onward
+        return torch.bmm(wx, x) + b[:, None]
     return torch.baddbmm(b[:, None].expand(bsz, -1, x.shape[-1]), wx, x)
 
 
