@@ -26,7 +26,13 @@ def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     # a second run with other predictors (asked to replace the first's table) reuses IMP's masks
     # (same IMP settings) and ablates them
     job = shipped_job(
-        tmp_path, "tickets_tiny", out=str(tmp_path / "tk"), predictors=["np_io", "hnp"], magnitude=True, loss="ordinal"
+        tmp_path,
+        "tickets_tiny",
+        out=str(tmp_path / "tk"),
+        predictors=["np_io", "hnp"],
+        magnitude=True,
+        loss="ordinal",
+        ensemble=2,
     )
     capsys.readouterr()
     assert main(["zoo", job]) == 5
@@ -36,6 +42,7 @@ def test_zoo_then_generalization_then_tickets(tmp_path, capsys):
     again = json.loads((tmp_path / "tk" / "results.json").read_text())
     assert set(again["results"]) == {"nfn_np_io", "nfn_hnp", "imp", "random", "dense"}
     assert again["results"]["imp"] == tickets["imp"] and set(again["gap_recovered"]) == {"nfn_np_io", "nfn_hnp"}
+    assert again["ensemble"] == 2  # two predictors of each kind, ranked by their mean logit
 
 
 def test_bad_experiment_files(tmp_path, capsys):

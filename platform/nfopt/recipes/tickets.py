@@ -224,6 +224,38 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
     return survived, seconds
 
 
+def _train_predictor(kind, member, spec, net_spec, x_train, y_train, pos_weight, ordinal, rounds, console):
+    """Train ensemble member ``member`` of predictor ``kind`` (seed ``spec.seed + member``) on the
+    training inits; returns ``x -> [per-layer weight logits (B, n_out, n_in)]``."""
+    torch.manual_seed(spec.seed + member)
+    model = MaskPredictor(net_spec, spec.channels, spec.layers, kind, in_channels=x_train.channels)
+    thresholds = torch.nn.Parameter(torch.zeros(len(y_train), rounds))  # ordinal cut points c_{l,r}
+    opt = torch.optim.Adam([*model.parameters(), thresholds], lr=1e-3)
+    for epoch in range(spec.nfn_epochs):
+        out = model(x_train)
+        if spec.loss == "ordinal":
+            loss = sum(ordinal_loss(o[:, 0], y, pw, c) for o, (y, pw), c in zip(out.weights, ordinal, thresholds))
+        else:
+            loss = sum(
+                F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
+                for o, y, pw in zip(out.weights, y_train, pos_weight)
+            )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
+            member_note = f" (ensemble member {member + 1}/{spec.ensemble})" if spec.ensemble > 1 else ""
+            console.print(
+                f"mask predictor {kind}{member_note} epoch {epoch + 1}/{spec.nfn_epochs}: {spec.loss} {loss.item():.4f}"
+            )
+
+    @torch.no_grad()
+    def logits(x: WeightSpaceFeatures) -> list[torch.Tensor]:
+        return [o[:, 0] for o in model(x).weights]
+
+    return logits
+
+
 def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False) -> dict:
     """The whole experiment; writes ``results.json`` and ``table.md`` to ``spec.out_dir``."""
     claim_experiment(spec, overwrite)
@@ -253,30 +285,15 @@ def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False
     ordinal = [ordinal_targets(s[tr], rounds) for s in survived] if spec.loss == "ordinal" else []
     predicted, nfn_seconds = {}, {}
     for kind in spec.predictors:
-        torch.manual_seed(spec.seed)
-        model = MaskPredictor(net_spec, spec.channels, spec.layers, kind, in_channels=x_train.channels)
-        thresholds = torch.nn.Parameter(torch.zeros(len(masks), rounds))  # ordinal cut points c_{l,r}
-        opt = torch.optim.Adam([*model.parameters(), thresholds], lr=1e-3)
         start = time.perf_counter()
-        for epoch in range(spec.nfn_epochs):
-            out = model(x_train)
-            if spec.loss == "ordinal":
-                loss = sum(ordinal_loss(o[:, 0], y, pw, c) for o, (y, pw), c in zip(out.weights, ordinal, thresholds))
-            else:
-                loss = sum(
-                    F.binary_cross_entropy_with_logits(o[:, 0], y, pos_weight=pw)
-                    for o, y, pw in zip(out.weights, y_train, pos_weight)
-                )
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if progress and (epoch + 1) % max(1, spec.nfn_epochs // 5) == 0:
-                console.print(
-                    f"mask predictor {kind} epoch {epoch + 1}/{spec.nfn_epochs}: {spec.loss} {loss.item():.4f}"
-                )
+        logits = [
+            _train_predictor(kind, member, spec, net_spec, x_train, y_train, pos_weight, ordinal, rounds, console)(
+                x_test
+            )
+            for member in range(spec.ensemble)
+        ]
         nfn_seconds[f"nfn_{kind}"] = time.perf_counter() - start
-        with torch.no_grad():
-            predicted[f"nfn_{kind}"] = topk_masks([o[:, 0] for o in model(x_test).weights], keep)
+        predicted[f"nfn_{kind}"] = topk_masks([torch.stack(ls).mean(0) for ls in zip(*logits)], keep)
     gen = torch.Generator().manual_seed(spec.seed + 1)
     imp_test = [m[te] for m in masks]
     candidates = {
@@ -300,6 +317,7 @@ def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False
         "widths": widths,
         "sparsity": spec.sparsity,
         "loss": spec.loss,
+        "ensemble": spec.ensemble,
         "imp_rounds": rounds,
         "imp_seconds": imp_seconds,
         "nfn_seconds": nfn_seconds,
@@ -311,7 +329,8 @@ def run_tickets(spec: TicketSpec, progress: bool = True, overwrite: bool = False
     lines = [
         f"Test accuracy at {spec.sparsity:.0%} sparsity ({spec.data.name}, MLP {widths}), retrained from init, "
         f"{spec.test_inits} held-out initialisations (mask predictors trained on {n_train}"
-        f"{'; inputs w and |w|' if spec.magnitude else ''}; loss {spec.loss})",
+        f"{'; inputs w and |w|' if spec.magnitude else ''}; loss {spec.loss}"
+        f"{f'; ensembles of {spec.ensemble} per kind' if spec.ensemble > 1 else ''})",
         "",
         "| mask | test accuracy (mean ± std) | random-to-IMP gap recovered | overlap with IMP | training s |",
         "|---|---|---|---|---|",

@@ -148,6 +148,12 @@ class TicketSpec(StrictModel):
         "(NP layers with learned input/output-neuron embeddings), hnp (the complete hidden-neuron basis)",
     )
     magnitude: bool = Field(default=False, description="give the predictors |w| as a second input channel")
+    ensemble: Int = Field(
+        default=1,
+        gt=0,
+        description="train this many predictors of each kind (seeds seed, seed+1, ...) and rank weights by their "
+        "mean logit",
+    )
     loss: Literal["bce", "ordinal"] = Field(
         default="bce",
         description="bce: class-balanced cross-entropy against IMP's final mask; ordinal: a cumulative-link loss "
