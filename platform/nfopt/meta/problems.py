@@ -23,7 +23,7 @@ from nfopt.specs import child_seed
 from nfopt.tasks import TaskSampler
 from nfopt.tasks.batched import MLPPlan, mlp_loss_and_grad
 
-__all__ = ["META_LOSSES", "InnerProblem", "MetaLoss", "QuadraticProblem", "TaskProblem"]
+__all__ = ["META_LOSSES", "InnerProblem", "MetaLoss", "QuadraticProblem", "TaskProblem", "rematerialized"]
 
 #: What a task problem's unroll returns as meta-loss (see :class:`TaskProblem`); job specs use it too.
 MetaLoss = Literal["mean", "log", "final", "tail"]
@@ -44,7 +44,7 @@ class _Remat(torch.autograd.Function):
         ctx.save_for_backward(*leaves)
         with torch.no_grad():
             out = fn(*pytree.tree_unflatten(list(leaves), in_spec))
-        out_leaves, ctx.out_spec = pytree.tree_flatten(out)
+        out_leaves = pytree.tree_leaves(out)
         ctx.mark_non_differentiable(*[t for t in out_leaves if not t.is_floating_point()])
         return tuple(out_leaves)
 
@@ -151,7 +151,7 @@ class TaskProblem:
     ``horizon_range``; each new task starts at a random offset so tasks are not in lockstep.
 
     ``remat=True`` (for truncated backprop): each inner step of a differentiable unroll is
-    recomputed in the backward pass instead of keeping its activations (``torch.utils.checkpoint``),
+    recomputed in the backward pass instead of keeping its activations (:func:`rematerialized`),
     so memory holds one step's meta-model activations plus the ``(P, ~10, ...)`` states between
     steps, not ``steps`` x ``(P, ~40, ...)``; about one extra forward per step. The gradient is
     the same up to float rounding.

@@ -53,6 +53,12 @@ class MLPPlan:
     acts: tuple[tuple[nn.Module, ...], ...]
     loss: str
 
+    def __post_init__(self) -> None:  # equal plans hold the same activation objects (also after pickling)
+        object.__setattr__(self, "acts", tuple(tuple(_canonical(m) for m in a) for a in self.acts))
+
+    def __reduce__(self):
+        return MLPPlan, (self.layers, self.acts, self.loss)
+
     @classmethod
     def of(cls, template: nn.Module, loss: str) -> MLPPlan | None:
         """The plan of ``template`` (an ``nn.Sequential`` of Flatten, Linear and elementwise
@@ -71,7 +77,7 @@ class MLPPlan:
             elif isinstance(m, (Sine, *ELEMENTWISE)):
                 if not layers:
                     return None
-                acts[-1].append(_canonical(m))
+                acts[-1].append(m)
             elif not isinstance(m, nn.Flatten):
                 return None
         return cls(tuple(layers), tuple(tuple(a) for a in acts[1:]), loss)
