@@ -40,14 +40,23 @@ from nfopt.tasks import TaskFamily
 def pinned_task(directory: Path) -> Path:
     """A one-task family file: the ``digits_mlp`` task the JAX peer trains (its draw 0:
     architecture, activation, batch size, horizon), so both sides train the same problem."""
-    task = TaskFamily.load("digits_mlp").sample(0)
-    sizes = task.network_spec.weight_shapes
+    family = TaskFamily.load("digits_mlp")
+    task = family.sample(0)
+    widths = {rows for rows, _ in task.network_spec.weight_shapes[:-1]}
+    if len(widths) != 1:  # a family spec has one width for every hidden layer
+        raise ValueError(f"{task.name}: hidden widths {sorted(widths)} differ; a one-task family cannot pin them")
     spec = {
         "name": "digits_mlp_pinned",
         "description": "digits_mlp's draw 0, the JAX peer's problem",
-        "dataset": {"name": "digits", "size": 8},
-        "model": {"kind": "mlp", "hidden_layers": len(sizes) - 1, "width": sizes[0][0], "activation": task.activation},
+        "dataset": family.spec.dataset.model_dump(exclude_defaults=True),
+        "model": {
+            "kind": "mlp",
+            "hidden_layers": task.network_spec.num_layers - 1,
+            "width": widths.pop(),
+            "activation": task.activation,
+        },
         "batch_size": task.batch_size,
+        "loss": family.spec.loss,
         "horizon": task.horizon,
     }
     path = directory / "digits_mlp_pinned.yaml"

@@ -10,6 +10,7 @@ their widths, parameters, reparameterisation scales or loss scale, which arrive 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,7 @@ from torch import nn
 
 from nfopt.weightspace import WeightSpaceFeatures
 
-__all__ = ["ELEMENTWISE", "MLPPlan", "mlp_loss_and_grad"]
+__all__ = ["ELEMENTWISE", "MLPPlan", "layer_features", "layer_params", "mlp_loss_and_grad"]
 
 Tensor = torch.Tensor
 Params = dict[str, Tensor]
@@ -100,22 +101,34 @@ class MLPPlan:
         return F.mse_loss(out, y, reduction="none").flatten(1).mean(1)
 
     def features(self, tensors: Params) -> WeightSpaceFeatures:
-        """``(P, 1, ...)`` weight-space views of ``tensors`` (bias slots of bias-free layers: zeros)."""
-        ws, bs = [], []
-        for name, has_bias in self.layers:
-            w = tensors[f"{name}.weight"]
-            ws.append(w.unsqueeze(1))
-            bs.append(tensors[f"{name}.bias"].unsqueeze(1) if has_bias else w.new_zeros(w.shape[0], 1, w.shape[1]))
-        return WeightSpaceFeatures(ws, bs)
+        """``(P, 1, ...)`` weight-space views of ``tensors`` (:func:`layer_features`)."""
+        return layer_features(self.layers, tensors)
 
     def params(self, feats: WeightSpaceFeatures) -> Params:
-        """Inverse of :meth:`features`."""
-        out = {}
-        for (name, has_bias), (w, b) in zip(self.layers, feats):
-            out[f"{name}.weight"] = w[:, 0]
-            if has_bias:
-                out[f"{name}.bias"] = b[:, 0]
-        return out
+        """Inverse of :meth:`features` (:func:`layer_params`)."""
+        return layer_params(self.layers, feats)
+
+
+def layer_features(layers: Sequence[tuple[str, bool]], tensors: Params) -> WeightSpaceFeatures:
+    """``(P, 1, ...)`` weight-space views of the stacked ``tensors`` of the layers ``(name,
+    has_bias)``, in order; the bias slot of a bias-free layer reads as zeros."""
+    ws, bs = [], []
+    for name, has_bias in layers:
+        w = tensors[f"{name}.weight"]
+        ws.append(w.unsqueeze(1))
+        bs.append(tensors[f"{name}.bias"].unsqueeze(1) if has_bias else w.new_zeros(w.shape[0], 1, w.shape[1]))
+    return WeightSpaceFeatures(ws, bs)
+
+
+def layer_params(layers: Sequence[tuple[str, bool]], feats: WeightSpaceFeatures) -> Params:
+    """Inverse of :func:`layer_features`: views of ``feats`` by parameter name (bias slots of
+    bias-free layers dropped)."""
+    out = {}
+    for (name, has_bias), (w, b) in zip(layers, feats):
+        out[f"{name}.weight"] = w[:, 0]
+        if has_bias:
+            out[f"{name}.bias"] = b[:, 0]
+    return out
 
 
 def mlp_loss_and_grad(

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from nfopt.tasks.batched import MLPPlan, mlp_loss_and_grad
+from nfopt.tasks.batched import MLPPlan, layer_features, layer_params, mlp_loss_and_grad
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures, parse_module
 
 __all__ = ["Population"]
@@ -46,7 +46,7 @@ class Population:
         self.template = copy.deepcopy(template).to("meta")  # structure only; params live in self.params
         self.params = params
         self.loss = loss
-        self._layers = [name for name, _ in parse_module(template)]
+        self._layers = [(name, f"{name}.bias" in params) for name, _ in parse_module(template)]  # (name, has_bias)
         self.spec = NetworkSpec.from_module(template)
         self.plan = MLPPlan.of(template, loss)  # plain MLPs: the batched-GEMM path
         unknown = set(scales or {}) - set(params)
@@ -94,25 +94,13 @@ class Population:
     def features(self, tensors: Params | None = None) -> WeightSpaceFeatures:
         """Views of the parameters (or of ``tensors`` stacked like them, e.g. gradients) as
         ``(P, 1, ...)`` weight-space features; bias-free layers read as zeros."""
-        tensors = self.params if tensors is None else tensors
-        ws, bs = [], []
-        for name in self._layers:
-            w = tensors[f"{name}.weight"]
-            ws.append(w.unsqueeze(1))
-            b = tensors.get(f"{name}.bias")
-            bs.append(b.unsqueeze(1) if b is not None else w.new_zeros(w.shape[0], 1, w.shape[1]))
-        return WeightSpaceFeatures(ws, bs)
+        return layer_features(self._layers, self.params if tensors is None else tensors)
 
     def params_from_features(self, feats: WeightSpaceFeatures) -> Params:
         """Inverse of :meth:`features` (views of ``feats``; bias slots of bias-free layers dropped)."""
         if feats.channels != 1 or feats.batch_size != self.size or len(feats) != len(self._layers):
             raise ValueError(f"features {feats!r} do not fit a population of {self.size} x {self.spec}")
-        params = dict(self.params)
-        for name, (w, b) in zip(self._layers, feats):
-            params[f"{name}.weight"] = w[:, 0]
-            if f"{name}.bias" in params:
-                params[f"{name}.bias"] = b[:, 0]
-        return params
+        return {**self.params, **layer_params(self._layers, feats)}
 
     def to_modules(self) -> list[nn.Module]:
         """``P`` real modules carrying copies of the parameters (in the model's own coordinates)."""
