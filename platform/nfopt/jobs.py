@@ -71,6 +71,11 @@ class MetaModelSpec(StrictModel):
         description="knots of a learned log step schedule over the training fraction (0: none; >= 2); "
         "meta-train it with estimator.kind episode_es",
     )
+    width_exponent: bool = Field(
+        default=False,
+        description="a learned power law in each tensor's fan-in, (fan_in / 64)^alpha on its step "
+        "(theta entry width_alpha, 0 at init); meta-train it with estimator.kind episode_es on a mixture of widths",
+    )
 
     @model_validator(mode="after")
     def _knots(self):

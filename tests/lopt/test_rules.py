@@ -285,3 +285,55 @@ def test_schedule_config_round_trips_and_old_configs_have_none():
     assert LearnedUpdateRule.from_config(old).schedule_knots == 0
     with pytest.raises(ValueError, match="schedule_knots=1"):
         LearnedUpdateRule("mlp", schedule_knots=1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "nfn_np"])
+def test_untrained_width_exponent_changes_nothing(kind):
+    spec = random_spec(3, conv=True)
+    params, grads = inputs(spec, 2)
+    plain, wide = rule_of(kind).double(), rule_of(kind, width_exponent=True).double()
+    perturb_meta_model(plain)
+    wide.load_state_dict({**plain.state_dict(), "width_alpha": torch.zeros((), dtype=torch.float64)})
+    a, _ = plain.update(None, plain.init(spec, 2, dtype=torch.float64), params, grads)
+    b, _ = wide.update(None, wide.init(spec, 2, dtype=torch.float64), params, grads)
+    assert a.allclose(b, rtol=0, atol=0)
+
+
+def test_width_exponent_scales_each_tensor_step_by_a_power_of_its_fan_in():
+    rule = rule_of("nfn_np", step_mult=1e-4, width_exponent=True).double()  # small steps: tanh bound ~linear
+    spec = NetworkSpec(((5, 3, 3, 3), (4, 5), (2, 4)))  # a 3x3 conv (fan-in 27), then linear layers
+    params, grads = inputs(spec, 2)
+
+    def steps(alpha):
+        with torch.no_grad():
+            rule.width_alpha.fill_(alpha)
+        new, _ = rule.update(None, rule.init(spec, 2, dtype=torch.float64), params, grads)
+        return params - new  # (P, 1, ...) steps, weights and biases
+
+    flat, half = steps(0.0), steps(0.5)
+    for i, fan in enumerate((27, 5, 4)):  # a layer's weight and bias share its fan-in (inputs x kernel)
+        for a, b in ((flat.weights[i], half.weights[i]), (flat.biases[i], half.biases[i])):
+            assert torch.allclose(b, a * (fan / 64) ** 0.5, rtol=1e-6, atol=1e-14), fan
+
+
+@pytest.mark.parametrize("kind", ["nfn_np", "nfn_hnp"])
+def test_rule_with_a_width_exponent_is_equivariant(kind):
+    rule = rule_of(kind, width_exponent=True).double()
+    perturb_meta_model(rule)
+    with torch.no_grad():
+        rule.width_alpha.fill_(-0.7)
+    spec = NetworkSpec.mlp([5, 4, 6, 3])
+    params, grads = inputs(spec, 2)
+    state = rule.init(spec, 2, dtype=torch.float64)
+    perm = spec.sample_permutation(torch.Generator().manual_seed(3), hidden_only=kind == "nfn_hnp")
+    new, _ = rule.update(None, state, params, grads)
+    new_p, _ = rule.update(None, state, params.permute(perm), grads.permute(perm))
+    assert new_p.allclose(new.permute(perm), atol=1e-10)
+
+
+def test_width_exponent_config_round_trips_and_old_configs_have_none():
+    rule = rule_of("mlp", width_exponent=True)
+    assert LearnedUpdateRule.from_config(rule.config()).config() == rule.config()
+    old = {k: v for k, v in rule.config().items() if k != "width_exponent"}
+    assert not LearnedUpdateRule.from_config(old).width_exponent
+    assert "width_alpha" not in dict(LearnedUpdateRule.from_config(old).named_parameters())

@@ -355,6 +355,28 @@ def test_a_schedule_phase_trains_only_the_named_meta_parameters_from_a_schedule_
     assert "estimator.params" in out and "no_such_thing" in out and "log_step_scale" in out
 
 
+def test_a_width_phase_adds_and_trains_only_the_width_exponent(tmp_path):
+    """Phase 3 of a pretraining: add a width exponent to a trained rule and meta-train only it."""
+    first = run_job(tiny_spec(tmp_path / "a", outer_steps=1), use_ray=False, progress=False)
+    spec = tiny_spec(
+        tmp_path / "b",
+        outer_steps=2,
+        init_from=str(first.optimizer_path),
+        meta_model={"kind": "nfn_np", "channels": 4, "layers": 2, "width_exponent": True},
+        estimator={"kind": "episode_es", "sigma": 0.2, "params": ["width_alpha"]},
+        inner={"population": 2, "tasks_per_worker": 1, "meta_loss": "tail", "horizon": 6},
+        meta_optimizer={"lr": 0.1},
+    )
+    second = run_job(spec, use_ray=False, progress=False)
+    before = torch.load(first.optimizer_path, weights_only=True)["state_dict"]
+    saved = torch.load(second.optimizer_path, weights_only=True)
+    after = saved["state_dict"]
+    assert set(after) == set(before) | {"width_alpha"}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert after["width_alpha"] != 0
+    assert LearnedUpdateRule.from_config(saved["config"]).width_exponent
+
+
 def test_pools_satisfy_the_worker_pool_protocol():
     from nfopt.cluster import RayPool
     from nfopt.meta import WorkerPool

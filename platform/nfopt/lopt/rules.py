@@ -33,7 +33,7 @@ class LearnedUpdateRule(nn.Module):
     With meta-model outputs ``(d, m[, ℓ])`` on the features of :mod:`nfopt.lopt.features` and the
     Adam direction ``u`` (bias-corrected first/second moments, decays ``0.9/0.999``):
 
-    .. math::  s = b\, e^{σ} e^{g(f)} e^{λ_T} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
+    .. math::  s = b\, e^{σ} e^{g(f)} e^{λ_T} (n_T / 64)^{α} \big( d\, e^{a m} + e^{ρ} u \big), \qquad
                p \leftarrow p - B \tanh(s / B)
 
     with small fixed ``a`` (``exp_mult``), ``b`` (``step_mult``, the base learning rate), learnable
@@ -55,6 +55,14 @@ class LearnedUpdateRule(nn.Module):
     (:class:`~nfopt.meta.estimators.EpisodeES`), which truncated unrolls cannot do without
     short-horizon bias.
 
+    With ``width_exponent`` the rule also has a learnable width exponent ``α`` (θ entry
+    ``width_alpha``, 0 at init): each tensor's step is multiplied by ``(n_T / 64)^α`` with ``n_T``
+    its fan-in (inputs times kernel size), a power law in width in the spirit of µP / µLO. The
+    meta-model sees the fan-in too (``tensor_features``), but what it learns of width holds only
+    over the widths it was trained on; one exponent extrapolates to wider networks by
+    construction. Like the schedule it is one number, meta-trained by evolution strategies over
+    whole runs on a mixture of widths.
+
     ``kind``: ``"mlp"`` (per-parameter MLP), ``"nfn_np"``, ``"nfn_hnp"`` or ``"nft"``; one instance
     updates MLPs and CNNs of any depth and width. ``init(..., num_steps=N)`` tells the rule the
     horizon (its ``fraction`` input); without it that input reads "unknown".
@@ -72,6 +80,7 @@ class LearnedUpdateRule(nn.Module):
         lr_head: bool = True,
         lr_range: float = 3.0,
         schedule_knots: int = 0,
+        width_exponent: bool = False,
     ) -> None:
         super().__init__()
         if hand not in ("adam", "momentum", "none"):
@@ -86,6 +95,7 @@ class LearnedUpdateRule(nn.Module):
             raise ValueError("features.decays must include 0.9 (the hand-designed direction's momentum)")
         self.exp_mult, self.step_mult, self.bound, self.hand = exp_mult, step_mult, bound, hand
         self.lr_head, self.lr_range, self.schedule_knots = lr_head, lr_range, schedule_knots
+        self.width_exponent = width_exponent
         self.meta_model = build_meta_model(
             kind,
             self.features.num_entry_features,
@@ -96,6 +106,8 @@ class LearnedUpdateRule(nn.Module):
         self.log_hand_scale = nn.Parameter(torch.zeros(()))
         if schedule_knots:
             self.log_schedule = nn.Parameter(torch.zeros(schedule_knots))
+        if width_exponent:
+            self.width_alpha = nn.Parameter(torch.zeros(()))
 
     # ------------------------------------------------------------------ config
     def config(self) -> dict:
@@ -111,13 +123,14 @@ class LearnedUpdateRule(nn.Module):
             "lr_head": self.lr_head,
             "lr_range": self.lr_range,
             "schedule_knots": self.schedule_knots,
+            "width_exponent": self.width_exponent,
         }
 
     @classmethod
     def from_config(cls, cfg: dict) -> LearnedUpdateRule:
-        """Inverse of :meth:`config`; configs saved before ``lr_head`` or the schedule existed
-        rebuild without them."""
-        cfg = {"lr_head": False, "schedule_knots": 0, **cfg}
+        """Inverse of :meth:`config`; configs saved before ``lr_head``, the schedule or the width
+        exponent existed rebuild without them."""
+        cfg = {"lr_head": False, "schedule_knots": 0, "width_exponent": False, **cfg}
         cfg["features"] = FeatureConfig.from_dict(cfg["features"])
         return cls(**cfg)
 
@@ -182,10 +195,12 @@ class LearnedUpdateRule(nn.Module):
         hand_scale = torch.exp(self.log_hand_scale)
         a, bound, r = self.exp_mult, self.bound, self.lr_range
 
-        def delta(o: Tensor, h: Tensor | None) -> Tensor:
+        def delta(o: Tensor, h: Tensor | None, fan: int) -> Tensor:
             e = torch.exp(a * o[:, 1:2])
             s = o[:, :1] * e if h is None else torch.addcmul(hand_scale * h, o[:, :1], e)
             mult = scale / bound  # 0-dim, or (B, 1, 1..) with the per-tensor log step
+            if self.width_exponent:  # (fan-in / 64)^α
+                mult = mult * torch.exp(self.width_alpha * math.log(max(fan, 1) / 64))
             if self.lr_head:  # per-tensor log step: the tensor's mean of the third output
                 lam = o[:, 2:3].mean(dim=tuple(range(2, o.ndim)), keepdim=True)
                 mult = mult * torch.exp(r * torch.tanh(lam / r))
@@ -194,9 +209,10 @@ class LearnedUpdateRule(nn.Module):
 
         hw = hand.weights if hand is not None else [None] * len(params)
         hb = hand.biases if hand is not None else [None] * len(params)
+        fans = [math.prod(w.shape[3:]) for w in params.weights]  # n_in * kernel of (B, C, n_out, n_in, *k)
         new = WSF(
-            [p - delta(o, h) for p, o, h in zip(params.weights, out.weights, hw)],
-            [p - delta(o, h) for p, o, h in zip(params.biases, out.biases, hb)],
+            [p - delta(o, h, f) for p, o, h, f in zip(params.weights, out.weights, hw, fans)],
+            [p - delta(o, h, f) for p, o, h, f in zip(params.biases, out.biases, hb, fans)],
         )
         return new, new_state
 
@@ -231,6 +247,6 @@ class LearnedUpdateRule(nn.Module):
         return (
             f"kind={self.kind!r}, features={self.features.num_features}, step_mult={self.step_mult}, "
             f"exp_mult={self.exp_mult}, bound={self.bound}, hand={self.hand!r}, lr_head={self.lr_head}, "
-            f"schedule_knots={self.schedule_knots}, "
+            f"schedule_knots={self.schedule_knots}, width_exponent={self.width_exponent}, "
             f"lr={self.step_mult * math.exp(self.log_step_scale.item()):.2e}"
         )

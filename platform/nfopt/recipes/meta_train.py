@@ -67,6 +67,7 @@ def build_rule(spec: JobSpec) -> LearnedUpdateRule:
         hand=m.hand,
         lr_head=m.lr_head,
         schedule_knots=m.schedule_knots,
+        width_exponent=m.width_exponent,
     )
 
 
@@ -124,14 +125,14 @@ def _initial_theta(spec: JobSpec, rule: LearnedUpdateRule) -> tuple[dict, dict]:
     except FileNotFoundError as err:  # names the shipped ones
         raise ValueError(f"init_from: {err}") from None
     want, got = rule.config(), source.rule.config()
-    addable = {"schedule_knots"} if not got.get("schedule_knots") else set()  # a schedule may be added
+    addable = {k for k in ("schedule_knots", "width_exponent") if not got.get(k)}  # may be added to a rule
     diff = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k) and k not in addable)
     if diff:
         fields = ", ".join(f"{k}: job {want.get(k)!r} vs {got.get(k)!r}" for k in diff)
         raise ValueError(f"init_from: {ref} is a different rule than meta_model ({fields}); make them match")
     meta = source.metadata or {}
     budget = {"inner_steps": int(meta.get("inner_steps") or 0), "wall_s": float(meta.get("meta_train_wall_s") or 0)}
-    start = {k: v.detach() for k, v in rule.named_parameters()}  # entries the source lacks (a new schedule): at init
+    start = {k: v.detach() for k, v in rule.named_parameters()}  # entries the source lacks (added ones): at init
     start.update({k: v.detach().clone() for k, v in source.rule.named_parameters()})
     return start, budget
 
