@@ -23,9 +23,9 @@ def test_the_shipped_optimizers_are_listed_with_their_budget():
     assert set(SHIPPED) <= set(names), names
     for name in SHIPPED:
         meta = load_pretrained(name).metadata
-        made_by = meta["spec"]["name"]  # phase 1 (pretrain_<kind>), or phase 2 (pretrain_<kind>_schedule)
-        assert meta["inner_steps"] > 0 and meta["task"] == "mix_small"
-        assert made_by in (f"pretrain_{name[:-6]}", f"pretrain_{name[:-6]}_schedule")
+        made_by = meta["spec"]["name"]  # phase 1 (pretrain_<kind>), 2 (..._schedule) or 3 (..._width)
+        assert meta["inner_steps"] > 0 and meta["task"] in ("mix_small", "mix_wide")  # both disjoint from heldout
+        assert made_by in (f"pretrain_{name[:-6]}{phase}" for phase in ("", "_schedule", "_width"))
         assert (ROOT / "jobs" / "meta" / f"{made_by}.yaml").is_file()
         assert (PRETRAINED_DIR / f"{name}.json").is_file() and (PRETRAINED_DIR / f"{name}.md").is_file()
     assert nfopt.list_pretrained() == names
