@@ -35,6 +35,7 @@ from nfopt.weightspace import WeightSpaceFeatures
 __all__ = [
     "FeatureConfig",
     "build_features",
+    "fan_ins",
     "global_inputs",
     "init_loss_state",
     "loss_features",
@@ -201,6 +202,12 @@ def loss_features(ls: dict[str, Tensor]) -> Tensor:
     return torch.where(ls["loss_seen"], out, torch.zeros_like(out))
 
 
+def fan_ins(params: WeightSpaceFeatures) -> list[int]:
+    """Each layer's fan-in, inputs times kernel size (weights ``(B, C, n_out, n_in, *k)``); a
+    layer's weight and bias share it."""
+    return [math.prod(w.shape[3:]) for w in params.weights]
+
+
 def tensor_stats(
     params: WeightSpaceFeatures, mom: WeightSpaceFeatures, v: WeightSpaceFeatures
 ) -> tuple[list[Tensor], list[Tensor]]:
@@ -214,7 +221,7 @@ def tensor_stats(
         fan = torch.full_like(rms_p, math.log10(max(fan_in, 1)))
         return torch.stack([torch.log10(rms_p + 1e-6), fan, torch.log10(snr + 1e-3)], dim=1)
 
-    fans = [math.prod(w.shape[3:]) for w in params.weights]  # n_in * kernel of (B, C, n_out, n_in, *k)
+    fans = fan_ins(params)
     ws = [one(p, m, vv, f) for p, m, vv, f in zip(params.weights, mom.weights, v.weights, fans)]
     bs = [one(p, m, vv, f) for p, m, vv, f in zip(params.biases, mom.biases, v.biases, fans)]
     return ws, bs

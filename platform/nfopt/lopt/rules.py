@@ -12,6 +12,7 @@ from torch.func import functional_call
 from nfopt.lopt.features import (
     FeatureConfig,
     build_features,
+    fan_ins,
     global_inputs,
     init_loss_state,
     tensor_stats,
@@ -209,7 +210,7 @@ class LearnedUpdateRule(nn.Module):
 
         hw = hand.weights if hand is not None else [None] * len(params)
         hb = hand.biases if hand is not None else [None] * len(params)
-        fans = [math.prod(w.shape[3:]) for w in params.weights]  # n_in * kernel of (B, C, n_out, n_in, *k)
+        fans = fan_ins(params)
         new = WSF(
             [p - delta(o, h, f) for p, o, h, f in zip(params.weights, out.weights, hw, fans)],
             [p - delta(o, h, f) for p, o, h, f in zip(params.biases, out.biases, hb, fans)],
