@@ -196,13 +196,16 @@ class LearnedUpdateRule(nn.Module):
         hand_scale = torch.exp(self.log_hand_scale)
         a, bound, r = self.exp_mult, self.bound, self.lr_range
 
-        def delta(o: Tensor, h: Tensor | None, fan: int) -> Tensor:
+        base = scale / bound  # 0-dim
+        if self.width_exponent:  # per layer, shared by its weight and bias: (fan-in / 64)^α
+            layer_mult = [base * torch.exp(self.width_alpha * math.log(max(f, 1) / 64)) for f in fan_ins(params)]
+        else:
+            layer_mult = [base] * len(params)
+
+        def delta(o: Tensor, h: Tensor | None, mult: Tensor) -> Tensor:
             e = torch.exp(a * o[:, 1:2])
             s = o[:, :1] * e if h is None else torch.addcmul(hand_scale * h, o[:, :1], e)
-            mult = scale / bound  # 0-dim, or (B, 1, 1..) with the per-tensor log step
-            if self.width_exponent:  # (fan-in / 64)^α
-                mult = mult * torch.exp(self.width_alpha * math.log(max(fan, 1) / 64))
-            if self.lr_head:  # per-tensor log step: the tensor's mean of the third output
+            if self.lr_head:  # per-tensor log step: the tensor's mean of the third output -> (B, 1, 1..)
                 lam = o[:, 2:3].mean(dim=tuple(range(2, o.ndim)), keepdim=True)
                 mult = mult * torch.exp(r * torch.tanh(lam / r))
             s = bound * torch.tanh(s * mult)
@@ -210,10 +213,9 @@ class LearnedUpdateRule(nn.Module):
 
         hw = hand.weights if hand is not None else [None] * len(params)
         hb = hand.biases if hand is not None else [None] * len(params)
-        fans = fan_ins(params)
         new = WSF(
-            [p - delta(o, h, f) for p, o, h, f in zip(params.weights, out.weights, hw, fans)],
-            [p - delta(o, h, f) for p, o, h, f in zip(params.biases, out.biases, hb, fans)],
+            [p - delta(o, h, m) for p, o, h, m in zip(params.weights, out.weights, hw, layer_mult)],
+            [p - delta(o, h, m) for p, o, h, m in zip(params.biases, out.biases, hb, layer_mult)],
         )
         return new, new_state
 
