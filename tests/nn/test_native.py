@@ -1,12 +1,16 @@
 """The optional native kernels and the pure-PyTorch path compute the same thing."""
 
+import itertools
 import shutil
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nfopt import NetworkSpec
 from nfopt.nn import HNPLinear, NPLinear, _native
+from nfopt.nn.fused import entry_mlp
 from nfopt.testing import random_features
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine")
@@ -68,3 +72,56 @@ def test_failed_build_falls_back_with_a_warning(monkeypatch):
 def test_native_can_be_disabled(monkeypatch):
     monkeypatch.setenv("NFOPT_NATIVE", "0")
     assert _native.ops() is None
+
+
+def _entry_mlp_torch(x, w1, c1, layers):
+    """The reference: plain ops over (B, F, N)."""
+    h = torch.einsum("hf,bfn->bhn", w1, x) + c1[:, :, None]
+    for w, b in layers:
+        h = torch.einsum("oh,bhn->bon", w, torch.relu(h)) + b[:, None]
+    return h
+
+
+@needs_compiler
+@settings(max_examples=25, deadline=None)
+@given(
+    bsz=st.integers(1, 3),
+    f=st.integers(1, 12),
+    n=st.integers(1, 70),  # whole tiles of 16 entries and ragged ends
+    hidden=st.lists(st.integers(1, 20), min_size=1, max_size=3),  # register blocks of 8 and remainders
+    out=st.integers(1, 9),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_entry_mlp_matches_torch(bsz, f, n, hidden, out, dtype):
+    g = torch.Generator().manual_seed(bsz * 1000 + f * 100 + n)
+    sizes = [*hidden, out]
+    x = torch.randn(bsz, f, n, generator=g, dtype=dtype)
+    w1 = torch.randn(sizes[0], f, generator=g, dtype=dtype)
+    c1 = torch.randn(bsz, sizes[0], generator=g, dtype=dtype)
+    layers = [
+        (torch.randn(o, i, generator=g, dtype=dtype), torch.randn(o, generator=g, dtype=dtype))
+        for i, o in itertools.pairwise(sizes)
+    ]
+    y = _native.ops().entry_mlp(x, w1, c1, [w for w, _ in layers], [b for _, b in layers])
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(y, _entry_mlp_torch(x, w1, c1, layers), rtol=tol, atol=tol)
+
+
+@needs_compiler
+def test_entry_mlp_wrapper_shapes_and_fallbacks(monkeypatch):
+    """``nfopt.nn.fused.entry_mlp`` keeps trailing axes, takes non-contiguous inputs, and returns
+    ``None`` (callers use their layers) when gradients are needed or the kernels are off."""
+    x = torch.randn(2, 3, 5, 4, 3).transpose(2, 3)  # (B, F, n_r, n_c, k), non-contiguous
+    w1, c1 = torch.randn(6, 3), torch.randn(2, 6)
+    layers = [(torch.randn(2, 6), torch.randn(2))]
+    y = entry_mlp(x, w1, c1, layers)
+    assert y.shape == (2, 2, 4, 5, 3)
+    ref = _entry_mlp_torch(x.reshape(2, 3, -1), w1, c1, layers).view(2, 2, 4, 5, 3)
+    torch.testing.assert_close(y, ref)
+    assert entry_mlp(x, w1.requires_grad_(), c1, layers) is None  # autograd: the layers' path
+    with torch.no_grad():
+        assert entry_mlp(x, w1, c1, layers) is not None
+        assert entry_mlp(x.to(torch.bfloat16), w1, c1, layers) is None
+        assert entry_mlp(x, w1, c1, []) is None
+        monkeypatch.setitem(_native._state, "ops", None)
+        assert entry_mlp(x, w1, c1, layers) is None

@@ -20,6 +20,7 @@ from nfopt.nn import (
     SharedPointwise,
     SharedWeightSpaceAttention,
 )
+from nfopt.nn.fused import entry_mlp
 from nfopt.weightspace import WeightSpaceFeatures
 
 __all__ = ["META_MODELS", "NFNMetaModel", "NFTMetaModel", "PerParamMLP", "build_meta_model"]
@@ -42,8 +43,37 @@ class PerParamMLP(nn.Module):
         self.rest = nn.Sequential(*mods)
 
     def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
+        fused = self._fused(x, glob)
+        if fused is not None:
+            return fused
         h = self.first(x)
         return self.rest(self.glob(h, glob) if self.glob is not None else h)
+
+    def _fused(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None) -> WeightSpaceFeatures | None:
+        """The same function through the fused per-entry kernel (:func:`nfopt.nn.fused.entry_mlp`,
+        inference on CPU), one call per tensor; ``None`` where it does not apply."""
+        acts = self.rest[0::2]
+        if not all(a.fn is torch.relu for a in acts):
+            return None
+        n, lins = len(x), self.rest[1::2]
+        if self.glob is not None:
+            if glob is None:
+                return None  # the layers' own error
+            gws, gbs = self.glob.terms(glob, n)
+        else:
+            bsz = x.weights[0].shape[0]
+            gws = gbs = [x.weights[0].new_zeros(bsz, self.first.out_channels)] * n
+        out = []
+        for t, g, role in [(w, g, "weight_map") for w, g in zip(x.weights, gws)] + [
+            (b, g, "bias_map") for b, g in zip(x.biases, gbs)
+        ]:
+            first = getattr(self.first, role)
+            layers = [(getattr(m, role).weight, getattr(m, role).bias) for m in lins]
+            y = entry_mlp(t, first.weight, g + first.bias, layers)
+            if y is None:
+                return None
+            out.append(y)
+        return WeightSpaceFeatures(out[:n], out[n:])
 
 
 class NFNMetaModel(nn.Module):

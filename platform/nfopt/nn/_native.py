@@ -1,4 +1,6 @@
-"""Optional fused CPU kernels for NP/HNP layers (``csrc/np_kernels.cpp``).
+"""Optional fused CPU kernels (``csrc/np_kernels.cpp``): one-pass row/column sums for NP/HNP
+layers, and a tiled per-entry MLP for the per-parameter learned optimizer (``entry_mlp``, usable
+inside ``torch.compile`` graphs: it has a fake implementation for tracing).
 
 Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
 into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source, the torch
@@ -57,6 +59,7 @@ def ops():
             is_python_module=False,
             verbose=False,
         )
+        _register_fakes()
         _state["ops"] = torch.ops.nfopt_native
     except Exception as err:  # no compiler, no ninja, ...: fall back, say so once
         _state["error"] = err
@@ -64,5 +67,16 @@ def ops():
     return _state["ops"]
 
 
+def _register_fakes() -> None:
+    """Shapes of the ops' outputs for tracing (``torch.compile``, fake tensors)."""
+
+    @torch.library.register_fake("nfopt_native::entry_mlp")
+    def _(x, w1, c1, weights, biases):  # (B, F, N) -> (B, O, N)
+        return x.new_empty((x.shape[0], weights[-1].shape[0], x.shape[2]))
+
+
+@torch.compiler.assume_constant_result
 def available() -> bool:
+    """Whether the kernels are built and loaded (builds them on the first call). A constant to
+    ``torch.compile``: a traced graph calls the ops directly when they were available."""
     return ops() is not None

@@ -272,22 +272,23 @@ class SharedGlobalInput(nn.Module):
         self.bias_map = nn.Linear(in_features, channels, bias=False)
         self.channels = channels
 
-    def forward(self, x: WeightSpaceFeatures, glob: Tensor | PerTensor) -> WeightSpaceFeatures:
-        roles = layer_roles(len(x))
+    def terms(self, glob: Tensor | PerTensor, num_layers: int) -> tuple[list[Tensor], list[Tensor]]:
+        """What :meth:`forward` adds to each weight and each bias tensor of a depth-``num_layers``
+        network: two lists of ``num_layers`` ``(B, C)`` tensors."""
+        roles = layer_roles(num_layers)
         if isinstance(glob, PerTensor):
-            c, r = self.channels, len(ROLES)
-            ws = []
-            for i, w in enumerate(x.weights):
-                g = glob.weights[i]
-                gw = torch.nn.functional.linear(g, self.weight_maps.weight.view(r, c, -1)[roles[i]])  # (B, C)
-                ws.append(w + _bcast(gw, w.ndim))
-            bs = [b + self.bias_map(glob.biases[i])[:, :, None] for i, b in enumerate(x.biases)]
-            return WeightSpaceFeatures(ws, bs)
+            wmaps = self.weight_maps.weight.view(len(ROLES), self.channels, -1)
+            ws = [torch.nn.functional.linear(glob.weights[i], wmaps[roles[i]]) for i in range(num_layers)]
+            return ws, [self.bias_map(glob.biases[i]) for i in range(num_layers)]
         gw = self.weight_maps(glob).view(glob.shape[0], len(ROLES), self.channels)  # (B, roles, C)
         gb = self.bias_map(glob)
+        return [gw[:, roles[i]] for i in range(num_layers)], [gb] * num_layers
+
+    def forward(self, x: WeightSpaceFeatures, glob: Tensor | PerTensor) -> WeightSpaceFeatures:
+        gws, gbs = self.terms(glob, len(x))
         return WeightSpaceFeatures(
-            [w + _bcast(gw[:, roles[i]], w.ndim) for i, w in enumerate(x.weights)],
-            [b + gb[:, :, None] for b in x.biases],
+            [w + _bcast(g, w.ndim) for w, g in zip(x.weights, gws)],
+            [b + g[:, :, None] for b, g in zip(x.biases, gbs)],
         )
 
 

@@ -84,14 +84,19 @@ class MLPPlan:
         return cls(tuple(layers), tuple(tuple(a) for a in acts[1:]), loss)
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
-        """Outputs ``(P, batch, out)`` of every member on its own inputs ``x: (P, batch, ...)``."""
-        h = x.flatten(2) if x.ndim > 3 else x
+        """Outputs ``(P, batch, out)`` of every member on its own inputs ``x: (P, batch, ...)``.
+
+        Feature-major inside (``h: (P, features, batch)``, ``h <- W h + b``): the weight gradients
+        ``dH H^T`` then come out in the weights' own ``(P, out, in)`` layout, so the learned
+        optimizer's passes over them read contiguous memory (batch-major ``H W^T`` leaves them
+        transposed)."""
+        h = (x.flatten(2) if x.ndim > 3 else x).transpose(1, 2)  # (P, in, batch)
         for (name, has_bias), acts in zip(self.layers, self.acts):
-            w = params[f"{name}.weight"]
-            h = torch.baddbmm(params[f"{name}.bias"][:, None, :], h, w.transpose(1, 2)) if has_bias else h @ w.mT
+            w = params[f"{name}.weight"]  # (P, out, in)
+            h = torch.baddbmm(params[f"{name}.bias"][:, :, None], w, h) if has_bias else w @ h
             for a in acts:
                 h = a(h)
-        return h
+        return h.transpose(1, 2)
 
     def member_losses(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
         """Every member's mean minibatch loss ``(P,)``."""
