@@ -245,7 +245,13 @@ class TaskProblem:
         parameter (1 where not reparameterised) and the loss scale."""
         plan = pop.plan
         if plan not in self._compiled:
-            self._compiled[plan] = torch.compile(functools.partial(_fused_step, self.rule, plan))
+            # Guards on tensors only (shapes, strides, dtypes): every input that varies between
+            # calls is a tensor, and the rule and plan are fixed per compiled function; checking
+            # the Python objects' guards took ~4% of a 32-network step (0.36 of 9.7 ms).
+            self._compiled[plan] = torch.compile(
+                functools.partial(_fused_step, self.rule, plan),
+                options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe},
+            )
         one = next(iter(theta.values())).new_ones(())
         scales = {k: one * pop.scales.get(k, 1.0) for k in pop.params}
         return self._compiled[plan], (scales, one * pop.loss_scale)
