@@ -11,15 +11,17 @@ Allocator: both sides run under the same glibc settings. By default the script r
 itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (keeps large blocks instead of
 returning them to the OS and page-faulting them back on every step; see shared/PERFORMANCE.md);
 ``--default-malloc`` keeps glibc's defaults. The last line is
-``RESULT worst_speed_ratio=X worst_memory_ratio=Y nft_speed_ratio=Z`` (worst speed over the
-NP/HNP stacks, worst peak-memory ratio nfopt/nfn over all, speed ratio of the attention layer).
+``RESULT worst_speed_ratio=X worst_memory_ratio=Y nft_speed_ratio=Z hnp_roofline=R`` (worst speed
+over the NP/HNP stacks, worst peak-memory ratio nfopt/nfn over all, speed ratio of the attention
+layer, share of its roofline bound the HNP stack reaches).
 
-Roofline, per config: this machine's single-thread matmul peak (a 1024^2 GEMM) and copy bandwidth
-(a 256 MiB copy) are measured first; the nfopt step's matmul FLOPs come from
-``torch.utils.flop_counter`` (GEMMs only) and its minimum memory traffic is taken as every
-activation and activation gradient of the stack read or written once (4-byte floats), so the
-bound is ``max(FLOPs / peak, bytes / bandwidth)``; the table shows achieved GFLOP/s and the share
-of the bound the step reaches (100% = at the roofline).
+Roofline, per config: this machine's matmul peak (a 1024^2 GEMM, timed once beside every round
+of steps: the median over the config's rounds) and copy bandwidth (a 256 MiB copy, measured
+first); the nfopt step's matmul FLOPs come from ``torch.utils.flop_counter`` (GEMMs only) and
+its minimum memory traffic is taken as every activation and activation gradient of the stack
+read or written once (4-byte floats), so the bound is ``max(FLOPs / peak, bytes / bandwidth)``;
+the table shows achieved GFLOP/s and the share of the bound the step reaches (100% = at the
+roofline).
 
 Needs the ``bench`` extra (``nfn==0.1.2``, ``einops``).
 """
@@ -98,6 +100,18 @@ def build(impl: str, kind: str, widths: tuple[int, ...]):
 
     n_params = sum(p.numel() for p in layers.parameters())
     return step, n_params
+
+
+_PROBE = (torch.randn(1024, 1024), torch.randn(1024, 1024))
+
+
+def gemm_probe() -> float:
+    """GFLOP/s of one 1024^2 GEMM now: timed beside every round of steps, so the roofline bound
+    of a config uses the host's speed while that config ran (it drifts on a shared machine)."""
+    a, b = _PROBE
+    t0 = time.perf_counter()
+    a @ b
+    return 2 * 1024**3 / (time.perf_counter() - t0) / 1e9
 
 
 def machine_peaks() -> tuple[float, float]:
@@ -192,7 +206,7 @@ def main() -> None:
         f"{'nfn MiB':>10}{'nfopt MiB':>11}{'mem ratio':>11}{'params nfn/nfopt':>20}"
     )
     print(header)
-    speed, memory, nft = [], [], []
+    speed, memory, nft, share = [], [], [], {}
     for name in args.configs:
         steps, params = {}, {}
         for impl in ("nfn", "nfopt"):
@@ -200,21 +214,25 @@ def main() -> None:
         repeats = args.repeats or (5 if "784" in name else 30)
         for impl in steps:  # warm-up
             steps[impl]()
-        times = {"nfn": [], "nfopt": []}
+        times, probes = {"nfn": [], "nfopt": []}, []
+        gemm_probe()
         for _ in range(repeats):
             for impl, step in steps.items():
                 t0 = time.perf_counter()
                 step()
                 times[impl].append(time.perf_counter() - t0)
+            probes.append(gemm_probe())
         flops = step_flops(steps["nfopt"])
         del steps
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-        t_flop, t_mem = flops / (peak_gflops * 1e9), min_bytes(*CONFIGS[name]) / (peak_gbs * 1e9)
+        peak = statistics.median(probes)  # the GEMM peak while this config ran
+        t_flop, t_mem = flops / (peak * 1e9), min_bytes(*CONFIGS[name]) / (peak_gbs * 1e9)
         bound_ms = max(t_flop, t_mem) * 1e3
+        share[name] = bound_ms / med["nfopt"]
         roofline.append(
             f"  {name}: {flops / 1e9:.3f} GFLOP per step, {flops / med['nfopt'] / 1e6:.1f} GFLOP/s achieved "
-            f"({100 * flops / med['nfopt'] / 1e6 / peak_gflops:.0f}% of the GEMM peak); roofline bound "
-            f"{bound_ms:.2f} ms ({'compute' if t_flop > t_mem else 'memory'}-bound): "
+            f"({100 * flops / med['nfopt'] / 1e6 / peak:.0f}% of the GEMM peak, {peak:.0f} GFLOP/s beside its "
+            f"steps); roofline bound {bound_ms:.2f} ms ({'compute' if t_flop > t_mem else 'memory'}-bound): "
             f"nfopt reaches {100 * bound_ms / med['nfopt']:.0f}% of it, nfn {100 * bound_ms / med['nfn']:.0f}%"
         )
         peaks = {impl: measure_peak(impl, name) for impl in ("nfn", "nfopt")}
@@ -235,6 +253,7 @@ def main() -> None:
     fields.append(f"worst_memory_ratio={max(memory):.2f}")
     if nft:
         fields.append(f"nft_speed_ratio={min(nft):.2f}")
+    fields += [f"hnp_roofline={v:.2f}" for k, v in share.items() if CONFIGS[k][0] == "hnp"]
     print("RESULT " + " ".join(fields))
 
 
