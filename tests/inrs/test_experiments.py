@@ -72,6 +72,8 @@ def test_inr_jobs_end_to_end(tmp_path, capsys):
     res = json.loads((tmp_path / "c" / "results.json").read_text())["results"]
     assert set(res) == {"inr2array", "nfn_np", "dwsnets", "mlp"}
     assert all(0 <= r["test_accuracy"] <= 1 for r in res.values())
+    encoder = torch.load(tmp_path / "c" / "inr2array_encoder.pt", weights_only=True)  # kept for reuse
+    assert encoder and all(isinstance(t, torch.Tensor) for t in encoder.values())
     assert main(["inr", "edit", shipped_job(tmp_path, "inr_edit_tiny", inrs=str(inrs), out=str(tmp_path / "e"))]) == 0
     res = json.loads((tmp_path / "e" / "results.json").read_text())["results"]
     assert set(res) == {"nfn_np", "nfn_hnp", "nft", "dwsnets", "mlp"} and all(r["test_mse"] >= 0 for r in res.values())

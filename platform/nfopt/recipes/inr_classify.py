@@ -29,9 +29,10 @@ from nfopt.nn import (
 from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
+__all__ = ["ENCODER_FILE", "PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
 
 #: Fashion-MNIST INR classification accuracy (%) reported by the NFN / NFT papers.
+ENCODER_FILE = "inr2array_encoder.pt"  # the trained Inr2Array encoder's state dict, in the run directory
 PAPER_ACCURACY = {"inr2array": 79.3, "nfn_np": 75.6, "dwsnets": 67.1, "mlp": 12.5}
 
 
@@ -224,6 +225,9 @@ def run_classify(spec: InrClassifySpec, progress: bool = True, overwrite: bool =
         train, test = ds.train, ds.test
         if name == "inr2array":
             enc = _train_autoencoder(ds, spec, ds.train, scale, console.print)
+            # kept for reuse (new classifier heads, latents of other INRs): a state dict only
+            spec.out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(enc.state_dict(), spec.out_dir / ENCODER_FILE)
             train, test = _Latents(enc, ds.train), _Latents(enc, ds.test)
             model: nn.Module = LatentClassifier(spec.latent_dim, classes, spec.dropout)
         elif name == "nfn_np":
@@ -261,5 +265,6 @@ def run_classify(spec: InrClassifySpec, progress: bool = True, overwrite: bool =
         ],
     ]
     metrics = {f"{k}.test_accuracy": r["test_accuracy"] for k, r in results.items()}
-    finish_experiment(spec, meta, results, lines, metrics, "nfopt-inr")
+    files = (ENCODER_FILE,) if "inr2array" in results else ()
+    finish_experiment(spec, meta, results, lines, metrics, "nfopt-inr", files)
     return {**meta, "results": results}
