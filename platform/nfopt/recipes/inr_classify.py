@@ -32,8 +32,9 @@ from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 __all__ = ["ENCODER_FILE", "PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
 
 #: Fashion-MNIST INR classification accuracy (%) reported by the NFN / NFT papers.
-ENCODER_FILE = "inr2array_encoder.pt"  # the trained Inr2Array encoder's state dict, in the run directory
 PAPER_ACCURACY = {"inr2array": 79.3, "nfn_np": 75.6, "dwsnets": 67.1, "mlp": 12.5}
+#: the trained Inr2Array encoder's state dict, kept in the run directory
+ENCODER_FILE = "inr2array_encoder.pt"
 
 
 class NFNClassifier(nn.Module):
