@@ -20,8 +20,7 @@ from torch import nn
 
 from nfopt.inrs.spec import InrClassifySpec
 from nfopt.inrs.store import load_inrs
-from nfopt.nn import Inr2ArrayEncoder
-from nfopt.recipes.inr_classify import ENCODER_FILE, LatentClassifier
+from nfopt.recipes.inr_classify import ENCODER_FILE, LatentClassifier, Latents, build_encoder
 
 
 class DeepLatentClassifier(nn.Module):
@@ -66,26 +65,10 @@ def main() -> None:
     run = ap.parse_args().run
     spec = InrClassifySpec.model_validate(json.loads((run / "results.json").read_text())["spec"])
     ds = load_inrs(spec.inrs)
-    enc = Inr2ArrayEncoder(
-        ds.network_spec,
-        num_latents=spec.num_latents,
-        latent_dim=spec.latent_dim,
-        channels=spec.channels,
-        num_blocks=spec.ae_blocks,
-        fourier_features=spec.fourier_features,
-        fourier_scale=spec.fourier_scale,
-        input_scale=ds.train.stds(),
-    )
+    enc = build_encoder(spec, ds.network_spec, ds.train.stds())
     enc.load_state_dict(torch.load(run / ENCODER_FILE, weights_only=True))
-    enc.eval()
-
-    def latents(split) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [enc(split.features(torch.arange(i, min(i + 256, len(split))))) for i in range(0, len(split), 256)]
-            )
-
-    ztr, zte, ytr, yte = latents(ds.train), latents(ds.test), ds.train.labels, ds.test.labels
+    train, test = Latents(enc, ds.train), Latents(enc, ds.test)
+    ztr, zte, ytr, yte = train.z, test.z, train.labels, test.labels
     k, d = int(ytr.max()) + 1, spec.latent_dim
     variants = {
         "job's head (1 layer, 15 epochs)": (lambda: LatentClassifier(d, k, spec.dropout), 15),
@@ -100,9 +83,10 @@ def main() -> None:
         val[name] = accuracy(fit(make, ztr[tr], ytr[tr], epochs), ztr[va], ytr[va])
         print(f"{name}: validation {val[name]:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
     best = max(val, key=val.get)
-    chosen = accuracy(fit(*variants[best][:1], ztr, ytr, variants[best][1]), zte, yte)
-    first = next(iter(variants))
-    shipped = accuracy(fit(variants[first][0], ztr, ytr, variants[first][1]), zte, yte)
+    make, epochs = variants[best]
+    chosen = accuracy(fit(make, ztr, ytr, epochs), zte, yte)
+    make, epochs = next(iter(variants.values()))  # the job's head
+    shipped = accuracy(fit(make, ztr, ytr, epochs), zte, yte)
     print(f"chosen on validation: {best}: test {chosen:.4f}; the job's head with these seeds: test {shipped:.4f}")
     print(f"RESULT chosen_test={chosen:.4f} shipped_head_test={shipped:.4f}")
 

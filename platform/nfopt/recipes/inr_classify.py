@@ -29,7 +29,16 @@ from nfopt.nn import (
 from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["ENCODER_FILE", "PAPER_ACCURACY", "FlatMLP", "LatentClassifier", "NFNClassifier", "run_classify"]
+__all__ = [
+    "ENCODER_FILE",
+    "PAPER_ACCURACY",
+    "FlatMLP",
+    "LatentClassifier",
+    "Latents",
+    "NFNClassifier",
+    "build_encoder",
+    "run_classify",
+]
 
 #: Fashion-MNIST INR classification accuracy (%) reported by the NFN / NFT papers.
 PAPER_ACCURACY = {"inr2array": 79.3, "nfn_np": 75.6, "dwsnets": 67.1, "mlp": 12.5}
@@ -109,7 +118,7 @@ class LatentClassifier(nn.Module):
         return self.head(self.mix(z).mean(1))
 
 
-class _Latents:
+class Latents:
     """A split's INRs encoded once by a frozen (permutation-invariant) encoder: the
     :class:`SplitData` interface over latent arrays, so augmentation is moot."""
 
@@ -133,13 +142,10 @@ def _batches(n: int, size: int, gen: torch.Generator):
     return [order[i : i + size] for i in range(0, n, size)]
 
 
-def _train_autoencoder(
-    ds: InrDataset, spec: InrClassifySpec, train: SplitData, scale: list[float], log
-) -> Inr2ArrayEncoder:
-    """Inr2Array trained to reproduce each INR's rendering; the decoder's base weight space is a
-    SIREN initialisation (from an all-zero base a SIREN has no frequencies to start from)."""
-    nspec = ds.network_spec
-    enc = Inr2ArrayEncoder(
+def build_encoder(spec: InrClassifySpec, nspec: NetworkSpec, scale: list[float]) -> Inr2ArrayEncoder:
+    """The (untrained) Inr2Array encoder ``spec`` describes for INRs of ``nspec`` whose tensors'
+    dataset stds are ``scale``; :data:`ENCODER_FILE` holds a trained one's state dict."""
+    return Inr2ArrayEncoder(
         nspec,
         num_latents=spec.num_latents,
         latent_dim=spec.latent_dim,
@@ -149,6 +155,15 @@ def _train_autoencoder(
         fourier_scale=spec.fourier_scale,
         input_scale=scale,
     )
+
+
+def _train_autoencoder(
+    ds: InrDataset, spec: InrClassifySpec, train: SplitData, scale: list[float], log
+) -> Inr2ArrayEncoder:
+    """Inr2Array trained to reproduce each INR's rendering; the decoder's base weight space is a
+    SIREN initialisation (from an all-zero base a SIREN has no frequencies to start from)."""
+    nspec = ds.network_spec
+    enc = build_encoder(spec, nspec, scale)
     arch = ds.architecture
     base = WeightSpaceFeatures.from_modules([Siren(*_siren_args(arch))])
     ae = Inr2ArrayAutoencoder(enc, Inr2ArrayDecoder(nspec, latent_dim=spec.latent_dim, base=base), w0=ds.w0)
@@ -229,7 +244,7 @@ def run_classify(spec: InrClassifySpec, progress: bool = True, overwrite: bool =
             # kept for reuse (new classifier heads, latents of other INRs): a state dict only
             spec.out_dir.mkdir(parents=True, exist_ok=True)
             torch.save(enc.state_dict(), spec.out_dir / ENCODER_FILE)
-            train, test = _Latents(enc, ds.train), _Latents(enc, ds.test)
+            train, test = Latents(enc, ds.train), Latents(enc, ds.test)
             model: nn.Module = LatentClassifier(spec.latent_dim, classes, spec.dropout)
         elif name == "nfn_np":
             model = NFNClassifier(
