@@ -19,8 +19,8 @@ from nfopt.nn import (
     SharedNPLinear,
     SharedPointwise,
     SharedWeightSpaceAttention,
+    fused,
 )
-from nfopt.nn.fused import entry_mlp
 from nfopt.weightspace import WeightSpaceFeatures
 
 __all__ = ["META_MODELS", "NFNMetaModel", "NFTMetaModel", "PerParamMLP", "build_meta_model"]
@@ -43,9 +43,9 @@ class PerParamMLP(nn.Module):
         self.rest = nn.Sequential(*mods)
 
     def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
-        fused = self._fused(x, glob)
-        if fused is not None:
-            return fused
+        out = self._fused(x, glob)
+        if out is not None:
+            return out
         h = self.first(x)
         return self.rest(self.glob(h, glob) if self.glob is not None else h)
 
@@ -53,8 +53,8 @@ class PerParamMLP(nn.Module):
         """The same function through the fused per-entry kernel (:func:`nfopt.nn.fused.entry_mlp`,
         inference on CPU), one call per tensor; ``None`` where it does not apply."""
         acts = self.rest[0::2]
-        if not all(a.fn is torch.relu for a in acts):
-            return None
+        if not all(a.fn is torch.relu for a in acts) or not fused.applies(x.weights[0], self.first.weight_map.weight):
+            return None  # before the global terms: training θ (gradients) takes the layers every step
         n, lins = len(x), self.rest[1::2]
         if self.glob is not None:
             if glob is None:
@@ -69,7 +69,7 @@ class PerParamMLP(nn.Module):
         ]:
             first = getattr(self.first, role)
             layers = [(getattr(m, role).weight, getattr(m, role).bias) for m in lins]
-            y = entry_mlp(t, first.weight, g + first.bias, layers)
+            y = fused.entry_mlp(t, first.weight, g + first.bias, layers)
             if y is None:
                 return None
             out.append(y)

@@ -12,9 +12,20 @@ import torch
 from nfopt.nn import _native
 from nfopt.nn._mix import functorch_active
 
-__all__ = ["entry_mlp"]
+__all__ = ["applies", "entry_mlp"]
 
 Tensor = torch.Tensor
+
+
+def applies(x: Tensor, *params: Tensor) -> bool:
+    """Whether the kernel can run on input ``x`` with these parameters: CPU float ``x``, no
+    gradient needed, no ``torch.func`` transform, kernels built. Cheap: callers may ask before
+    preparing the kernel's inputs."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
+        return False
+    return not functorch_active(x, *params) and _native.available()
 
 
 def entry_mlp(x: Tensor, w1: Tensor, c1: Tensor, layers: Sequence[tuple[Tensor, Tensor]]) -> Tensor | None:
@@ -25,12 +36,7 @@ def entry_mlp(x: Tensor, w1: Tensor, c1: Tensor, layers: Sequence[tuple[Tensor, 
     for the later layers, ReLU between all. Returns ``(B, H_D, *rest)``, or ``None`` where the
     kernel does not apply: gradients needed, a ``torch.func`` transform, not a CPU float tensor,
     or no kernels built."""
-    tensors = (x, w1, c1, *(t for pair in layers for t in pair))
-    if not layers or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return None
-    if functorch_active(*tensors) or not _native.available():
+    if not layers or not applies(x, w1, c1, *(t for pair in layers for t in pair)):
         return None
     bsz, f, *rest = x.shape
     y = torch.ops.nfopt_native.entry_mlp(
