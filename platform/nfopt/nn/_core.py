@@ -9,9 +9,10 @@ layers under the hidden-only HNP symmetry). Fixed axes are folded into the featu
     r_i = mean_rows X_i : (B, F_i, m_{i-1})      c_i = mean_cols X_i : (B, F_i, m_i)
     g_i = mean X_i      : (B, F_i)               bm_i = mean b_i     : (B, Fb_i)
 
-Per permutable neuron layer ``l``: ``P_l = [c_l, b_l, r_{l+1}] : (B, D_l, n_l)`` (the features
+Per permutable neuron layer ``l``: ``P_l = [c_l, b_l, r_{l+1}] : (D_l, B, n_l)`` (the features
 that live on neuron ``l``: row means of its incoming weight, its bias, column means of its
-outgoing weight) and globally ``z = [g_1..g_L, bm_1..bm_L] : (B, Dz)``. The outputs are
+outgoing weight; feature-major, so each neuron map is one GEMM over ``B n_l`` columns with no
+transposing copies, forward or backward) and globally ``z = [g_1..g_L, bm_1..bm_L] : (B, Dz)``. The outputs are
 
     H_i = A_i X_i                 (per entry; only when both axes are permutable)
         + (Q_i P_i)[κ_i]          broadcast along columns  (when neuron layer i is permutable)
@@ -128,7 +129,7 @@ def _pool(plan: Plan, xs, bs, native=None):
             P.append(None)
             continue
         parts = ([c[level - 1], bs[level - 1]] if level >= 1 else []) + ([r[level]] if level < plan.L else [])
-        P.append(torch.cat(parts, dim=1))  # (B, D_level, n_level)
+        P.append(torch.cat([p.transpose(0, 1) for p in parts]))  # (D_level, B, n_level)
     return z, P
 
 
@@ -140,7 +141,7 @@ def _mix(plan: Plan, z: Tensor, P, Q, Z: Tensor, beta: Tensor):
     for level in range(plan.L + 1):
         if P[level] is None:
             continue
-        outs = _lmul(Q[level], P[level]).split(plan.p_parts(level, out=True), dim=1)
+        outs = [t.transpose(0, 1) for t in _fmul(Q[level], P[level]).split(plan.p_parts(level, out=True))]
         if level >= 1:
             kappa[level - 1], ups[level - 1] = outs[0], outs[1]
         if level < plan.L:
@@ -154,11 +155,13 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
     hs, us = [], []
     for i, x in enumerate(xs):
         bsz, f, mr, mc = x.shape
-        # fold the global term into the smaller broadcast term
+        # fold the global term into the smaller broadcast term; the per-neuron terms are
+        # transposed views of feature-major products: small copies to (B, G, n) here keep the
+        # big outputs below contiguous
         if rho[i] is not None:
-            row, col = rho[i] + zt[i][:, :, None], kappa[i]  # (B, G, m_c), (B, G, m_r) or None
+            row, col = (rho[i] + zt[i][:, :, None]).contiguous(), _bm(kappa[i])  # (B, G, m_c), (B, G, m_r)
         elif kappa[i] is not None:
-            row, col = None, kappa[i] + zt[i][:, :, None]
+            row, col = None, (kappa[i] + zt[i][:, :, None]).contiguous()
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
@@ -172,7 +175,7 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
             h = col[..., None].contiguous()
         hs.append(h)
         u = vt[i][:, :, None]  # (B, Gb, 1)
-        us.append((u + ups[i]) if ups[i] is not None else u.contiguous())
+        us.append((u + ups[i]).contiguous() if ups[i] is not None else u.contiguous())
     return hs, us, z, P
 
 
@@ -235,8 +238,13 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dglob = torch.cat(dzt + dvt, dim=-1)  # (B, ΣG)
         dZ = z.t() @ dglob
         dbeta = dglob.sum(0)
-        dz = (dglob @ Z.t()).split(plan.z_in_parts(), dim=-1)
-        dg, dbm = dz[:L], dz[L:]
+        # inputs needing no gradient (e.g. the data into a stack's first layer): skip their adjoints
+        need_x = ctx.needs_input_grad[2 : 2 + n]
+        need_b = ctx.needs_input_grad[2 + n : 2 + 2 * n]
+        need_in = any(need_x) or any(need_b)
+        if need_in:
+            dz = (dglob @ Z.t()).split(plan.z_in_parts(), dim=-1)
+            dg, dbm = dz[:L], dz[L:]
 
         # 3. per-neuron terms
         dc, db_direct, dr, dQ = [None] * L, [None] * L, [None] * L, [None] * (L + 1)
@@ -244,9 +252,12 @@ class FusedEquivariantLinear(torch.autograd.Function):
             if P[level] is None:
                 continue
             douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + ([s_row[level]] if level < L else [])
-            dout = torch.cat(douts, dim=1)  # (B, Σ out parts, n_level)
-            dQ[level] = outer_sum(dout, P[level])
-            dp = _lmul(Q[level].t(), dout).split(plan.p_parts(level), dim=1)
+            dout = torch.cat([d.transpose(0, 1) for d in douts])  # (Σ out parts, B, n_level)
+            p = P[level]
+            dQ[level] = dout.reshape(dout.shape[0], -1) @ p.reshape(p.shape[0], -1).t()
+            if not need_in:
+                continue
+            dp = [t.transpose(0, 1) for t in _fmul(Q[level].t(), dout).split(plan.p_parts(level))]
             if level >= 1:
                 dc[level - 1], db_direct[level - 1] = dp[0], dp[1]
             if level < L:
@@ -258,22 +269,24 @@ class FusedEquivariantLinear(torch.autograd.Function):
             bsz, f, mr, mc = x.shape
             dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
             dA.append(outer_sum(dh, x.reshape(bsz, f, mr * mc)) if A[i] is not None else None)  # (G, F)
-            if not ctx.needs_input_grad[2 + i]:  # e.g. the first layer's input: skip the big pass
+            if not need_x[i]:  # e.g. the first layer's input: skip the big pass
                 dxs.append(None)
             else:
-                dct = dg[i][:, :, None] * (1.0 / mr)  # (B, F, 1): the global mean, via c_i
+                dct = dg[i][:, :, None] * (1.0 / (mr * mc))  # (B, F, 1): the global mean, via c_i
                 if dc[i] is not None:
-                    dct = dct + dc[i]
-                dct = dct * (1.0 / mc)  # (B, F, m_r)
+                    dct = torch.add(dct, dc[i], alpha=1.0 / mc).contiguous()  # (B, F, m_r)
                 if A[i] is not None:
-                    dx = torch.add(dct[..., None], dr[i][:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
+                    dx = torch.add(dct[..., None], dr[i].contiguous()[:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
                     dx = _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh).view(bsz, f, mr, mc)
                 else:
                     dx = dct[..., None]
                     if dr[i] is not None:
-                        dx = dx + dr[i][:, :, None] * (1.0 / mr)
+                        dx = torch.add(dx, dr[i][:, :, None], alpha=1.0 / mr)
                     dx = dx.expand(bsz, f, mr, mc).contiguous()
                 dxs.append(dx)
+            if not need_b[i]:
+                dbs.append(None)
+                continue
             db = dbm[i][:, :, None] * (1.0 / mr)
             if db_direct[i] is not None:
                 db = db + db_direct[i]
@@ -289,19 +302,16 @@ def _native_for(xs):
     return _native.ops()
 
 
-def _lmul(w: Tensor, x: Tensor) -> Tensor:
-    """``w @ x[b]`` for every batch element: ``(G, F) x (B, F, N) -> (B, G, N)``. A batched GEMM on
-    the expanded ``w`` (``torch.matmul`` would transpose ``x`` to fold the batch, two copies);
-    for a large ``w`` over short ``N`` (HNP's dense maps of the input/output neurons), one GEMM
-    over the batch-folded ``x`` instead: MKL runs ``B`` skinny ``N``-column products far below its
-    peak (measured 1056x1056 at N=32: 166 vs 182 GFLOP/s; at N=10: 28 vs 183)."""
-    bsz, f, n = x.shape
-    if n < _SKINNY_N and w.shape[0] * f >= _LARGE_MAP:
-        return (w @ x.transpose(0, 1).reshape(f, bsz * n)).view(w.shape[0], bsz, n).transpose(0, 1)
-    return torch.bmm(w.expand(bsz, *w.shape), x)
+def _bm(t: Tensor | None) -> Tensor | None:
+    """A per-neuron term ``(B, G, n)`` in contiguous layout (``None`` passes through)."""
+    return None if t is None else t.contiguous()
 
 
-_SKINNY_N, _LARGE_MAP = 64, 256 * 256
+def _fmul(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x`` over feature-major ``x``: ``(G, F) x (F, B, N) -> (G, B, N)``, one GEMM over the
+    ``B N`` columns (MKL runs ``B`` separate skinny ``N``-column products far below its peak:
+    measured 1056x1056 at N=32 166 vs 182 GFLOP/s, at N=10 28 vs 183)."""
+    return (w @ x.reshape(x.shape[0], -1)).view(w.shape[0], *x.shape[1:])
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
