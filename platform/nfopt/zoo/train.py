@@ -17,7 +17,15 @@ from nfopt.zoo.spec import ZooSpec
 
 __all__ = ["build_cnn", "load_zoo_data", "sample_shard", "train_shard"]
 
-_ACT = {"relu": F.relu, "tanh": torch.tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid, "elu": F.elu, "silu": F.silu}
+
+def _tanh(x: torch.Tensor) -> torch.Tensor:
+    """``tanh(x) = 2 sigmoid(2x) - 1``: the same function (absolute error ~1e-7), ~3x faster
+    here than ``torch.tanh``, whose CPU kernel runs at ~3 ns per element in this build (sigmoid
+    ~0.4 ns): tanh shards of a zoo spent a third of their time in it."""
+    return torch.sigmoid(2.0 * x) * 2.0 - 1.0
+
+
+_ACT = {"relu": F.relu, "tanh": _tanh, "gelu": F.gelu, "sigmoid": torch.sigmoid, "elu": F.elu, "silu": F.silu}
 _ACT_MODULE = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "elu": nn.ELU, "silu": nn.SiLU}
 
 
@@ -85,13 +93,31 @@ def _forward(params, x: torch.Tensor, act, drop: torch.Tensor | None, gen=None) 
     """``x (P, B, C, H, W) -> logits (P, B, classes)``; ``drop (P,)`` dropout rates or None."""
     p, b = x.shape[:2]
     h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, P*C, H, W): member p's channels are group p
+    # channels-last: oneDNN's grouped convolutions run ~3x faster on it here (forward+backward,
+    # 16 members, batch 64, 28x28: 32 vs 94 ms over the three convolutions, one thread)
+    h = h.contiguous(memory_format=torch.channels_last)
     for w, bias in zip(params[0:-2:2], params[1:-2:2]):
         h = act(F.conv2d(h, w.flatten(0, 1), bias.flatten(), stride=2, padding=1, groups=p))  # (B, P*c, H', W')
         if drop is not None:
-            keep = (1 - drop).repeat_interleave(w.shape[1]).view(1, -1, 1, 1)
-            h = h * (torch.rand(h.shape, generator=gen) < keep) / keep
+            h = _dropout(h, (1 - drop).repeat_interleave(w.shape[1]), gen)
     pooled = h.mean((2, 3)).view(b, p, -1)  # (B, P, c)
     return torch.einsum("bpc,poc->pbo", pooled, params[-2]) + params[-1][:, None]
+
+
+def _dropout(h: torch.Tensor, keep: torch.Tensor, gen=None) -> torch.Tensor:
+    """Inverted dropout of a channels-last ``h (B, C, H, W)`` with per-channel keep
+    probabilities ``keep (C,)``, quantised to multiples of 1/256 (the scale uses the quantised
+    value, so the layer stays unbiased). Computed on the ``(B H W, C)`` view of h's memory with
+    a mask of random bytes, four per full-range 32-bit draw: CPU uniforms cost ~3 ns each and elementwise
+    ops mixing a channels-last ``h`` with a contiguous mask take a slow strided path (together
+    45 ms of a 78 ms zoo step)."""
+    c = h.shape[1]
+    flat = h.permute(0, 2, 3, 1).reshape(-1, c)  # (B H W, C): a view for channels-last h
+    raw = torch.empty((flat.numel() + 3) // 4, dtype=torch.int32).random_(-(2**31), 2**31, generator=gen)
+    u8 = raw.view(torch.uint8)[: flat.numel()].view(flat.shape)
+    thr = (keep * 256).round().clamp(1, 256)  # (C,): P(byte < thr) = thr / 256
+    out = flat * (u8 <= (thr - 1).to(torch.uint8)) * (256.0 / thr)
+    return out.view(h.shape[0], *h.shape[2:], c).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last
 
 
 @torch.no_grad()
