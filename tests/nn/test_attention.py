@@ -71,3 +71,67 @@ def test_attention_validation_and_dropout():
     assert not layer(x).allclose(layer(x))  # dropout on attention weights is active in training
     layer.eval()
     assert layer(x).allclose(layer(x))
+
+
+def _reference_attention(layer: WeightSpaceAttention, x):
+    """The layer's documented formula, token by token (MLP specs: no kernel positions)."""
+    spec, c, heads = layer.spec, layer.channels, layer.num_heads
+    d, L, n = c // heads, spec.num_layers, spec.neuron_sizes
+    qw = [
+        torch.einsum("oc,bcrs->bors", layer.w_qkv[i], w) + layer.w_qkv_bias[i][:, None, None]
+        for i, w in enumerate(x.weights)
+    ]
+    qb = [torch.einsum("oc,bcr->bor", layer.b_qkv[i], b) + layer.b_qkv_bias[i][:, None] for i, b in enumerate(x.biases)]
+    bsz = x.batch_size
+    cols = [torch.zeros(bsz, c, n[i + 1], n[i], dtype=torch.float64) for i in range(L)]
+    rows = [torch.zeros_like(t) for t in cols]
+    bias_out = [torch.zeros(bsz, c, n[i + 1], dtype=torch.float64) for i in range(L)]
+    for level in range(L + 1):
+        where = []  # (kind, tensor index, position) per token
+        if level >= 1:
+            where += [("col", level - 1, s) for s in range(n[level - 1])] + [("bias", level - 1, 0)]
+        if level < L:
+            where += [("row", level, r) for r in range(n[level + 1])]
+
+        def token(kind, i, pos, j):  # (B, C, n_level) of q/k/v j
+            if kind == "col":
+                return qw[i][:, j * c : (j + 1) * c, :, pos]
+            if kind == "bias":
+                return qb[i][:, j * c : (j + 1) * c]
+            return qw[i][:, j * c : (j + 1) * c, pos, :]
+
+        q, k, v = (torch.stack([token(*t, j) for t in where], 1).view(bsz, len(where), heads, d, -1) for j in range(3))
+        scores = torch.einsum("bthcj,bshcj->bhts", q, k) / (d * n[level]) ** 0.5
+        out = torch.einsum("bhts,bshcj->bthcj", scores.softmax(-1), v).reshape(bsz, len(where), c, -1)
+        for t, (kind, i, pos) in enumerate(where):
+            if kind == "col":
+                cols[i][:, :, :, pos] = out[:, t]
+            elif kind == "bias":
+                bias_out[i] = out[:, t]
+            else:
+                rows[i][:, :, pos, :] = out[:, t]
+    means = torch.stack([t.mean((-2, -1)) for t in qw] + [t.mean(-1) for t in qb], 1)  # (B, 2L, 3C)
+    q, k, v = (means[..., j * c : (j + 1) * c].reshape(bsz, 2 * L, heads, d) for j in range(3))
+    a = torch.einsum("bthc,bshc->bhts", q, k).div(d**0.5).softmax(-1)
+    g = torch.einsum("bhts,bshc->bthc", a, v).reshape(bsz, 2 * L, c)
+    ws = [
+        torch.einsum("oc,bcrs->bors", layer.w_out[i], cols[i] + rows[i] + g[:, i, :, None, None])
+        + layer.w_out_bias[i][:, None, None]
+        for i in range(L)
+    ]
+    bs = [
+        torch.einsum("oc,bcr->bor", layer.b_out[i], bias_out[i] + g[:, L + i, :, None]) + layer.b_out_bias[i][:, None]
+        for i in range(L)
+    ]
+    return ws, bs
+
+
+@pytest.mark.parametrize("widths", [[5, 4, 3], [3, 6, 1, 2], [2, 3]])
+def test_attention_computes_its_documented_formula(widths):
+    spec = NetworkSpec.mlp(widths)
+    layer = WeightSpaceAttention(spec, 4, 2).double()
+    x = random_features(spec, 3, 4, dtype=torch.float64)
+    y = layer(x)
+    ws, bs = _reference_attention(layer, x)
+    for got, want in zip((*y.weights, *y.biases), (*ws, *bs)):
+        assert torch.allclose(got, want, atol=1e-10)

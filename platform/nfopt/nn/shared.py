@@ -332,11 +332,11 @@ class SharedWeightSpaceAttention(nn.Module):
         self.b_out = nn.Linear(c, c)
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        roles, c = layer_roles(len(x)), self.in_channels
+        roles = layer_roles(len(x))
         qw, qb = [], []
         for i, (w, b) in enumerate(x):
-            qw.append([t.contiguous() for t in _mix(self.w_qkv[roles[i]], _kernel_mean(w)).split(c, dim=1)])
-            qb.append([t.contiguous() for t in _mix(self.b_qkv.weight, b, self.b_qkv.bias).split(c, dim=1)])
+            qw.append(_mix(self.w_qkv[roles[i]], _kernel_mean(w)))  # (B, 3C, n_i, n_{i-1})
+            qb.append(_mix(self.b_qkv.weight, b, self.b_qkv.bias))  # (B, 3C, n_i)
         out_w, out_b = attend_weight_space(qw, qb, self.num_heads, self.dropout if self.training else 0.0)
         ws = [  # broadcast over kernel positions
             _bcast(_mix(self.w_out[roles[i]], ow), x.weights[i].ndim).expand_as(x.weights[i])

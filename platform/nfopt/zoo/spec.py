@@ -96,7 +96,10 @@ class ZooSpec(StrictModel):
 
 
 class GeneralizationSpec(StrictModel):
-    """Predict a zoo member's test accuracy from its weights (invariant NFN-NP/HNP, NFT, STATNN)."""
+    """Predict a zoo member's test accuracy from its weights (invariant NFN-NP/HNP, NFT, STATNN).
+
+    No permutation augmentation: every predictor is exactly invariant to hidden-neuron
+    permutations, so permuted inputs would give the same outputs and gradients."""
 
     experiment: Literal["generalization"] = "generalization"
     command: ClassVar[str] = "nfopt zoo"  # what runs it
@@ -112,7 +115,6 @@ class GeneralizationSpec(StrictModel):
     lr: Float = Field(default=1e-3, gt=0)
     test_fraction: Float = Field(default=0.2, gt=0, lt=1, description="share of training runs held out")
     min_epoch: Int = Field(default=0, ge=0, description="use checkpoints saved at or after this epoch")
-    augment: bool = Field(default=True, description="random hidden-neuron permutations of training inputs")
     out: str = "runs/{name}"
     tracking: TrackingSpec = TrackingSpec()
     seed: Int = 0
