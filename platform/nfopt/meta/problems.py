@@ -102,16 +102,18 @@ def _fused_step(
     theta: Theta,
     params,
     rstate: dict,
-    xb,
-    yb,
+    x,
+    y,
+    idx,
     scales,
     loss_scale,
     loss0,
 ):
-    """One forward-only inner step of a plain-MLP population: minibatch losses ``(P,)``, the
+    """One forward-only inner step of a plain-MLP population on the minibatches ``x[idx],
+    y[idx]`` (``idx: (P, batch)``, gathered inside the graph): minibatch losses ``(P,)``, the
     rule's update of the parameters (features ``(P, 1, ...)``) and its state, and the step's
     bookkeeping (:func:`_track`), all in one graph. Compiled per plan."""
-    loss, grads = mlp_loss_and_grad(plan, plan.params(params), xb, yb, scales, loss_scale)
+    loss, grads = mlp_loss_and_grad(plan, plan.params(params), x[idx], y[idx], scales, loss_scale)
     params, rstate = rule.update(theta, rstate, params, plan.features(grads), loss)
     return (*_track(loss, loss0, clip_loss, logs), params, rstate)
 
@@ -300,10 +302,12 @@ class TaskProblem:
         ):
             for k in range(steps):
                 gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
-                xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
                 if fused is not None:
-                    term, bad, params, rstate = fused(theta, params, rstate, xb, yb, *fused_inputs, state["loss0"])
+                    idx = pop.batch_indices(len(x_train), task.batch_size, gen).to(self.device)
+                    args = (x_train, y_train, idx, *fused_inputs, state["loss0"])
+                    term, bad, params, rstate = fused(theta, params, rstate, *args)
                 else:
+                    xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
                     if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
                         step = functools.partial(self._step, pop)
                         loss, params, rstate = rematerialized(step, theta, params, rstate, xb, yb)

@@ -141,9 +141,13 @@ class Population:
         self, x: Tensor, y: Tensor, batch_size: int, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
         """An independent random minibatch for every member: ``(P, batch_size, ...)``."""
-        idx = torch.randint(len(x), (self.size, batch_size), generator=generator)  # CPU: same draws on any device
-        idx = idx.to(x.device)
+        idx = self.batch_indices(len(x), batch_size, generator).to(x.device)
         return x[idx], y[idx]
+
+    def batch_indices(self, n: int, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """The example indices ``(P, batch_size)`` of :meth:`sample_batch` (drawn on the CPU: the
+        same draws on any device)."""
+        return torch.randint(n, (self.size, batch_size), generator=generator)
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, y: Tensor, batch_size: int = 2048) -> dict[str, Tensor]:
