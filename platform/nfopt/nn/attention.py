@@ -7,10 +7,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from nfopt.nn._layout import fold_weight, unfold_weight
-from nfopt.nn._mix import channel_mix, functorch_active
+from nfopt.nn._mix import channel_mix
 from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -143,7 +142,9 @@ def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0
             ]
         if level < L:
             parts.append(qw[level].view(bsz, 3, c, n[level + 1], n[level]).transpose(0, 1).transpose(3, 4))
-        o = _attend_tokens(parts, bh, e, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
+        # unbind, not indexing: indexing's backward would zero-fill a (3, ...) gradient per use
+        q, k, v = torch.cat(parts, dim=-1).view(3, bh, e, -1).unbind(0)  # each (B*H, d*n_l, T)
+        o = _attend_feature_major(q, k, v, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
         # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
         sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
         outs = torch.split(o, sizes, dim=-1)
@@ -168,55 +169,6 @@ def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0
 def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
     """``w @ x[i] + b`` per batch element: ``(O, F), (O,), (B, F, N) -> (B, O, N)``."""
     return channel_mix(x, w, b)
-
-
-def _attend_tokens(parts: list, bh: int, e: int, dropout_p: float) -> Tensor:
-    """Attention of one neuron layer's tokens: ``parts`` are ``(3, B, C, n_l, T_p)`` views of
-    the stacked q/k/v token pieces, concatenated along tokens; returns ``(B*H, d*n_l, T)``.
-    Under autograd in float32/64 without dropout, one autograd function whose backward writes
-    dq, dk, dv into one buffer and hands the pieces their gradients as views of it (plain
-    autograd would stack them and zero-fill per use); otherwise plain ops."""
-    plain = (
-        dropout_p
-        or parts[0].dtype not in (torch.float32, torch.float64)
-        or torch.is_autocast_enabled(parts[0].device.type)
-        or functorch_active(*parts)
-        or not (torch.is_grad_enabled() and any(p.requires_grad for p in parts))
-    )
-    if plain:
-        # unbind, not indexing: indexing's backward would zero-fill a (3, ...) gradient per use
-        q, k, v = torch.cat(parts, dim=-1).view(3, bh, e, -1).unbind(0)  # each (B*H, d*n_l, T)
-        return _attend_feature_major(q, k, v, dropout_p)
-    return _TokenAttention.apply(bh, e, *parts)
-
-
-class _TokenAttention(torch.autograd.Function):
-    """``cat`` of token pieces + :func:`_attend_feature_major` (no dropout), hand-written backward."""
-
-    @staticmethod
-    def forward(ctx, bh: int, e: int, *parts):
-        toks = torch.cat(parts, dim=-1)  # (3, B, C, n_l, T)
-        q, k, v = toks.view(3, bh, e, -1)
-        a_t = torch.softmax(torch.bmm(k.transpose(1, 2), q) * (e**-0.5), dim=-2)  # (N, T_k, T_q)
-        ctx.save_for_backward(toks, a_t)
-        ctx.sizes, ctx.bh, ctx.e = [p.shape[-1] for p in parts], bh, e
-        return torch.bmm(v, a_t)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, do):
-        toks, a_t = ctx.saved_tensors
-        bh, e = ctx.bh, ctx.e
-        q, k, v = toks.view(3, bh, e, -1)
-        do = do.contiguous()
-        grad = torch.empty_like(toks)
-        dq, dk, dv = grad.view(3, bh, e, -1)
-        torch.bmm(do, a_t.transpose(1, 2), out=dv)
-        da_t = torch.bmm(v.transpose(1, 2), do)  # (N, T_k, T_q)
-        ds = torch._softmax_backward_data(da_t, a_t, -2, a_t.dtype).mul_(e**-0.5)  # d scores^T
-        torch.bmm(q, ds.transpose(1, 2), out=dk)
-        torch.bmm(k, ds, out=dq)
-        return (None, None, *grad.split(ctx.sizes, dim=-1))
 
 
 def _attend_feature_major(q: Tensor, k: Tensor, v: Tensor, dropout_p: float) -> Tensor:
