@@ -155,13 +155,14 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
     hs, us = [], []
     for i, x in enumerate(xs):
         bsz, f, mr, mc = x.shape
-        # fold the global term into the smaller broadcast term; the per-neuron terms are
-        # transposed views of feature-major products: small copies to (B, G, n) here keep the
-        # big outputs below contiguous
+        # fold the global term into the smaller broadcast term. The per-neuron terms are
+        # transposed views of feature-major products; with the (B, G, 1) global term as the first
+        # operand the sum comes out contiguous (B, G, n) in one pass (TensorIterator takes the
+        # layout from the first operand whose strides decide), keeping the big outputs contiguous
         if rho[i] is not None:
-            row, col = (rho[i] + zt[i][:, :, None]).contiguous(), _bm(kappa[i])  # (B, G, m_c), (B, G, m_r)
+            row, col = (zt[i][:, :, None] + rho[i]).contiguous(), _bm(kappa[i])  # (B, G, m_c), (B, G, m_r)
         elif kappa[i] is not None:
-            row, col = None, (kappa[i] + zt[i][:, :, None]).contiguous()
+            row, col = None, (zt[i][:, :, None] + kappa[i]).contiguous()
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
@@ -175,7 +176,7 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
             h = col[..., None].contiguous()
         hs.append(h)
         u = vt[i][:, :, None]  # (B, Gb, 1)
-        us.append((u + ups[i]).contiguous() if ups[i] is not None else u.contiguous())
+        us.append((u + ups[i]).contiguous() if ups[i] is not None else u.contiguous())  # u first: see above
     return hs, us, z, P
 
 
