@@ -160,7 +160,8 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
         # operand the sum comes out contiguous (B, G, n) in one pass (TensorIterator takes the
         # layout from the first operand whose strides decide), keeping the big outputs contiguous
         if rho[i] is not None:
-            row, col = (zt[i][:, :, None] + rho[i]).contiguous(), _bm(kappa[i])  # (B, G, m_c), (B, G, m_r)
+            row = (zt[i][:, :, None] + rho[i]).contiguous()  # (B, G, m_c)
+            col = kappa[i].contiguous() if kappa[i] is not None else None  # (B, G, m_r)
         elif kappa[i] is not None:
             row, col = None, (zt[i][:, :, None] + kappa[i]).contiguous()
         else:
@@ -301,11 +302,6 @@ def _native_for(xs):
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         return None  # torch.compile: the plain ops, which it fuses itself
     return _native.ops()
-
-
-def _bm(t: Tensor | None) -> Tensor | None:
-    """A per-neuron term ``(B, G, n)`` in contiguous layout (``None`` passes through)."""
-    return None if t is None else t.contiguous()
 
 
 def _fmul(w: Tensor, x: Tensor) -> Tensor:
