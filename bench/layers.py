@@ -142,13 +142,21 @@ def _addmm_flops(_self, m1, m2, *_, out_shape=None, **__) -> int:
     return 2 * m1[0] * m1[1] * m2[1]
 
 
+def _entry_mix_flops(x, a, *_, out_shape=None, **__) -> int:  # nfopt's native A x + col + row
+    return 2 * x[0] * a[0] * x[1] * x[2] * x[3]
+
+
 def step_flops(step) -> int:
     """Matmul/conv FLOPs of one ``step()`` (forward and backward). torch's counter skips the
     in-place ``baddbmm_``/``addmm_`` (it read 0.49 GFLOP for the large NP step, whose per-entry
-    products alone are ~8): they are counted here too."""
+    products alone are ~8) and custom ops: nfopt's native ``entry_mix`` is counted too."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from nfopt.nn import _native
+
     inplace = {torch.ops.aten.baddbmm_: _baddbmm_flops, torch.ops.aten.addmm_: _addmm_flops}
+    if _native.available():
+        inplace[torch.ops.nfopt_native.entry_mix] = _entry_mix_flops
     with FlopCounterMode(display=False, custom_mapping=inplace) as fc:
         step()
     return fc.get_total_flops()

@@ -52,6 +52,55 @@ def test_layers_equal_with_and_without_native(cls, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
+@needs_compiler
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    f=st.integers(1, 20),
+    g=st.integers(1, 35),
+    r=st.integers(1, 5),
+    c=st.sampled_from([16, 32, 48, 64, 70, 97]),
+    transposed=st.booleans(),
+)
+def test_entry_mix_matches_torch(b, f, g, r, c, transposed):
+    """Every output-block size (16, 8, 4, 1), column tails, non-contiguous inputs."""
+    x = torch.randn(b, f, c, r).transpose(2, 3) if transposed else torch.randn(b, f, r, c)
+    A, col, row = torch.randn(g, f), torch.randn(b, g, r), torch.randn(b, g, c)
+    want = torch.einsum("gf,bfrc->bgrc", A, x) + col[..., None] + row[:, :, None]
+    got = _native.ops().entry_mix(x, A, col, row)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@needs_compiler
+def test_entry_mix_streams_large_outputs_exactly():
+    x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
+    col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)
+    want = torch.einsum("gf,bfrc->bgrc", A, x) + col[..., None] + row[:, :, None]
+    assert torch.allclose(_native.ops().entry_mix(x, A, col, row), want, rtol=1e-5, atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+def test_float32_layers_equal_with_and_without_native(cls, monkeypatch):
+    """Float32 with rows of whole 16-float vectors: the per-entry term and its adjoint run natively."""
+    spec = NetworkSpec.mlp([32, 64, 48, 16])
+    torch.manual_seed(0)
+    layer = cls(spec, 3, 5)
+    x = random_features(spec, 4, 3).map(lambda t: t.float().requires_grad_())
+
+    def run():
+        y = layer(x)
+        loss = sum((t * t).sum() for t in y.tensors())
+        return [*y.tensors(), *torch.autograd.grad(loss, [*x.tensors(), *layer.parameters()])]
+
+    with_native = run()
+    monkeypatch.setitem(_native._state, "ops", None)
+    without = run()
+    for a, b in zip(with_native, without):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
 def test_failed_build_falls_back_with_a_warning(monkeypatch):
     import torch.utils.cpp_extension as ext
 

@@ -154,7 +154,6 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
     zt, vt, kappa, ups, rho = _mix(plan, z, P, Q, Z, beta)
     hs, us = [], []
     for i, x in enumerate(xs):
-        bsz, f, mr, mc = x.shape
         # fold the global term into the smaller broadcast term. The per-neuron terms are
         # transposed views of feature-major products; with the (B, G, 1) global term as the first
         # operand the sum comes out contiguous (B, G, n) in one pass (TensorIterator takes the
@@ -167,10 +166,7 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
-            # broadcast-fill the output, then one batched GEMM accumulating into it (beta=1):
-            # two passes over H instead of a GEMM plus two in-place broadcast adds
-            h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
-            h = _lmul_(h.view(bsz, -1, mr * mc), A[i], x.reshape(bsz, f, mr * mc)).view(h.shape)
+            h = _entry_mix(native, x, A[i], col, row)  # (B, G, m_r, m_c)
         elif row is not None:
             h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
         else:
@@ -277,9 +273,8 @@ class FusedEquivariantLinear(torch.autograd.Function):
                 dct = dg[i][:, :, None] * (1.0 / (mr * mc))  # (B, F, 1): the global mean, via c_i
                 if dc[i] is not None:
                     dct = torch.add(dct, dc[i], alpha=1.0 / mc).contiguous()  # (B, F, m_r)
-                if A[i] is not None:
-                    dx = torch.add(dct[..., None], dr[i].contiguous()[:, :, None], alpha=1.0 / mr)  # (B, F, m_r, m_c)
-                    dx = _lmul_(dx.view(bsz, f, mr * mc), A[i].t(), dh).view(bsz, f, mr, mc)
+                if A[i] is not None:  # (B, F, m_r, m_c)
+                    dx = _entry_mix(native, dhs[i], A[i].t(), dct.expand(bsz, f, mr), dr[i] * (1.0 / mr))
                 else:
                     dx = dct[..., None]
                     if dr[i] is not None:
@@ -309,6 +304,19 @@ def _fmul(w: Tensor, x: Tensor) -> Tensor:
     ``B N`` columns (MKL runs ``B`` separate skinny ``N``-column products far below its peak:
     measured 1056x1056 at N=32 166 vs 182 GFLOP/s, at N=10 28 vs 183)."""
     return (w @ x.reshape(x.shape[0], -1)).view(w.shape[0], *x.shape[1:])
+
+
+def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
+    """The per-entry term with its broadcasts, ``w x[b, :, r, c] + col[b, :, r] + row[b, :, c]``:
+    ``(B, F, m_r, m_c) -> (B, G, m_r, m_c)`` for ``w: (G, F)``, ``col: (B, G, m_r)``, ``row: (B, G, m_c)``.
+    One native pass over x and the output where it applies (float32, rows of >= 16 whole
+    vectors or long: its column tail is scalar code), else a broadcast-filled output and one
+    batched GEMM accumulating into it (four passes: fill, then the GEMM's read, read, write)."""
+    bsz, f, mr, mc = x.shape
+    if native is not None and x.dtype == torch.float32 and (mc % 16 == 0 or mc >= 64):
+        return native.entry_mix(x, w, col, row)
+    h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
+    return _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:
