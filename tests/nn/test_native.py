@@ -33,12 +33,23 @@ def test_pool_sums_matches_torch(shape, dtype):
 
 
 @needs_compiler
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3, 1, 6, 33)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pool_sums_dot_matches_torch(shape, dtype):
+    x, w = torch.randn(*shape, dtype=dtype), torch.randn(shape[0], 1, *shape[2:], dtype=dtype)
+    rows, cols, dots = _native.ops().pool_sums_dot(x, w)
+    assert torch.allclose(rows, x.sum(2), atol=1e-5) and torch.allclose(cols, x.sum(3), atol=1e-5)
+    assert torch.allclose(dots, (x * w).sum((2, 3)), atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize("c_in", [1, 2])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
-def test_layers_equal_with_and_without_native(cls, monkeypatch):
+def test_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
     spec = NetworkSpec(((6, 3, 2), (5, 6), (4, 5)))
     torch.manual_seed(0)
-    layer = cls(spec, 2, 3).double()
-    x = random_features(spec, 3, 2).map(lambda t: t.requires_grad_())
+    layer = cls(spec, c_in, 3).double()
+    x = random_features(spec, 3, c_in).map(lambda t: t.requires_grad_())
 
     def run():
         y = layer(x)
@@ -81,13 +92,15 @@ def test_entry_mix_streams_large_outputs_exactly():
 
 
 @needs_compiler
+@pytest.mark.parametrize("c_in", [1, 3])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
-def test_float32_layers_equal_with_and_without_native(cls, monkeypatch):
-    """Float32 with rows of whole 16-float vectors: the per-entry term and its adjoint run natively."""
+def test_float32_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
+    """Float32 with rows of whole 16-float vectors: the per-entry term and its adjoint run natively
+    (and with one input feature, its weight gradient beside the output gradient's sums)."""
     spec = NetworkSpec.mlp([32, 64, 48, 16])
     torch.manual_seed(0)
-    layer = cls(spec, 3, 5)
-    x = random_features(spec, 4, 3).map(lambda t: t.float().requires_grad_())
+    layer = cls(spec, c_in, 5)
+    x = random_features(spec, 4, c_in).map(lambda t: t.float().requires_grad_())
 
     def run():
         y = layer(x)

@@ -219,9 +219,13 @@ class FusedEquivariantLinear(torch.autograd.Function):
         native = None if functorch_active(*grads) else ctx.native
 
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
-        s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
+        s_col, s_row, d_ups, dzt, dvt, dA = [None] * L, [None] * L, [None] * L, [], [], [None] * L
         for i, dh in enumerate(dhs):
-            if native is not None and A[i] is not None:
+            if native is not None and A[i] is not None and xs[i].shape[1] == 1:
+                # a one-feature input (the data into a stack): its weight gradient in the same pass
+                s_row[i], s_col[i], dots = native.pool_sums_dot(dh, xs[i])
+                dA[i] = dots.sum(0)[:, None]  # (G, 1)
+            elif native is not None and A[i] is not None:
                 s_row[i], s_col[i] = native.pool_sums(dh)  # one pass over dh
             else:
                 s_col[i] = _sum(dh, 3) if plan.perm[i + 1] else None  # (B, G, n_i)
@@ -262,11 +266,11 @@ class FusedEquivariantLinear(torch.autograd.Function):
                 dr[level] = dp[-1]
 
         # 4. input gradients: per-entry adjoint plus broadcast adjoints of the means
-        dxs, dbs, dA = [], [], []
+        dxs, dbs = [], []
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
-            dh = dhs[i].view(bsz, -1, mr * mc)  # (B, G, N)
-            dA.append(outer_sum(dh, x.reshape(bsz, f, mr * mc)) if A[i] is not None else None)  # (G, F)
+            if A[i] is not None and dA[i] is None:  # (G, F)
+                dA[i] = outer_sum(dhs[i].view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
             if not need_x[i]:  # e.g. the first layer's input: skip the big pass
                 dxs.append(None)
             else:

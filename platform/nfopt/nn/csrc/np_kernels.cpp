@@ -57,6 +57,48 @@ _Pragma("omp simd reduction(+ : s)")
   return {rows, cols};
 }
 
+// pool_sums plus dots[b, f] = sum_{r,c} X[b,f,r,c] w[b,r,c] in the same read of X: an NP
+// backward's output-gradient sums and the weight gradient of a one-feature input (w = that input).
+std::vector<at::Tensor> pool_sums_dot(const at::Tensor& x_, const at::Tensor& w_) {
+  TORCH_CHECK(x_.dim() == 4, "pool_sums_dot expects x (B, F, R, C)");
+  auto x = x_.contiguous();
+  const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
+  TORCH_CHECK(w_.numel() == B * R * C, "pool_sums_dot expects w (B, 1, R, C)");
+  auto w = w_.contiguous().to(x.scalar_type());
+  auto rows = at::zeros({B, F, C}, x.options());
+  auto cols = at::empty({B, F, R}, x.options());
+  auto dots = at::empty({B, F}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nfopt_pool_sums_dot", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    scalar_t* rp = rows.data_ptr<scalar_t>();
+    scalar_t* cp = cols.data_ptr<scalar_t>();
+    scalar_t* dp = dots.data_ptr<scalar_t>();
+    at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t bf = begin; bf < end; ++bf) {
+        const scalar_t* xb = xp + bf * R * C;
+        const scalar_t* wb = wp + (bf / F) * R * C;
+        scalar_t* rb = rp + bf * C;
+        scalar_t d = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          const scalar_t* xr = xb + r * C;
+          const scalar_t* wr = wb + r * C;
+          scalar_t s = 0;
+_Pragma("omp simd reduction(+ : s, d)")
+          for (int64_t c = 0; c < C; ++c) {
+            s += xr[c];
+            d += xr[c] * wr[c];
+            rb[c] += xr[c];
+          }
+          cp[bf * R + r] = s;
+        }
+        dp[bf] = d;
+      }
+    });
+  });
+  return {rows, cols, dots};
+}
+
 constexpr int kLanes = 16;  // entries per tile: one AVX-512 vector of floats
 constexpr int kBlock = 8;   // output channels accumulated in registers at once
 
@@ -262,12 +304,14 @@ at::Tensor entry_mix(const at::Tensor& x_, const at::Tensor& A_, const at::Tenso
 
 TORCH_LIBRARY(nfopt_native, m) {
   m.def("pool_sums(Tensor x) -> Tensor[]");
+  m.def("pool_sums_dot(Tensor x, Tensor w) -> Tensor[]");
   m.def("entry_mlp(Tensor x, Tensor w1, Tensor c1, Tensor[] weights, Tensor[] biases) -> Tensor");
   m.def("entry_mix(Tensor x, Tensor A, Tensor col, Tensor row) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
   m.impl("pool_sums", pool_sums);
+  m.impl("pool_sums_dot", pool_sums_dot);
   m.impl("entry_mlp", entry_mlp);
   m.impl("entry_mix", entry_mix);
 }
