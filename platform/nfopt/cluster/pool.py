@@ -7,7 +7,9 @@ same way. Both are logged.
 
 Placement is elastic: a new worker is waited for (up to ``place_timeout_s``) once, on the first step
 after it was created; if the cluster has no room for it by then (a node left and none replaced
-it), later steps go on without it and it joins as soon as Ray places it (a node came back).
+it), later steps go on without it and it joins as soon as Ray places it (a node came back). A step
+never starts with no worker up while one may still come: it waits for the first (up to
+``timeout_s``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ class RayPool:
             refs = {r: k for k, r in self._unplaced.items()}
             fresh = any(k not in self._waited for k in self._unplaced)
             done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=self.place_timeout_s if fresh else 0)
+            if not done and len(refs) == len(self.workers):
+                # no worker up at all (a slow start on a loaded machine): a step without any would
+                # be wasted, so wait for the first one, up to the worker timeout
+                done, _ = ray.wait(list(refs), num_returns=1, timeout=self.timeout_s)
             self._waited.update(self._unplaced)
             for r in done:
                 k = refs[r]
