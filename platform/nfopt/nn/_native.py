@@ -3,7 +3,7 @@ layers, and a tiled per-entry MLP for the per-parameter learned optimizer (``ent
 inside ``torch.compile`` graphs: it has a fake implementation for tracing).
 
 Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
-into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source, the torch
+into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source and flags, the torch
 version and the CPU, so a cached build is never reused on another kind of machine. Where the
 build fails (no compiler) or ``NFOPT_NATIVE=0`` is set, layers use the pure-PyTorch path, which
 computes the same function (tested for equality).
@@ -24,6 +24,8 @@ __all__ = ["available", "ops"]
 _log = logging.getLogger(__name__)
 _SRC = Path(__file__).with_name("csrc") / "np_kernels.cpp"
 _state: dict = {"tried": False, "ops": None, "error": None}
+# -ffp-contract=fast: FMAs (GCC emits none under -std=c++17); part of the build key
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
 
 
 def _cpu_key() -> bytes:
@@ -45,7 +47,7 @@ def ops():
         from torch.utils.cpp_extension import load
 
         src = _SRC.read_bytes()
-        key = hashlib.sha1(src + torch.__version__.encode() + _cpu_key()).hexdigest()[:12]
+        key = hashlib.sha1(src + " ".join(_CFLAGS).encode() + torch.__version__.encode() + _cpu_key()).hexdigest()[:12]
         root = Path(os.environ.get("NFOPT_BUILD_DIR", Path.home() / ".cache" / "nfopt" / "native"))
         build = root / key
         build.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ def ops():
         load(
             name=f"nfopt_native_{key}",
             sources=[str(_SRC)],
-            extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],  # FMAs under -std=c++17
+            extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(build),
             is_python_module=False,
