@@ -221,12 +221,12 @@ class FusedEquivariantLinear(torch.autograd.Function):
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
         s_col, s_row, d_ups, dzt, dvt, dA = [None] * L, [None] * L, [None] * L, [], [], [None] * L
         for i, dh in enumerate(dhs):
-            if native is not None and A[i] is not None and xs[i].shape[1] == 1:
-                # a one-feature input (the data into a stack): its weight gradient in the same pass
-                s_row[i], s_col[i], dots = native.pool_sums_dot(dh, xs[i])
-                dA[i] = dots.sum(0)[:, None]  # (G, 1)
-            elif native is not None and A[i] is not None:
-                s_row[i], s_col[i] = native.pool_sums(dh)  # one pass over dh
+            if native is not None and A[i] is not None:  # one pass over dh
+                if xs[i].shape[1] == 1:  # a one-feature input (the data into a stack): its dA too
+                    s_row[i], s_col[i], dots = native.pool_sums_dot(dh, xs[i])
+                    dA[i] = dots.sum(0)[:, None]  # (G, 1)
+                else:
+                    s_row[i], s_col[i] = native.pool_sums(dh)
             else:
                 s_col[i] = _sum(dh, 3) if plan.perm[i + 1] else None  # (B, G, n_i)
                 s_row[i] = _sum(dh, 2) if plan.perm[i] else None  # (B, G, n_{i-1})

@@ -26,77 +26,66 @@
 
 namespace {
 
-// rows[b,f,c] = sum_r X[b,f,r,c];  cols[b,f,r] = sum_c X[b,f,r,c]   (one read of X)
-std::vector<at::Tensor> pool_sums(const at::Tensor& x_) {
-  TORCH_CHECK(x_.dim() == 4, "pool_sums expects (B, F, R, C)");
+// rows[b,f,c] = sum_r X[b,f,r,c];  cols[b,f,r] = sum_c X[b,f,r,c]   (one read of X), and with
+// Dot also dots[b,f] = sum_{r,c} X[b,f,r,c] w[b,r,c] in the same read: an NP backward's
+// output-gradient sums and the weight gradient of a one-feature input (w = that input).
+template <bool Dot>
+std::vector<at::Tensor> pool_sums_impl(const at::Tensor& x_, const at::Tensor& w_) {
+  TORCH_CHECK(x_.dim() == 4, "pool_sums expects x (B, F, R, C)");
   auto x = x_.contiguous();
   const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
+  at::Tensor w;
+  if (Dot) {
+    TORCH_CHECK(w_.numel() == B * R * C, "pool_sums_dot expects w (B, 1, R, C)");
+    w = w_.contiguous().to(x.scalar_type());
+  }
   auto rows = at::zeros({B, F, C}, x.options());
   auto cols = at::empty({B, F, R}, x.options());
+  auto dots = Dot ? at::empty({B, F}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nfopt_pool_sums", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = Dot ? w.data_ptr<scalar_t>() : nullptr;
     scalar_t* rp = rows.data_ptr<scalar_t>();
     scalar_t* cp = cols.data_ptr<scalar_t>();
+    scalar_t* dp = Dot ? dots.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bf = begin; bf < end; ++bf) {
         const scalar_t* xb = xp + bf * R * C;
-        scalar_t* rb = rp + bf * C;
-        for (int64_t r = 0; r < R; ++r) {
-          const scalar_t* xr = xb + r * C;
-          scalar_t s = 0;
-_Pragma("omp simd reduction(+ : s)")
-          for (int64_t c = 0; c < C; ++c) {
-            s += xr[c];
-            rb[c] += xr[c];
-          }
-          cp[bf * R + r] = s;
-        }
-      }
-    });
-  });
-  return {rows, cols};
-}
-
-// pool_sums plus dots[b, f] = sum_{r,c} X[b,f,r,c] w[b,r,c] in the same read of X: an NP
-// backward's output-gradient sums and the weight gradient of a one-feature input (w = that input).
-std::vector<at::Tensor> pool_sums_dot(const at::Tensor& x_, const at::Tensor& w_) {
-  TORCH_CHECK(x_.dim() == 4, "pool_sums_dot expects x (B, F, R, C)");
-  auto x = x_.contiguous();
-  const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
-  TORCH_CHECK(w_.numel() == B * R * C, "pool_sums_dot expects w (B, 1, R, C)");
-  auto w = w_.contiguous().to(x.scalar_type());
-  auto rows = at::zeros({B, F, C}, x.options());
-  auto cols = at::empty({B, F, R}, x.options());
-  auto dots = at::empty({B, F}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nfopt_pool_sums_dot", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = w.data_ptr<scalar_t>();
-    scalar_t* rp = rows.data_ptr<scalar_t>();
-    scalar_t* cp = cols.data_ptr<scalar_t>();
-    scalar_t* dp = dots.data_ptr<scalar_t>();
-    at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bf = begin; bf < end; ++bf) {
-        const scalar_t* xb = xp + bf * R * C;
-        const scalar_t* wb = wp + (bf / F) * R * C;
+        const scalar_t* wb = Dot ? wp + (bf / F) * R * C : nullptr;
         scalar_t* rb = rp + bf * C;
         scalar_t d = 0;
         for (int64_t r = 0; r < R; ++r) {
           const scalar_t* xr = xb + r * C;
-          const scalar_t* wr = wb + r * C;
           scalar_t s = 0;
+          if constexpr (Dot) {
+            const scalar_t* wr = wb + r * C;
 _Pragma("omp simd reduction(+ : s, d)")
-          for (int64_t c = 0; c < C; ++c) {
-            s += xr[c];
-            d += xr[c] * wr[c];
-            rb[c] += xr[c];
+            for (int64_t c = 0; c < C; ++c) {
+              s += xr[c];
+              d += xr[c] * wr[c];
+              rb[c] += xr[c];
+            }
+          } else {
+_Pragma("omp simd reduction(+ : s)")
+            for (int64_t c = 0; c < C; ++c) {
+              s += xr[c];
+              rb[c] += xr[c];
+            }
           }
           cp[bf * R + r] = s;
         }
-        dp[bf] = d;
+        if (Dot) dp[bf] = d;
       }
     });
   });
-  return {rows, cols, dots};
+  if (Dot) return {rows, cols, dots};
+  return {rows, cols};
+}
+
+std::vector<at::Tensor> pool_sums(const at::Tensor& x) { return pool_sums_impl<false>(x, at::Tensor()); }
+
+std::vector<at::Tensor> pool_sums_dot(const at::Tensor& x, const at::Tensor& w) {
+  return pool_sums_impl<true>(x, w);
 }
 
 constexpr int kLanes = 16;  // entries per tile: one AVX-512 vector of floats
