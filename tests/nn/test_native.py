@@ -42,14 +42,9 @@ def test_pool_sums_dot_matches_torch(shape, dtype):
     assert torch.allclose(dots, (x * w).sum((2, 3)), atol=1e-4)
 
 
-@needs_compiler
-@pytest.mark.parametrize("c_in", [1, 2])
-@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
-def test_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
-    spec = NetworkSpec(((6, 3, 2), (5, 6), (4, 5)))
-    torch.manual_seed(0)
-    layer = cls(spec, c_in, 3).double()
-    x = random_features(spec, 3, c_in).map(lambda t: t.requires_grad_())
+def _outputs_and_grads_with_and_without_native(layer, x, monkeypatch):
+    """Pairs (native, PyTorch path) of the layer's outputs and of the gradients of a sum of
+    squares of them with respect to the inputs and the parameters."""
 
     def run():
         y = layer(x)
@@ -58,9 +53,23 @@ def test_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
 
     with_native = run()
     monkeypatch.setitem(_native._state, "ops", None)
-    without = run()
-    for a, b in zip(with_native, without):
+    return zip(with_native, run())
+
+
+@needs_compiler
+@pytest.mark.parametrize("c_in", [1, 2])
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+def test_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
+    spec = NetworkSpec(((6, 3, 2), (5, 6), (4, 5)))
+    torch.manual_seed(0)
+    layer = cls(spec, c_in, 3).double()
+    x = random_features(spec, 3, c_in).map(lambda t: t.requires_grad_())
+    for a, b in _outputs_and_grads_with_and_without_native(layer, x, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _entry_mix_reference(x, A, col, row):
+    return torch.einsum("gf,bfrc->bgrc", A, x) + col[..., None] + row[:, :, None]
 
 
 @needs_compiler
@@ -77,7 +86,7 @@ def test_entry_mix_matches_torch(b, f, g, r, c, transposed):
     """Every output-block size (16, 8, 4, 1), column tails, non-contiguous inputs."""
     x = torch.randn(b, f, c, r).transpose(2, 3) if transposed else torch.randn(b, f, r, c)
     A, col, row = torch.randn(g, f), torch.randn(b, g, r), torch.randn(b, g, c)
-    want = torch.einsum("gf,bfrc->bgrc", A, x) + col[..., None] + row[:, :, None]
+    want = _entry_mix_reference(x, A, col, row)
     got = _native.ops().entry_mix(x, A, col, row)
     assert got.shape == want.shape and got.is_contiguous()
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -87,7 +96,7 @@ def test_entry_mix_matches_torch(b, f, g, r, c, transposed):
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)
-    want = torch.einsum("gf,bfrc->bgrc", A, x) + col[..., None] + row[:, :, None]
+    want = _entry_mix_reference(x, A, col, row)
     assert torch.allclose(_native.ops().entry_mix(x, A, col, row), want, rtol=1e-5, atol=1e-4)
 
 
@@ -101,16 +110,7 @@ def test_float32_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
     torch.manual_seed(0)
     layer = cls(spec, c_in, 5)
     x = random_features(spec, 4, c_in).map(lambda t: t.float().requires_grad_())
-
-    def run():
-        y = layer(x)
-        loss = sum((t * t).sum() for t in y.tensors())
-        return [*y.tensors(), *torch.autograd.grad(loss, [*x.tensors(), *layer.parameters()])]
-
-    with_native = run()
-    monkeypatch.setitem(_native._state, "ops", None)
-    without = run()
-    for a, b in zip(with_native, without):
+    for a, b in _outputs_and_grads_with_and_without_native(layer, x, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
 
