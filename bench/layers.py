@@ -146,10 +146,15 @@ def _entry_mix_flops(x, a, *_, out_shape=None, **__) -> int:  # nfopt's native A
     return 2 * x[0] * a[0] * x[1] * x[2] * x[3]
 
 
+def _entry_mix_grad_flops(x, a, _col, _row, y, *_, out_shape=None, **__) -> int:  # the mix and dW
+    return _entry_mix_flops(x, a) + 2 * x[0] * x[1] * y[1] * x[2] * x[3]
+
+
 def step_flops(step) -> int:
     """Matmul/conv FLOPs of one ``step()`` (forward and backward). torch's counter skips the
     in-place ``baddbmm_``/``addmm_`` (it read 0.49 GFLOP for the large NP step, whose per-entry
-    products alone are ~8) and custom ops: nfopt's native ``entry_mix`` is counted too."""
+    products alone are ~8) and custom ops: nfopt's native ``entry_mix`` and ``entry_mix_grad`` are
+    counted too."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from nfopt.nn import _native
@@ -157,6 +162,7 @@ def step_flops(step) -> int:
     inplace = {torch.ops.aten.baddbmm_: _baddbmm_flops, torch.ops.aten.addmm_: _addmm_flops}
     if _native.available():
         inplace[torch.ops.nfopt_native.entry_mix] = _entry_mix_flops
+        inplace[torch.ops.nfopt_native.entry_mix_grad] = _entry_mix_grad_flops
     with FlopCounterMode(display=False, custom_mapping=inplace) as fc:
         step()
     return fc.get_total_flops()

@@ -93,6 +93,28 @@ def test_entry_mix_matches_torch(b, f, g, r, c, transposed):
 
 
 @needs_compiler
+@settings(max_examples=25, deadline=None)
+@given(
+    b=st.integers(1, 3),
+    f=st.integers(1, 20),
+    g=st.integers(1, 21),
+    h=st.integers(1, 11),
+    r=st.integers(1, 70),
+    c=st.sampled_from([16, 32, 48, 64, 70, 97, 1040]),
+)
+def test_entry_mix_grad_matches_torch(b, f, g, h, r, c):
+    """The mix and the weight gradient sum_b x[b] y[b]^T: 4x4 and edge register blocks, column
+    tails, runs of short rows (1024 // c of them) with a partial last run."""
+    x, y = torch.randn(b, f, r, c), torch.randn(b, h, r, c)
+    A, col, row = torch.randn(g, f), torch.randn(b, g, r), torch.randn(b, g, c)
+    out, dw = _native.ops().entry_mix_grad(x, A, col, row, y)
+    assert torch.allclose(out, _entry_mix_reference(x, A, col, row), rtol=1e-5, atol=1e-5)
+    want = torch.einsum("bfrc,bhrc->fh", x.double(), y.double()).float()
+    assert dw.shape == (f, h)
+    assert torch.allclose(dw, want, rtol=1e-4, atol=1e-4 * (r * c * b) ** 0.5)
+
+
+@needs_compiler
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)

@@ -269,16 +269,18 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dxs, dbs = [], []
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
-            if A[i] is not None and dA[i] is None:  # (G, F)
-                dA[i] = outer_sum(dhs[i].view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
             if not need_x[i]:  # e.g. the first layer's input: skip the big pass
+                if A[i] is not None and dA[i] is None:  # (G, F)
+                    dA[i] = outer_sum(dhs[i].view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
                 dxs.append(None)
             else:
                 dct = dg[i][:, :, None] * (1.0 / (mr * mc))  # (B, F, 1): the global mean, via c_i
                 if dc[i] is not None:
                     dct = torch.add(dct, dc[i], alpha=1.0 / mc).contiguous()  # (B, F, m_r)
-                if A[i] is not None:  # (B, F, m_r, m_c)
-                    dx = _entry_mix(native, dhs[i], A[i].t(), dct.expand(bsz, f, mr), dr[i] * (1.0 / mr))
+                if A[i] is not None:  # (B, F, m_r, m_c) and, unless known, (G, F)
+                    dx, dA[i] = _entry_mix_grad(
+                        native, dhs[i], A[i].t(), dct.expand(bsz, f, mr), dr[i] * (1.0 / mr), x, dA[i]
+                    )
                 else:
                     dx = dct[..., None]
                     if dr[i] is not None:
@@ -310,17 +312,37 @@ def _fmul(w: Tensor, x: Tensor) -> Tensor:
     return (w @ x.reshape(x.shape[0], -1)).view(w.shape[0], *x.shape[1:])
 
 
+def _mix_native(native, x: Tensor) -> bool:
+    """Whether the native per-entry mix takes ``x: (B, F, m_r, m_c)``: float32, rows of whole
+    16-float vectors or long (its column tail is scalar code)."""
+    return native is not None and x.dtype == torch.float32 and (x.shape[3] % 16 == 0 or x.shape[3] >= 64)
+
+
 def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
     """The per-entry term with its broadcasts, ``w x[b, :, r, c] + col[b, :, r] + row[b, :, c]``:
     ``(B, F, m_r, m_c) -> (B, G, m_r, m_c)`` for ``w: (G, F)``, ``col: (B, G, m_r)``, ``row: (B, G, m_c)``.
-    One native pass over x and the output where it applies (float32, rows of >= 16 whole
-    vectors or long: its column tail is scalar code), else a broadcast-filled output and one
-    batched GEMM accumulating into it (four passes: fill, then the GEMM's read, read, write)."""
+    One native pass over x and the output where it applies (``_mix_native``), else a
+    broadcast-filled output and one batched GEMM accumulating into it (four passes: fill, then
+    the GEMM's read, read, write)."""
     bsz, f, mr, mc = x.shape
-    if native is not None and x.dtype == torch.float32 and (mc % 16 == 0 or mc >= 64):
+    if _mix_native(native, x):
         return native.entry_mix(x, w, col, row)
     h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
     return _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
+
+
+def _entry_mix_grad(native, dh: Tensor, wt: Tensor, col: Tensor, row: Tensor, x: Tensor, dw: Tensor | None):
+    """An NP backward's input adjoint ``_entry_mix(dh, wt, col, row)`` and weight gradient
+    ``dw = sum_b dh[b] x[b]^T: (G, F)`` (unless given) for ``dh: (B, G, m_r, m_c)``, ``wt: (F, G)``,
+    ``x: (B, F, m_r, m_c)``: one native pass over ``dh`` for both where the native mix applies
+    (measured 37-39 vs 54-57 ms for the mix and a batched GEMM on a (32, 16, 128, 784) pair)."""
+    bsz, f, mr, mc = x.shape
+    if dw is None and _mix_native(native, dh):
+        dx, dw = native.entry_mix_grad(dh, wt, col, row, x)
+        return dx, dw
+    if dw is None:
+        dw = outer_sum(dh.view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
+    return _entry_mix(native, dh, wt, col, row), dw
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:

@@ -10,8 +10,10 @@
 // out = A x + col + row (read x once, write out once, streaming stores when out is too large
 // for the caches; MKL's batched GEMM into a broadcast-filled output makes four passes: measured
 // 18 vs 40 ms on a (32, 16, 128, 784) input). The NP backward's input adjoint is the same op with
-// A transposed. (A one-read kernel for the weight gradient dA = sum dh x^T with dh's row and
-// column sums was measured at 42-45 ms against 34 ms for MKL's bmm plus pool_sums: not kept.)
+// A transposed; entry_mix_grad adds the weight gradient dA = sum dh x^T to that pass, while dh's
+// rows are in the caches (37-39 ms vs 54-57 ms for entry_mix plus MKL's batched GEMM on that
+// input; a separate one-read kernel for dA with dh's row/column sums, 42-45 ms against 34 ms for
+// MKL's bmm plus pool_sums, was not kept).
 // Float32 only (the Python side keeps the PyTorch path for other dtypes).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -246,8 +248,59 @@ inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const flo
     }
 }
 
-// out[b, g, r, c] = sum_f A[g, f] x[b, f, r, c] + col[b, g, r] + row[b, g, c]
-at::Tensor entry_mix(const at::Tensor& x_, const at::Tensor& A_, const at::Tensor& col_, const at::Tensor& row_) {
+// ---- entry_mix_grad ----------------------------------------------------------------------------
+
+// acc[k][h] += x[k, :C] * y[h, :C] lane-wise over 16-entry tiles (acc: K x H x 16 lane partial
+// sums); KB x HB register accumulators, x rows and y rows N apart; the column tail goes to lane 0.
+template <int KB, int HB>
+inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int64_t H, float* acc) {
+  v16f a[KB][HB];
+#pragma GCC unroll 16
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h) a[k][h] = v16f{};
+  int64_t j = 0;
+  for (; j + 16 <= C; j += 16) {
+    v16f xv[KB], yv[HB];
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h) yv[h] = load16(y + h * N + j);
+#pragma GCC unroll 16
+    for (int k = 0; k < KB; ++k) xv[k] = load16(x + k * N + j);
+#pragma GCC unroll 16
+    for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 16
+      for (int h = 0; h < HB; ++h) a[k][h] += xv[k] * yv[h];
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int h = 0; h < HB; ++h) {
+      float* dst = acc + (k * H + h) * 16;
+      v16f v = load16(dst) + a[k][h];
+      for (int64_t t = j; t < C; ++t) v[0] += x[k * N + t] * y[h * N + t];
+      std::memcpy(dst, &v, sizeof(v));
+    }
+}
+
+// dW[k, h] += x[k, r, :] . y[h, r, :] for every k, h: 4 x 4 register blocks, then the edges
+inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int64_t N, int64_t C, float* acc) {
+  int64_t h = 0;
+  auto hrun = [&](auto hb) {
+    constexpr int HB = decltype(hb)::value;
+    for (; h + HB <= H; h += HB) {
+      int64_t k = 0;
+      for (; k + 4 <= K; k += 4) outer_rows<4, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16);
+      for (; k < K; ++k) outer_rows<1, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16);
+    }
+  };
+  hrun(std::integral_constant<int, 4>{});
+  hrun(std::integral_constant<int, 1>{});
+}
+
+// out[b, g, r, c] = sum_f A[g, f] x[b, f, r, c] + col[b, g, r] + row[b, g, c]; with y (B, H, R, C)
+// also dW[f, h] = sum_{b, r, c} x[b, f, r, c] y[b, h, r, c] from the same read of x (its rows are
+// in the caches after the mix): with x an output gradient, A the transposed weight and y the
+// layer's input, an NP backward's input adjoint and weight gradient in one pass.
+std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A_, const at::Tensor& col_,
+                                       const at::Tensor& row_, const at::Tensor* y_) {
   TORCH_CHECK(x_.dim() == 4 && x_.scalar_type() == at::kFloat, "entry_mix expects float32 x (B, F, R, C)");
   auto x = x_.contiguous();
   const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3), N = R * C;
@@ -258,35 +311,75 @@ at::Tensor entry_mix(const at::Tensor& x_, const at::Tensor& A_, const at::Tenso
   auto row = row_.contiguous().to(at::kFloat);
   TORCH_CHECK(col.sizes() == at::IntArrayRef({B, G, R}), "entry_mix: col must be (B, G, R)");
   TORCH_CHECK(row.sizes() == at::IntArrayRef({B, G, C}), "entry_mix: row must be (B, G, C)");
+  at::Tensor y;
+  int64_t H = 0;
+  if (y_ != nullptr) {
+    TORCH_CHECK(y_->dim() == 4 && y_->size(0) == B && y_->size(2) == R && y_->size(3) == C,
+                "entry_mix_grad: y must be (B, H, R, C) with x's B, R, C");
+    y = y_->contiguous().to(at::kFloat);
+    H = y.size(1);
+  }
   auto out = at::empty({B, G, R, C}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* ap = A.data_ptr<float>();
   const float* cp = col.data_ptr<float>();
   const float* rp = row.data_ptr<float>();
+  const float* yp = y_ != nullptr ? y.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // streaming stores bypass the caches: only for outputs far larger than them, on aligned rows
   const bool stream = out.numel() * 4 > (int64_t(32) << 20) && C % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(op) % 64 == 0;
-  at::parallel_for(0, B * R, 1, [&](int64_t begin, int64_t end) {
+  // lane partial sums of dW, one buffer per thread
+  const int nthreads = at::get_num_threads();
+  std::vector<float> partial(y_ != nullptr ? size_t(nthreads) * F * H * 16 : 0, 0.0f);
+  // work items: runs of rows of one batch element, ~1024 entries long (short rows together, so
+  // dW's register blocks run over long contiguous spans while x's rows are still in the caches)
+  const int64_t run_rows = std::max<int64_t>(1, std::min<int64_t>(R, 1024 / std::max<int64_t>(C, 1)));
+  const int64_t runs = (R + run_rows - 1) / run_rows;
+  at::parallel_for(0, B * runs, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> colv(G);
-    for (int64_t br = begin; br < end; ++br) {
-      const int64_t b = br / R, r = br % R;
-      for (int64_t g = 0; g < G; ++g) colv[g] = cp[(b * G + g) * R + r];
-      const float* xr = xp + b * F * N + r * C;
-      int64_t g = 0;
-      auto run = [&](auto gb) {
-        constexpr int GB = decltype(gb)::value;
-        for (; g + GB <= G; g += GB)
-          mix_block<GB>(xr, N, F, C, ap + g * F, colv.data() + g, rp + (b * G + g) * C, op + (b * G + g) * N + r * C,
-                        stream, g == 0);
-      };
-      run(std::integral_constant<int, 16>{});
-      run(std::integral_constant<int, 8>{});
-      run(std::integral_constant<int, 4>{});
-      run(std::integral_constant<int, 1>{});
+    float* acc = yp != nullptr ? partial.data() + size_t(at::get_thread_num()) * F * H * 16 : nullptr;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / runs, r0 = (item % runs) * run_rows, r1 = std::min(R, r0 + run_rows);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t g = 0; g < G; ++g) colv[g] = cp[(b * G + g) * R + r];
+        const float* xr = xp + b * F * N + r * C;
+        int64_t g = 0;
+        auto run = [&](auto gb) {
+          constexpr int GB = decltype(gb)::value;
+          for (; g + GB <= G; g += GB)
+            mix_block<GB>(xr, N, F, C, ap + g * F, colv.data() + g, rp + (b * G + g) * C,
+                          op + (b * G + g) * N + r * C, stream, g == 0);
+        };
+        run(std::integral_constant<int, 16>{});
+        run(std::integral_constant<int, 8>{});
+        run(std::integral_constant<int, 4>{});
+        run(std::integral_constant<int, 1>{});
+      }
+      // the rows r0..r1 of a channel are one contiguous span of (r1 - r0) C entries
+      if (acc != nullptr) outer_row(xp + b * F * N + r0 * C, F, yp + b * H * N + r0 * C, H, N, (r1 - r0) * C, acc);
     }
   });
-  return out;
+  if (y_ == nullptr) return {out};
+  auto dW = at::zeros({F, H}, x.options());
+  float* dp = dW.data_ptr<float>();
+  for (int t = 0; t < nthreads; ++t)
+    for (int64_t i = 0; i < F * H; ++i) {
+      const float* v = partial.data() + (size_t(t) * F * H + i) * 16;
+      float s = 0;
+      for (int l = 0; l < 16; ++l) s += v[l];
+      dp[i] += s;
+    }
+  return {out, dW};
+}
+
+at::Tensor entry_mix(const at::Tensor& x, const at::Tensor& A, const at::Tensor& col, const at::Tensor& row) {
+  return entry_mix_impl(x, A, col, row, nullptr)[0];
+}
+
+std::vector<at::Tensor> entry_mix_grad(const at::Tensor& x, const at::Tensor& A, const at::Tensor& col,
+                                       const at::Tensor& row, const at::Tensor& y) {
+  return entry_mix_impl(x, A, col, row, &y);
 }
 
 }  // namespace
@@ -296,6 +389,7 @@ TORCH_LIBRARY(nfopt_native, m) {
   m.def("pool_sums_dot(Tensor x, Tensor w) -> Tensor[]");
   m.def("entry_mlp(Tensor x, Tensor w1, Tensor c1, Tensor[] weights, Tensor[] biases) -> Tensor");
   m.def("entry_mix(Tensor x, Tensor A, Tensor col, Tensor row) -> Tensor");
+  m.def("entry_mix_grad(Tensor x, Tensor A, Tensor col, Tensor row, Tensor y) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
@@ -303,4 +397,5 @@ TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
   m.impl("pool_sums_dot", pool_sums_dot);
   m.impl("entry_mlp", entry_mlp);
   m.impl("entry_mix", entry_mix);
+  m.impl("entry_mix_grad", entry_mix_grad);
 }
