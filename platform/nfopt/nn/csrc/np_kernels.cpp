@@ -250,10 +250,27 @@ inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const flo
 
 // ---- entry_mix_grad ----------------------------------------------------------------------------
 
+// Software prefetch into L2 of the next work item's rows, spread over the current item's
+// compute-bound dW loop so the memory streams keep running while the FMA units are busy.
+struct SpanPrefetch {
+  const float* x = nullptr;  // first of K rows N apart (then H rows of y), each `len` floats
+  const float* y = nullptr;
+  int64_t K = 0, H = 0, N = 0, lines = 0, per_step = 0, next = 0;
+
+  void step() {
+    for (int64_t i = 0; i < per_step && next < (K + H) * lines; ++i, ++next) {
+      const int64_t row = next / lines, off = (next % lines) * 16;
+      const float* p = row < K ? x + row * N + off : y + (row - K) * N + off;
+      __builtin_prefetch(p, 0, 2);
+    }
+  }
+};
+
 // acc[k][h] += x[k, :C] * y[h, :C] lane-wise over 16-entry tiles (acc: K x H x 16 lane partial
 // sums); KB x HB register accumulators, x rows and y rows N apart; the column tail goes to lane 0.
 template <int KB, int HB>
-inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int64_t H, float* acc) {
+inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int64_t H, float* acc,
+                       SpanPrefetch& pf) {
   v16f a[KB][HB];
 #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k)
@@ -261,6 +278,7 @@ inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int
     for (int h = 0; h < HB; ++h) a[k][h] = v16f{};
   int64_t j = 0;
   for (; j + 16 <= C; j += 16) {
+    pf.step();
     v16f xv[KB], yv[HB];
 #pragma GCC unroll 16
     for (int h = 0; h < HB; ++h) yv[h] = load16(y + h * N + j);
@@ -280,15 +298,28 @@ inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int
     }
 }
 
-// dW[k, h] += x[k, r, :] . y[h, r, :] for every k, h: 4 x 4 register blocks, then the edges
-inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int64_t N, int64_t C, float* acc) {
+// dW[k, h] += x[k, :C] . y[h, :C] for every k, h (rows N apart): 4 x 4 register blocks, then
+// the edges; prefetches the `next_len` floats at x + C, y + C of every row meanwhile (0: none)
+inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int64_t N, int64_t C, float* acc,
+                      int64_t next_len) {
+  SpanPrefetch pf;
+  if (next_len > 0) {
+    const int64_t blocks = ((K + 3) / 4) * ((H + 3) / 4) + 1, tiles = std::max<int64_t>(C / 16, 1);
+    pf.x = x + C;
+    pf.y = y + C;
+    pf.K = K;
+    pf.H = H;
+    pf.N = N;
+    pf.lines = (next_len + 15) / 16;
+    pf.per_step = ((K + H) * pf.lines + blocks * tiles - 1) / (blocks * tiles);
+  }
   int64_t h = 0;
   auto hrun = [&](auto hb) {
     constexpr int HB = decltype(hb)::value;
     for (; h + HB <= H; h += HB) {
       int64_t k = 0;
-      for (; k + 4 <= K; k += 4) outer_rows<4, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16);
-      for (; k < K; ++k) outer_rows<1, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16);
+      for (; k + 4 <= K; k += 4) outer_rows<4, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16, pf);
+      for (; k < K; ++k) outer_rows<1, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16, pf);
     }
   };
   hrun(std::integral_constant<int, 4>{});
@@ -357,7 +388,10 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
         run(std::integral_constant<int, 1>{});
       }
       // the rows r0..r1 of a channel are one contiguous span of (r1 - r0) C entries
-      if (acc != nullptr) outer_row(xp + b * F * N + r0 * C, F, yp + b * H * N + r0 * C, H, N, (r1 - r0) * C, acc);
+      // (and meanwhile prefetches the next run of rows of this batch element, if any)
+      if (acc != nullptr)
+        outer_row(xp + b * F * N + r0 * C, F, yp + b * H * N + r0 * C, H, N, (r1 - r0) * C, acc,
+                  std::min(R - r1, run_rows) * C);
     }
   });
   if (y_ == nullptr) return {out};
