@@ -60,3 +60,31 @@ def test_roles_and_zero_init_and_global_input():
     assert torch.allclose((y.weights[0] - x.weights[0]), d0[:, :, None, None].expand_as(x.weights[0]), atol=1e-6)
     g64 = g.double()
     assert_equivariant(lambda f: g64(f, glob.double()), spec, 3, hidden_only=False)
+
+
+def test_materialized_matrices_are_reused_only_while_valid():
+    """Without a gradient through them the per-layer matrices are built once per architecture and
+    parameter version; an in-place change, new tensors (functional_call) or autograd rebuild them."""
+    torch.manual_seed(0)
+    layer = SharedNPLinear(3, 2)
+    spec, other = NetworkSpec.mlp([5, 4, 3]), NetworkSpec.mlp([6, 4, 3, 2])
+    x = random_features(spec, 2, 3, dtype=torch.float32)
+    calls = []
+    build = layer._materialize
+    layer._materialize = lambda s: calls.append(s) or build(s)
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x).weights[0], first.weights[0]) and len(calls) == 1
+        layer(random_features(other, 2, 3, dtype=torch.float32))
+        layer(x)
+        assert len(calls) == 2  # one build per architecture
+        layer.A.mul_(2.0)  # in place: a new version
+        changed = layer(x)
+        assert len(calls) == 3 and not torch.equal(changed.weights[0], first.weights[0])
+        theta = {k: v.clone() for k, v in layer.named_parameters()}
+        torch.func.functional_call(layer, theta, (x,))
+        assert len(calls) == 4  # other tensors
+    y = layer(x)  # grad enabled, parameters require grad: built in the graph
+    assert len(calls) == 5 and y.weights[0].requires_grad
+    sum(t.sum() for t in y.tensors()).backward()
+    assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0
