@@ -21,6 +21,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <utility>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -360,16 +362,17 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
   // streaming stores bypass the caches: only for outputs far larger than them, on aligned rows
   const bool stream = out.numel() * 4 > (int64_t(32) << 20) && C % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(op) % 64 == 0;
-  // lane partial sums of dW, one buffer per thread
-  const int nthreads = at::get_num_threads();
-  std::vector<float> partial(y_ != nullptr ? size_t(nthreads) * F * H * 16 : 0, 0.0f);
+  // lane partial sums of dW, one buffer per chunk of work items, summed in chunk order below
+  // (deterministic for a given thread count, whichever thread ran which chunk)
+  std::vector<std::pair<int64_t, std::vector<float>>> partials;
+  std::mutex partials_lock;
   // work items: runs of rows of one batch element, ~1024 entries long (short rows together, so
   // dW's register blocks run over long contiguous spans while x's rows are still in the caches)
   const int64_t run_rows = std::max<int64_t>(1, std::min<int64_t>(R, 1024 / std::max<int64_t>(C, 1)));
   const int64_t runs = (R + run_rows - 1) / run_rows;
   at::parallel_for(0, B * runs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> colv(G);
-    float* acc = yp != nullptr ? partial.data() + size_t(at::get_thread_num()) * F * H * 16 : nullptr;
+    std::vector<float> colv(G), lanes(yp != nullptr ? size_t(F) * H * 16 : 0, 0.0f);
+    float* acc = yp != nullptr ? lanes.data() : nullptr;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / runs, r0 = (item % runs) * run_rows, r1 = std::min(R, r0 + run_rows);
       for (int64_t r = r0; r < r1; ++r) {
@@ -393,15 +396,19 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
         outer_row(xp + b * F * N + r0 * C, F, yp + b * H * N + r0 * C, H, N, (r1 - r0) * C, acc,
                   std::min(R - r1, run_rows) * C);
     }
+    if (acc != nullptr) {
+      std::lock_guard<std::mutex> guard(partials_lock);
+      partials.emplace_back(begin, std::move(lanes));
+    }
   });
   if (y_ == nullptr) return {out};
+  std::sort(partials.begin(), partials.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   auto dW = at::zeros({F, H}, x.options());
   float* dp = dW.data_ptr<float>();
-  for (int t = 0; t < nthreads; ++t)
+  for (const auto& part : partials)
     for (int64_t i = 0; i < F * H; ++i) {
-      const float* v = partial.data() + (size_t(t) * F * H + i) * 16;
       float s = 0;
-      for (int l = 0; l < 16; ++l) s += v[l];
+      for (int l = 0; l < 16; ++l) s += part.second[i * 16 + l];
       dp[i] += s;
     }
   return {out, dW};
