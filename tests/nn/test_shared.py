@@ -64,7 +64,8 @@ def test_roles_and_zero_init_and_global_input():
 
 def test_materialized_matrices_are_reused_only_while_valid():
     """Without a gradient through them the per-layer matrices are built once per architecture and
-    parameter version; an in-place change, new tensors (functional_call) or autograd rebuild them."""
+    parameter state; an in-place change, a storage swap (``.data =``, a dtype round trip), new
+    tensors (functional_call) or autograd rebuild them."""
     torch.manual_seed(0)
     layer = SharedNPLinear(3, 2)
     spec, other = NetworkSpec.mlp([5, 4, 3]), NetworkSpec.mlp([6, 4, 3, 2])
@@ -81,10 +82,16 @@ def test_materialized_matrices_are_reused_only_while_valid():
         layer.A.mul_(2.0)  # in place: a new version
         changed = layer(x)
         assert len(calls) == 3 and not torch.equal(changed.weights[0], first.weights[0])
+        layer.half().float()  # storage swapped and values rounded, no version bump
+        rounded = layer(x)
+        assert len(calls) == 4 and not torch.equal(rounded.weights[0], changed.weights[0])
+        layer.K.data = layer.K.data * 0.5  # ``.data`` swap: no version bump either
+        halved = layer(x)
+        assert len(calls) == 5 and not torch.equal(halved.weights[0], rounded.weights[0])
         theta = {k: v.clone() for k, v in layer.named_parameters()}
         torch.func.functional_call(layer, theta, (x,))
-        assert len(calls) == 4  # other tensors
+        assert len(calls) == 6  # other tensors
     y = layer(x)  # grad enabled, parameters require grad: built in the graph
-    assert len(calls) == 5 and y.weights[0].requires_grad
+    assert len(calls) == 7 and y.weights[0].requires_grad
     sum(t.sum() for t in y.tensors()).backward()
     assert layer.A.grad is not None and layer.A.grad.abs().sum() > 0

@@ -175,8 +175,9 @@ class SharedNPLinear(nn.Module):
         return apply_plan(plan, x, *self._materialized(spec))
 
     def _materialized(self, spec: NetworkSpec):
-        """:meth:`_materialize`, reused while the role parameters are the same tensors at the same
-        version (no in-place change since) and no gradient can flow through them: rebuilding
+        """:meth:`_materialize`, reused while the role parameters are the same tensors with the
+        same storage at the same version (no in-place change, no ``.data`` swap, no dtype round
+        trip since) and no gradient can flow through them: rebuilding
         them is ~35 small ops per call (~70 of the ~640 dispatched ops of a quickstart-size rule
         update, 3-4% of its time here; kernel launches on a GPU)."""
         params = (self.A, self.K, self.R, self.Z, self.beta, self.U, self.V, self.beta_b)
@@ -188,15 +189,19 @@ class SharedNPLinear(nn.Module):
         ):
             return self._materialize(spec)
         key = (spec.weight_shapes, self.A.dtype, self.A.device)
-        versions = tuple(p._version for p in params)
+        # the tensors, their version counters (in-place changes) and data pointers (``.data =``
+        # and dtype round trips replace the storage without a version bump; the entry keeps the
+        # old storages alive, so a new one cannot reuse their addresses)
+        stamp = (tuple(p._version for p in params), tuple(p.data_ptr() for p in params))
         cache = _MATERIALIZED.setdefault(self, {})
         hit = cache.get(key)
-        if hit is not None and hit[1] == versions and all(r() is p for r, p in zip(hit[0], params)):
-            return hit[2]
+        if hit is not None and hit[1] == stamp and all(r() is p for r, p in zip(hit[0], params)):
+            return hit[3]
         out = self._materialize(spec)
         if len(cache) >= _MATERIALIZED_PER_MODULE:
             cache.clear()
-        cache[key] = (tuple(weakref.ref(p) for p in params), versions, out)
+        storages = tuple(p.untyped_storage() for p in params)
+        cache[key] = (tuple(weakref.ref(p) for p in params), stamp, storages, out)
         return out
 
     def _materialize(self, spec: NetworkSpec):
