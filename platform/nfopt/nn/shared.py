@@ -177,15 +177,15 @@ class SharedNPLinear(nn.Module):
     def _materialized(self, spec: NetworkSpec):
         """:meth:`_materialize`, reused while the role parameters are the same tensors with the
         same storage at the same version (no in-place change, no ``.data`` swap, no dtype round
-        trip since) and no gradient can flow through them: rebuilding
-        them is ~35 small ops per call (~70 of the ~640 dispatched ops of a quickstart-size rule
-        update, 3-4% of its time here; kernel launches on a GPU)."""
+        trip since) and no gradient can flow through them: rebuilding them is ~35 small ops per
+        call (~70 of the ~640 dispatched ops of a quickstart-size rule update, 3-4% of its time
+        here; kernel launches on a GPU)."""
         params = (self.A, self.K, self.R, self.Z, self.beta, self.U, self.V, self.beta_b)
         if (
             (torch.is_grad_enabled() and any(p.requires_grad for p in params))
             or torch.compiler.is_compiling()
             or functorch_active(*params)
-            or any(p.is_inference() for p in params)  # no version counter
+            or any(p.is_inference() or p.is_meta for p in params)  # no version counter / storage
         ):
             return self._materialize(spec)
         key = (spec.weight_shapes, self.A.dtype, self.A.device)
