@@ -270,8 +270,8 @@ class FusedEquivariantLinear(torch.autograd.Function):
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
             if not need_x[i]:  # e.g. the first layer's input: skip the big pass
-                if A[i] is not None and dA[i] is None:  # (G, F)
-                    dA[i] = outer_sum(dhs[i].view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
+                if A[i] is not None and dA[i] is None:
+                    dA[i] = _weight_grad(dhs[i], x)
                 dxs.append(None)
             else:
                 dct = dg[i][:, :, None] * (1.0 / (mr * mc))  # (B, F, 1): the global mean, via c_i
@@ -338,13 +338,19 @@ def _entry_mix_grad(native, dh: Tensor, wt: Tensor, col: Tensor, row: Tensor, x:
     and ``G F <= 4096`` (measured 37-39 vs 54-57 ms for the mix and a batched GEMM on a (32, 16,
     128, 784) pair, 2.98 vs 3.20 ms at G = F = 64; past that the product's lane partials leave the
     caches: 4.06 vs 3.39 ms at G = F = 144, 12.2 vs 8.8 at 256)."""
-    bsz, f, mr, mc = x.shape
-    if dw is None and _mix_native(native, dh) and dh.shape[1] * f <= 4096:
+    if dw is None and _mix_native(native, dh) and dh.shape[1] * x.shape[1] <= 4096:
         dx, dw = native.entry_mix_grad(dh, wt, col, row, x)
         return dx, dw
     if dw is None:
-        dw = outer_sum(dh.view(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
+        dw = _weight_grad(dh, x)
     return _entry_mix(native, dh, wt, col, row), dw
+
+
+def _weight_grad(dh: Tensor, x: Tensor) -> Tensor:
+    """The per-entry weight's gradient ``sum_b dh[b] x[b]^T``: ``(B, G, m_r, m_c), (B, F, m_r, m_c)
+    -> (G, F)``."""
+    bsz, f, mr, mc = x.shape
+    return outer_sum(dh.reshape(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:

@@ -255,7 +255,7 @@ inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const flo
 // Software prefetch into L2 of the next work item's rows, spread over the current item's
 // compute-bound dW loop so the memory streams keep running while the FMA units are busy.
 struct SpanPrefetch {
-  const float* x = nullptr;  // first of K rows N apart (then H rows of y), each `len` floats
+  const float* x = nullptr;  // first of K rows N apart (then H rows of y), each `lines` cache lines
   const float* y = nullptr;
   int64_t K = 0, H = 0, N = 0, lines = 0, per_step = 0, next = 0;
 
