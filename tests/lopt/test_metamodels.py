@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nfopt.lopt.metamodels import PerParamMLP
+from nfopt.lopt.metamodels import NFNMetaModel, PerParamMLP
 from nfopt.nn import PerTensor, _native
 from nfopt.testing import random_features, random_spec
 
@@ -90,3 +90,35 @@ def test_the_kernel_runs_inside_one_compiled_graph():
         compiled = torch.compile(run, fullgraph=True)(x, g)
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 10_000), glob=st.sampled_from(["network", "per_tensor"]), kind=st.sampled_from(["np", "hnp"])
+)
+def test_nfn_global_input_enters_the_first_layer_as_its_per_sample_bias(seed, glob, kind):
+    """Any MLP/CNN spec: the global terms folded into the first NP layer's bias give what adding
+    them to its output gives, and the same gradients for every parameter and input."""
+    spec = random_spec(seed)
+    torch.manual_seed(seed)
+    model = NFNMetaModel(5, 3, channels=4, layers=2, kind=kind, outputs=3).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    x = random_features(spec, 2, 5, torch.Generator().manual_seed(seed)).map(lambda t: t.requires_grad_())
+    g = _glob(glob, spec, 2)
+    for t in [g] if isinstance(g, torch.Tensor) else [*g.weights, *g.biases]:
+        t.requires_grad_()
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            folded = model(x, g)
+            h = model.first(model.enc(x) if model.enc is not None else x)
+            plain = model.rest(model.glob(h, g))
+        for a, b in zip(folded.tensors(), plain.tensors()):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    leaves = [*model.parameters(), *x.tensors(), *([g] if isinstance(g, torch.Tensor) else [*g.weights, *g.biases])]
+    w = [torch.randn_like(t) for t in folded.tensors()]
+    ga = torch.autograd.grad(sum((a * b).sum() for a, b in zip(folded.tensors(), w)), leaves)
+    gb = torch.autograd.grad(sum((a * b).sum() for a, b in zip(plain.tensors(), w)), leaves)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

@@ -337,3 +337,68 @@ def test_width_exponent_config_round_trips_and_old_configs_have_none():
     old = {k: v for k, v in rule.config().items() if k != "width_exponent"}
     assert not LearnedUpdateRule.from_config(old).width_exponent
     assert "width_alpha" not in dict(LearnedUpdateRule.from_config(old).named_parameters())
+
+
+RULE_VARIANTS = [
+    {},
+    {"hand": "momentum", "lr_head": False},
+    {"hand": "none", "width_exponent": True, "schedule_knots": 3},
+    {"features": FeatureConfig(adam_direction=False, tensor_features=False), "hand": "adam"},
+    {"features": MLPLOPT, "hand": "momentum"},
+]
+
+
+@pytest.mark.parametrize("variant", range(len(RULE_VARIANTS)))
+@pytest.mark.parametrize("kind", ["mlp", "nfn_np", "nft"])
+def test_fused_cpu_kernels_compute_the_rule(kind, variant, monkeypatch):
+    """Float32 inference takes the fused feature and step kernels (``nfopt.lopt.kernels``): the
+    same parameters and state as the PyTorch path over several steps, on an MLP and a CNN, with
+    non-finite gradients on the way, for every hand-designed direction and input switch."""
+    from nfopt.lopt import kernels
+    from nfopt.nn import _native
+
+    if not _native.available():
+        pytest.skip("no C++ compiler: the kernels are not built")
+    rule = rule_of(kind, **RULE_VARIANTS[variant])
+    perturb_meta_model(rule)
+    with torch.no_grad():
+        for name in ("log_step_scale", "log_hand_scale", "log_schedule", "width_alpha"):
+            if hasattr(rule, name):
+                getattr(rule, name).normal_(0.0, 0.3)
+    calls = []
+    for spec in (random_spec(4, conv=False), NetworkSpec(((6, 2, 3, 3), (5, 6, 3, 3), (4, 5)))):
+        params, grads = inputs(spec, 3, dtype=torch.float32)
+        states = [rule.init(spec, 3, num_steps=5) for _ in range(2)]
+        ps = [params, params]
+        for step in range(4):
+            noise = WeightSpaceFeatures.randn(spec, 3, 1, generator=torch.Generator().manual_seed(step))
+            g = grads * (0.5**step) + noise
+            if step == 2:
+                g.weights[0][1, 0].view(-1)[0] = float("nan")
+                g.biases[-1][0, 0, 0] = float("inf")
+            loss = torch.tensor([2.0, 1.0, float("nan")]) * (step + 1)
+            for fused in (True, False):
+                with torch.no_grad(), monkeypatch.context() as m:
+                    if not fused:
+                        m.setattr(kernels, "applies", lambda *t: False)
+                    else:
+                        m.setattr(kernels, "apply_step", _counted(kernels.apply_step, calls))
+                    i = 1 - int(fused)
+                    ps[i], states[i] = rule.update(None, states[i], ps[i], g, loss)
+            for a, b in zip(ps[0].tensors(), ps[1].tensors()):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            for key, value in states[0].items():
+                other = states[1][key]
+                wsf = isinstance(value, WeightSpaceFeatures)
+                pairs = zip(value.tensors(), other.tensors()) if wsf else [(value, other)]
+                for a, b in pairs:
+                    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True)
+    assert calls  # the kernels ran
+
+
+def _counted(fn, calls):
+    def run(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return run

@@ -41,6 +41,7 @@ __all__ = [
     "loss_features",
     "second_moment_normalize",
     "tensor_stats",
+    "time_features",
     "update_loss_state",
     "update_momenta",
 ]
@@ -129,6 +130,12 @@ def update_momenta(mom: WeightSpaceFeatures, grads: WeightSpaceFeatures, decays:
     )
 
 
+def time_features(step: Tensor, cfg: FeatureConfig, batch_size: int, dtype: torch.dtype) -> Tensor:
+    """``tanh(t / s)`` of the steps done ``t`` (0-dim) over the timescales: ``(B, T)``."""
+    ts = torch.as_tensor(cfg.timescales, dtype=dtype, device=step.device)
+    return torch.tanh(step.to(ts) / ts).expand(batch_size, -1)
+
+
 def build_features(
     params: WeightSpaceFeatures,
     grads: WeightSpaceFeatures,
@@ -140,8 +147,7 @@ def build_features(
     """``(B, 1, ...)`` parameters and gradients, ``(B, K, ...)`` momenta (and with
     ``cfg.adam_direction`` the ``(B, 1, ...)`` Adam direction) -> per-entry features
     ``(B, 2 + K [+ 1], ...)`` (normalised ``[g, p, m_1..m_K, u]``) and time features ``(B, T)``."""
-    ts = torch.as_tensor(cfg.timescales, dtype=params.dtype, device=params.device)
-    time = torch.tanh(step.to(ts) / ts).expand(params.batch_size, -1)  # (B, T)
+    time = time_features(step, cfg, params.batch_size, params.dtype)  # (B, T)
     extra = adam if cfg.adam_direction else None
     if cfg.adam_direction and adam is None:
         raise ValueError("FeatureConfig.adam_direction needs the Adam direction")

@@ -119,8 +119,8 @@ class NFNMetaModel(nn.Module):
         self.rest = nn.Sequential(*mods)
 
     def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
-        h = self.first(self.enc(x) if self.enc is not None else x)
-        return self.rest(self.glob(h, glob) if self.glob is not None else h)
+        terms = self.glob.terms(glob, len(x)) if self.glob is not None else None  # into the first layer's bias
+        return self.rest(self.first(self.enc(x) if self.enc is not None else x, terms))
 
 
 class NFTMetaModel(nn.Module):

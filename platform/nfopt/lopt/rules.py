@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from nfopt.lopt import kernels
 from nfopt.lopt.features import (
     FeatureConfig,
     build_features,
@@ -16,6 +17,7 @@ from nfopt.lopt.features import (
     global_inputs,
     init_loss_state,
     tensor_stats,
+    time_features,
     update_loss_state,
     update_momenta,
 )
@@ -26,6 +28,10 @@ __all__ = ["LearnedUpdateRule"]
 
 Tensor = torch.Tensor
 WSF = WeightSpaceFeatures
+
+
+def _tensors(x: WSF) -> list[Tensor]:
+    return [*x.weights, *x.biases]
 
 
 class LearnedUpdateRule(nn.Module):
@@ -161,20 +167,29 @@ class LearnedUpdateRule(nn.Module):
 
     def forward(self, state: dict, params: WSF, grads: WSF, loss: Any = None) -> tuple[WSF, dict]:
         cfg = self.features
-        decays = torch.as_tensor(cfg.decays, dtype=params.dtype, device=params.device)
-        grads = grads.map(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
-        mom = update_momenta(state["mom"], grads, decays)
-        v = WSF(  # 0.999 v + 0.001 g², two passes per tensor
-            [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].weights, grads.weights)],
-            [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].biases, grads.biases)],
-        )
-        step = state["step"] + 1
-        new_state = {"step": step, "mom": mom, "v": v}
         k = cfg.decays.index(0.9)
-        m09 = mom.map(lambda t: t[:, k : k + 1])
-        adam = self._adam(m09, v, step, params.dtype) if (self.hand == "adam" or cfg.adam_direction) else None
-        feats, time = build_features(params, grads, mom, state["step"], cfg, adam=adam)
-        loss_state = stats = frac = None
+        fast = kernels.applies(
+            params.weights[0], *_tensors(params), *_tensors(grads), *_tensors(state["mom"]), *_tensors(state["v"])
+        )
+        if fast:  # the fused kernels (no gradient flows through the features)
+            mom, v, feats, stats = self._fused_features(state, params, grads)
+            adam = None
+            time = time_features(state["step"], cfg, params.batch_size, params.dtype)
+        else:
+            decays = torch.as_tensor(cfg.decays, dtype=params.dtype, device=params.device)
+            grads = grads.map(lambda g: torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0))
+            mom = update_momenta(state["mom"], grads, decays)
+            v = WSF(  # 0.999 v + 0.001 g², two passes per tensor
+                [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].weights, grads.weights)],
+                [torch.addcmul(a * 0.999, g, g, value=0.001) for a, g in zip(state["v"].biases, grads.biases)],
+            )
+            m09 = mom.map(lambda t: t[:, k : k + 1])
+            step = state["step"] + 1
+            adam = self._adam(m09, v, step, params.dtype) if (self.hand == "adam" or cfg.adam_direction) else None
+            feats, time = build_features(params, grads, mom, state["step"], cfg, adam=adam)
+            stats = tensor_stats(params, m09, v) if cfg.tensor_features else None
+        new_state = {"step": state["step"] + 1, "mom": mom, "v": v}
+        loss_state = frac = None
         if cfg.loss_features:
             loss_t = None if loss is None else torch.as_tensor(loss, device=params.device)
             loss_state = update_loss_state(state, loss_t)
@@ -185,22 +200,71 @@ class LearnedUpdateRule(nn.Module):
             done = (state["step"].to(params.dtype) / n.clamp_min(1).to(params.dtype)).clamp(0, 1)
             frac = torch.stack([done * known, known])[None]  # (1, 2)
             new_state["num_steps"] = n
-        if cfg.tensor_features:
-            stats = tensor_stats(params, m09, v)
         glob = global_inputs(time, cfg, loss_state, frac, stats)
         out = self.meta_model(feats, glob)  # (P, 2 or 3, ...)
-        hand = {"adam": adam, "momentum": m09, "none": None}[self.hand]
         scale = self.step_mult * torch.exp(self.log_step_scale)
         if self.schedule_knots:
             scale = scale * torch.exp(self.schedule_value(frac[0, 0], frac[0, 1]))
         hand_scale = torch.exp(self.log_hand_scale)
-        a, bound, r = self.exp_mult, self.bound, self.lr_range
-
-        base = scale / bound  # 0-dim
+        base = scale / self.bound  # 0-dim
         if self.width_exponent:  # per layer, shared by its weight and bias: (fan-in / 64)^α
             layer_mult = [base * torch.exp(self.width_alpha * math.log(max(f, 1) / 64)) for f in fan_ins(params)]
         else:
             layer_mult = [base] * len(params)
+        if fast and kernels.applies(out.weights[0], *_tensors(out), hand_scale, *layer_mult):
+            new = self._fused_step(state, params, out, mom, v, hand_scale, layer_mult)
+        else:
+            hand = {"adam": adam, "momentum": mom.map(lambda t: t[:, k : k + 1]), "none": None}[self.hand]
+            if self.hand == "adam" and adam is None:  # features from the kernel: Adam's direction again
+                adam = hand = self._adam(mom.map(lambda t: t[:, k : k + 1]), v, state["step"] + 1, params.dtype)
+            new = self._step(params, out, hand, hand_scale, layer_mult)
+        return new, new_state
+
+    def _fused_features(self, state: dict, params: WSF, grads: WSF) -> tuple[WSF, WSF, WSF, tuple | None]:
+        """The new momenta and second moment, the per-entry features and (with
+        ``tensor_features``) the per-tensor statistics, through :func:`nfopt.lopt.kernels.features`."""
+        cfg, k, step = self.features, self.features.decays.index(0.9), int(state["step"])
+        fans = fan_ins(params)
+
+        def run(ps, gs, ms, vs) -> list:
+            return [
+                kernels.features(p, g, m, v, cfg.decays, k, step, cfg.eps, cfg.adam_direction, f)
+                for p, g, m, v, f in zip(ps, gs, ms, vs, fans)
+            ]
+
+        fw = run(params.weights, grads.weights, state["mom"].weights, state["v"].weights)
+        fb = run(params.biases, grads.biases, state["mom"].biases, state["v"].biases)
+
+        def wsf(field: str) -> WSF:
+            return WSF([getattr(x, field) for x in fw], [getattr(x, field) for x in fb])
+
+        stats = ([x.stats for x in fw], [x.stats for x in fb]) if cfg.tensor_features else None
+        return wsf("mom"), wsf("v"), wsf("feats"), stats
+
+    def _fused_step(
+        self, state: dict, params: WSF, out: WSF, mom: WSF, v: WSF, hand_scale: Tensor, layer_mult: list[Tensor]
+    ) -> WSF:
+        """:meth:`_step` through :func:`nfopt.lopt.kernels.apply_step` (Adam's direction or the
+        momentum recomputed there from the new ``mom`` and ``v``)."""
+        k, step, hs = self.features.decays.index(0.9), int(state["step"]), float(hand_scale)
+        mults = [float(m) for m in layer_mult]
+
+        def run(ps, os, ms, vs) -> list[Tensor]:
+            return [
+                kernels.apply_step(
+                    p, o, self.hand, m, k, vv, step, hs, self.exp_mult, mult, self.bound, self.lr_range, self.lr_head
+                )
+                for p, o, m, vv, mult in zip(ps, os, ms, vs, mults)
+            ]
+
+        return WSF(
+            run(params.weights, out.weights, mom.weights, v.weights),
+            run(params.biases, out.biases, mom.biases, v.biases),
+        )
+
+    def _step(self, params: WSF, out: WSF, hand: WSF | None, hand_scale: Tensor, layer_mult: list[Tensor]) -> WSF:
+        """``p - B tanh(s / B)`` for every tensor (see the class docstring), in PyTorch ops."""
+        a, bound, r = self.exp_mult, self.bound, self.lr_range
 
         def delta(o: Tensor, h: Tensor | None, mult: Tensor) -> Tensor:
             e = torch.exp(a * o[:, 1:2])
@@ -213,11 +277,10 @@ class LearnedUpdateRule(nn.Module):
 
         hw = hand.weights if hand is not None else [None] * len(params)
         hb = hand.biases if hand is not None else [None] * len(params)
-        new = WSF(
+        return WSF(
             [p - delta(o, h, m) for p, o, h, m in zip(params.weights, out.weights, hw, layer_mult)],
             [p - delta(o, h, m) for p, o, h, m in zip(params.biases, out.biases, hb, layer_mult)],
         )
-        return new, new_state
 
     @property
     def _wants_horizon(self) -> bool:

@@ -20,6 +20,9 @@ transposing copies, forward or backward) and globally ``z = [g_1..g_L, bm_1..bm_
         + z Z[i] + β_i            broadcast everywhere
     u_i = (Q_i P_i)[υ_i] + z Z[L+i] + β_{L+i}
 
+``β: (ΣG,)``, or per batch element ``(B, ΣG)`` (inputs constant over each tensor, such as a
+learned optimizer's per-network features, enter there at no per-entry cost).
+
 which, with every layer permutable, is exactly the NP layer (per-entry, row, column,
 neighbouring-layer and global-mean terms) and, with layers 0 and L fixed, the HNP layer.
 
@@ -196,7 +199,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         Z, beta = args[-2], args[-1]
         native = _native_for(xs)
         hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta, native)
-        ctx.plan, ctx.n, ctx.native = plan, n, native
+        ctx.plan, ctx.n, ctx.native, ctx.beta_ndim = plan, n, native, beta.ndim
         ctx.z, ctx.P = z, P
         ctx.present = (tuple(a is not None for a in A), tuple(q is not None for q in Q))
         ctx.save_for_backward(*xs, *[a for a in A if a is not None], *[q for q in Q if q is not None], Z)
@@ -239,7 +242,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         # 2. global terms
         dglob = torch.cat(dzt + dvt, dim=-1)  # (B, ΣG)
         dZ = z.t() @ dglob
-        dbeta = dglob.sum(0)
+        dbeta = dglob.sum(0) if ctx.beta_ndim == 1 else dglob  # (ΣG,) or per batch element (B, ΣG)
         # inputs needing no gradient (e.g. the data into a stack's first layer): skip their adjoints
         need_x = ctx.needs_input_grad[2 : 2 + n]
         need_b = ctx.needs_input_grad[2 + n : 2 + 2 * n]

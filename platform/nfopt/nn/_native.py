@@ -1,6 +1,8 @@
-"""Optional fused CPU kernels (``csrc/np_kernels.cpp``): one-pass row/column sums for NP/HNP
-layers, and a tiled per-entry MLP for the per-parameter learned optimizer (``entry_mlp``, usable
-inside ``torch.compile`` graphs: it has a fake implementation for tracing).
+"""Optional fused CPU kernels: ``csrc/np_kernels.cpp``, one-pass row/column sums and per-entry
+mixes for NP/HNP layers and a tiled per-entry MLP for the per-parameter learned optimizer
+(``entry_mlp``, usable inside ``torch.compile`` graphs: it has a fake implementation for
+tracing); ``csrc/lopt_kernels.cpp``, the learned update rule's features and bounded step
+(:mod:`nfopt.lopt.kernels`). One library, ``torch.ops.nfopt_native``.
 
 Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
 into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source and flags, the torch
@@ -22,10 +24,10 @@ import torch
 __all__ = ["available", "ops"]
 
 _log = logging.getLogger(__name__)
-_SRC = Path(__file__).with_name("csrc") / "np_kernels.cpp"
+_SRCS = tuple(Path(__file__).with_name("csrc") / name for name in ("np_kernels.cpp", "lopt_kernels.cpp"))
 _state: dict = {"tried": False, "ops": None, "error": None}
 # -ffp-contract=fast: FMAs (GCC emits none under -std=c++17); part of the build key
-_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"]
+_CFLAGS = ["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno"]
 
 
 def _cpu_key() -> bytes:
@@ -46,7 +48,7 @@ def ops():
     try:
         from torch.utils.cpp_extension import load
 
-        src = _SRC.read_bytes()
+        src = b"".join(path.read_bytes() for path in _SRCS)
         key = hashlib.sha1(src + " ".join(_CFLAGS).encode() + torch.__version__.encode() + _cpu_key()).hexdigest()[:12]
         root = Path(os.environ.get("NFOPT_BUILD_DIR", Path.home() / ".cache" / "nfopt" / "native"))
         build = root / key
@@ -54,7 +56,7 @@ def ops():
         _log.info("nfopt: building fused CPU kernels in %s (once per machine)", build)
         load(
             name=f"nfopt_native_{key}",
-            sources=[str(_SRC)],
+            sources=[str(path) for path in _SRCS],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
             build_directory=str(build),
