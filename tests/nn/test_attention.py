@@ -162,3 +162,28 @@ def test_attention_gradients_match_finite_differences():
         p.view(-1)[k] += 1e-6
     idx = next(i for i, q in enumerate(params) if q is p)
     assert torch.allclose(grads[idx].view(-1)[k], (up - down) / 2e-6, rtol=1e-5, atol=1e-7)
+
+
+@given(specs(), st.integers(1, 2), st.integers(1, 3), st.booleans())
+def test_attention_fused_backward_equals_autograd(spec, heads, per_head, all_outputs):
+    """The token attention's hand-written backward (``_TokenAttention``) gives the values and
+    input gradients of its plain-op form, also when some outputs get no gradient."""
+    from nfopt.nn import attention
+
+    c, L, bsz = heads * per_head, spec.num_layers, 2
+    gen = torch.Generator().manual_seed(len(spec))
+    n = spec.neuron_sizes
+    qw = [torch.randn(bsz, 3 * c, n[i + 1], n[i], generator=gen, dtype=torch.float64) for i in range(L)]
+    qb = [torch.randn(bsz, 3 * c, n[i + 1], generator=gen, dtype=torch.float64) for i in range(L)]
+    leaves = [t.requires_grad_() for t in (*qw, *qb)]
+    fused = attention._TokenAttention.apply(heads, L, *leaves)
+    aw, ab = attention._token_attention(qw, qb, heads, 0.0)
+    plain = (*aw, *ab, attention._means(qw, qb))
+    used = range(len(plain)) if all_outputs else range(0, len(plain), 2)
+    weights = [torch.randn(plain[i].shape, generator=gen, dtype=torch.float64) for i in used]
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    got = torch.autograd.grad(sum((fused[i] * w).sum() for i, w in zip(used, weights)), leaves)
+    want = torch.autograd.grad(sum((plain[i] * w).sum() for i, w in zip(used, weights)), leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -7,9 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from nfopt.nn._layout import fold_weight, unfold_weight
-from nfopt.nn._mix import channel_mix
+from nfopt.nn._mix import channel_mix, functorch_active
 from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -122,29 +123,77 @@ def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0
     stacked along the channels (``[q | k | v]``, each ``C`` channels, heads split off ``C``).
     Returns the attended weights ``(B, C, n_i, n_{i-1})`` and biases ``(B, C, n_i)``: per neuron
     layer attention over its tokens, plus the global term over the ``2L`` per-tensor means, summed.
+
+    With autograd on float32/64 inputs and no dropout, the per-layer attention runs as one
+    autograd function (:class:`_TokenAttention`) whose backward writes each layer's query, key
+    and value gradients into one buffer and assembles every input's gradient in one pass, where
+    autograd's own backward of the token gathers (stack, cat, transposing clones, accumulation)
+    made ~5 passes per tensor.
     """
     L, H = len(qw), num_heads
     bsz, c = qw[0].shape[0], qw[0].shape[1] // 3
-    d, bh, drop = c // H, bsz * H, dropout_p
+    d = c // H
+    tensors = (*qw, *qb)
+    if (
+        not dropout_p
+        and torch.is_grad_enabled()
+        and any(t.requires_grad for t in tensors)
+        and qw[0].dtype in (torch.float32, torch.float64)
+        and not torch.is_autocast_enabled(qw[0].device.type)
+        and not torch.compiler.is_compiling()
+        and not functorch_active(*tensors)
+    ):
+        out = _TokenAttention.apply(H, L, *tensors)
+        att_w, att_b, means = out[:L], out[L : 2 * L], out[-1]
+    else:
+        att_w, att_b = _token_attention(qw, qb, H, dropout_p)
+        means = _means(qw, qb)
+    # global term: attention over the 2L per-tensor means of q, k, v; (3, B, H, 2L, d)
+    q, k, v = means.view(bsz, 2 * L, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, 2L, d)
+    g = attention_fp32(q, k, v, dropout_p).transpose(1, 2).reshape(bsz, 2 * L, c)  # (B, 2L, C)
+    out_w = [att_w[i] + g[:, i, :, None, None] for i in range(L)]
+    out_b = [att_b[i] + g[:, L + i, :, None] for i in range(L)]
+    return out_w, out_b
+
+
+def _means(qw: list, qb: list) -> Tensor:
+    """Per-tensor means of the projected weights and biases: ``(B, 2L, 3C)``."""
+    return torch.stack(
+        [w.sum((-2, -1)) * (1.0 / (w.shape[2] * w.shape[3])) for w in qw]
+        + [b.sum(-1) * (1.0 / b.shape[2]) for b in qb],
+        dim=1,
+    )
+
+
+def _tokens(qw: list, qb: list, level: int) -> list[Tensor]:
+    """Neuron layer ``level``'s token groups as ``(3, B, C, n_l, .)`` views of the inputs: the
+    columns of ``W_l``, the bias ``b_l`` and the rows of ``W_{l+1}`` (where they exist)."""
+    bsz, c3 = qw[0].shape[:2]
+    parts = []
+    if level >= 1:
+        w, b = qw[level - 1], qb[level - 1]
+        parts += [w.view(bsz, 3, c3 // 3, *w.shape[2:]).transpose(0, 1), b.view(bsz, 3, c3 // 3, -1, 1).transpose(0, 1)]
+    if level < len(qw):
+        w = qw[level]
+        parts.append(w.view(bsz, 3, c3 // 3, *w.shape[2:]).transpose(0, 1).transpose(3, 4))
+    return parts
+
+
+def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tuple[list, list]:
+    """Per neuron layer attention over its tokens in plain differentiable ops: the attended
+    weights ``(B, C, n_i, n_{i-1})`` (from both neuron layers of each weight) and biases."""
+    L, H = len(qw), num_heads
+    bsz, c = qw[0].shape[0], qw[0].shape[1] // 3
+    d, bh = c // H, bsz * H
     n = [qw[0].shape[3]] + [w.shape[2] for w in qw]
     cols: list = [None] * L  # attention output for W_i from its row layer: (B, C, n_i, n_{i-1})
     rows: list = [None] * L  # ... from its column layer
     bias_out: list = [None] * L
     for level in range(L + 1):
-        e = d * n[level]
-        # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T): columns of W_l |
-        # b_l | rows of W_{l+1}, gathered by one cat of (3, B, C, n_l, .) views
-        parts = []
-        if level >= 1:
-            parts += [
-                qw[level - 1].view(bsz, 3, c, n[level], n[level - 1]).transpose(0, 1),
-                qb[level - 1].view(bsz, 3, c, n[level], 1).transpose(0, 1),
-            ]
-        if level < L:
-            parts.append(qw[level].view(bsz, 3, c, n[level + 1], n[level]).transpose(0, 1).transpose(3, 4))
+        # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T), by one cat;
         # unbind, not indexing: indexing's backward would zero-fill a (3, ...) gradient per use
-        q, k, v = torch.cat(parts, dim=-1).view(3, bh, e, -1).unbind(0)  # each (B*H, d*n_l, T)
-        o = _attend_feature_major(q, k, v, drop).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
+        q, k, v = torch.cat(_tokens(qw, qb, level), dim=-1).view(3, bh, d * n[level], -1).unbind(0)
+        o = _attend_feature_major(q, k, v, dropout_p).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
         # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
         sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
         outs = torch.split(o, sizes, dim=-1)
@@ -153,17 +202,72 @@ def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0
             bias_out[level - 1] = outs[1].view(bsz, c, n[level])
         if level < L:
             rows[level] = outs[-1].transpose(2, 3).view(bsz, c, n[level + 1], n[level])
-    # global term: attention over the 2L per-tensor means of q, k, v; (3, B, H, 2L, d)
-    means = torch.stack(
-        [qw[i].sum((-2, -1)) * (1.0 / (n[i + 1] * n[i])) for i in range(L)]
-        + [qb[i].sum(-1) * (1.0 / n[i + 1]) for i in range(L)],
-        dim=1,
-    )  # (B, 2L, 3C)
-    q, k, v = means.view(bsz, 2 * L, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, 2L, d)
-    g = attention_fp32(q, k, v, drop).transpose(1, 2).reshape(bsz, 2 * L, c)  # (B, 2L, C)
-    out_w = [cols[i] + rows[i] + g[:, i, :, None, None] for i in range(L)]
-    out_b = [bias_out[i] + g[:, L + i, :, None] for i in range(L)]
-    return out_w, out_b
+    return [cols[i] + rows[i] for i in range(L)], bias_out
+
+
+class _TokenAttention(torch.autograd.Function):
+    """:func:`_token_attention` (no dropout) and :func:`_means` with a hand-written backward.
+    Call as ``apply(num_heads, L, *qw, *qb)``; returns ``(*att_w, *att_b, means)``."""
+
+    @staticmethod
+    def forward(ctx, num_heads: int, L: int, *tensors):
+        qw, qb = tensors[:L], tensors[L:]
+        H, bsz, c = num_heads, qw[0].shape[0], qw[0].shape[1] // 3
+        d, bh = c // H, bsz * H
+        n = [qw[0].shape[3]] + [w.shape[2] for w in qw]
+        saved, outs = [], []
+        for level in range(L + 1):
+            x = torch.cat(_tokens(qw, qb, level), dim=-1)  # (3, B, C, n_l, T)
+            q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)  # (B*H, d n_l, T)
+            a_t = torch.softmax(torch.bmm(k.transpose(1, 2), q) * (q.shape[1] ** -0.5), dim=-2)  # (B*H, T_k, T_q)
+            outs.append(torch.bmm(v, a_t).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
+            saved += [x, a_t]
+        att_w = []
+        for i in range(L):  # columns of W_i at its row layer i+1, rows at its column layer i
+            w = torch.empty(bsz, c, n[i + 1], n[i], dtype=qw[0].dtype, device=qw[0].device)
+            att_w.append(torch.add(outs[i + 1][..., : n[i]], outs[i][..., -n[i + 1] :].transpose(2, 3), out=w))
+        att_b = [outs[i + 1][..., n[i]] for i in range(L)]  # (B, C, n_i) views
+        ctx.save_for_backward(*saved)
+        ctx.dims = (H, L, tuple(n))
+        return (*att_w, *[b.contiguous() for b in att_b], _means(qw, qb))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        H, L, n = ctx.dims
+        saved = ctx.saved_tensors
+        d_w, d_b, d_means = grads[:L], grads[L : 2 * L], grads[-1]
+        bsz, c = saved[0].shape[1], saved[0].shape[2]
+        bh, d, ref = bsz * H, c // H, saved[0]  # (grads of unused outputs arrive as zeros)
+        d_tok = []  # per level: (3, B, C, n_l, T) gradients of the token groups
+        for level in range(L + 1):
+            x, a_t = saved[2 * level], saved[2 * level + 1]
+            q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
+            parts = []  # the output's gradient in token layout: columns | bias | rows
+            if level >= 1:
+                parts += [d_w[level - 1], d_b[level - 1][..., None]]
+            if level < L:
+                parts.append(d_w[level].transpose(2, 3))
+            do = torch.cat(parts, dim=-1).view(bh, d * n[level], -1)  # (B*H, d n_l, T)
+            dx = torch.empty_like(x)
+            dq, dk, dv = dx.view(3, bh, d * n[level], -1).unbind(0)
+            torch.bmm(do, a_t.transpose(1, 2), out=dv)
+            da = torch.bmm(v.transpose(1, 2), do)  # (B*H, T_k, T_q)
+            ds = torch._softmax_backward_data(da, a_t, -2, a_t.dtype).mul_(q.shape[1] ** -0.5)
+            torch.bmm(k, ds, out=dq)
+            torch.bmm(q, ds.transpose(1, 2), out=dk)
+            d_tok.append(dx)
+        # every input's gradient in one pass: its columns' and rows' parts plus its mean's share
+        dqw, dqb = [], []
+        for i in range(L):
+            cols = d_tok[i + 1][..., : n[i]].permute(1, 0, 2, 3, 4)  # (B, 3, C, n_{i+1}, n_i)
+            rows = d_tok[i][..., -n[i + 1] :].permute(1, 0, 2, 4, 3)
+            out = torch.empty(bsz, 3, c, n[i + 1], n[i], dtype=ref.dtype, device=ref.device)
+            torch.add(cols, rows, out=out).add_((d_means[:, i] * (1.0 / (n[i + 1] * n[i]))).view(bsz, 3, c, 1, 1))
+            dqw.append(out.view(bsz, 3 * c, n[i + 1], n[i]))
+            db = d_tok[i + 1][..., n[i]].transpose(0, 1) + (d_means[:, L + i] * (1.0 / n[i + 1])).view(bsz, 3, c, 1)
+            dqb.append(db.reshape(bsz, 3 * c, n[i + 1]))  # (B, 3C, n_{i+1})
+        return (None, None, *dqw, *dqb)
 
 
 def _affine(w: Tensor, b: Tensor, x: Tensor) -> Tensor:
