@@ -166,8 +166,9 @@ def test_attention_gradients_match_finite_differences():
 
 @given(specs(), st.integers(1, 2), st.integers(1, 3), st.booleans())
 def test_attention_fused_backward_equals_autograd(spec, heads, per_head, all_outputs):
-    """The token attention's hand-written backward (``_TokenAttention``) gives the values and
-    input gradients of its plain-op form, also when some outputs get no gradient."""
+    """The token attention's hand-written backward (``_TokenAttention``, native token gathers
+    where built) gives the values and input gradients of its plain-op form, also when some
+    outputs get no gradient; so does the inference path (native gathers, no autograd)."""
     from nfopt.nn import attention
 
     c, L, bsz = heads * per_head, spec.num_layers, 2
@@ -181,8 +182,11 @@ def test_attention_fused_backward_equals_autograd(spec, heads, per_head, all_out
     plain = (*aw, *ab, attention._means(qw, qb))
     used = range(len(plain)) if all_outputs else range(0, len(plain), 2)
     weights = [torch.randn(plain[i].shape, generator=gen, dtype=torch.float64) for i in used]
-    for a, b in zip(fused, plain):
+    with torch.no_grad():
+        iw, ib = attention._token_attention(qw, qb, heads, 0.0)
+    for a, b, c in zip(fused, plain, (*iw, *ib)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(c, b, rtol=1e-12, atol=1e-12)
     got = torch.autograd.grad(sum((fused[i] * w).sum() for i, w in zip(used, weights)), leaves)
     want = torch.autograd.grad(sum((plain[i] * w).sum() for i, w in zip(used, weights)), leaves)
     for a, b in zip(got, want):

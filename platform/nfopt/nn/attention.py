@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from nfopt.nn import _core
 from nfopt.nn._layout import fold_weight, unfold_weight
 from nfopt.nn._mix import channel_mix, functorch_active
 from nfopt.nn.symmetry import Symmetry
@@ -165,44 +166,70 @@ def _means(qw: list, qb: list) -> Tensor:
     )
 
 
-def _tokens(qw: list, qb: list, level: int) -> list[Tensor]:
-    """Neuron layer ``level``'s token groups as ``(3, B, C, n_l, .)`` views of the inputs: the
-    columns of ``W_l``, the bias ``b_l`` and the rows of ``W_{l+1}`` (where they exist)."""
-    bsz, c3 = qw[0].shape[:2]
+def _tokens(ws: list, bs: list, level: int, groups: int) -> list[Tensor]:
+    """Neuron layer ``level``'s token groups as ``(S, B, C, n_l, .)`` views of ``(B, S C, ...)``
+    weights and biases: the columns of ``W_l``, the bias ``b_l`` and the rows of ``W_{l+1}``
+    (where they exist)."""
+    bsz, sc = ws[0].shape[:2]
+    s, c = groups, sc // groups
     parts = []
     if level >= 1:
-        w, b = qw[level - 1], qb[level - 1]
-        parts += [w.view(bsz, 3, c3 // 3, *w.shape[2:]).transpose(0, 1), b.view(bsz, 3, c3 // 3, -1, 1).transpose(0, 1)]
-    if level < len(qw):
-        w = qw[level]
-        parts.append(w.view(bsz, 3, c3 // 3, *w.shape[2:]).transpose(0, 1).transpose(3, 4))
+        w, b = ws[level - 1], bs[level - 1]
+        parts += [w.view(bsz, s, c, *w.shape[2:]).transpose(0, 1), b.view(bsz, s, c, -1, 1).transpose(0, 1)]
+    if level < len(ws):
+        w = ws[level]
+        parts.append(w.view(bsz, s, c, *w.shape[2:]).transpose(0, 1).transpose(3, 4))
     return parts
 
 
 def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tuple[list, list]:
     """Per neuron layer attention over its tokens in plain differentiable ops: the attended
-    weights ``(B, C, n_i, n_{i-1})`` (from both neuron layers of each weight) and biases."""
+    weights ``(B, C, n_i, n_{i-1})`` (from both neuron layers of each weight) and biases. Without
+    autograd, the token gathers and the weights' sums run as native kernels where available."""
     L, H = len(qw), num_heads
     bsz, c = qw[0].shape[0], qw[0].shape[1] // 3
     d, bh = c // H, bsz * H
     n = [qw[0].shape[3]] + [w.shape[2] for w in qw]
-    cols: list = [None] * L  # attention output for W_i from its row layer: (B, C, n_i, n_{i-1})
-    rows: list = [None] * L  # ... from its column layer
-    bias_out: list = [None] * L
+    tensors = (*qw, *qb)
+    native = None
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and not functorch_active(*tensors):
+        native = _core._native_for(qw)
+    outs = []
     for level in range(L + 1):
-        # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T), by one cat;
+        # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T), by one gather;
         # unbind, not indexing: indexing's backward would zero-fill a (3, ...) gradient per use
-        q, k, v = torch.cat(_tokens(qw, qb, level), dim=-1).view(3, bh, d * n[level], -1).unbind(0)
-        o = _attend_feature_major(q, k, v, dropout_p).view(bh, d, n[level], -1)  # (B*H, d, n_l, T)
-        # split (not slicing): its backward is one cat, where slices would zero-fill o-sized grads
-        sizes = ([n[level - 1], 1] if level >= 1 else []) + ([n[level + 1]] if level < L else [])
-        outs = torch.split(o, sizes, dim=-1)
-        if level >= 1:
-            cols[level - 1] = outs[0].view(bsz, c, n[level], n[level - 1])  # views: no copies
-            bias_out[level - 1] = outs[1].view(bsz, c, n[level])
-        if level < L:
-            rows[level] = outs[-1].transpose(2, 3).view(bsz, c, n[level + 1], n[level])
-    return [cols[i] + rows[i] for i in range(L)], bias_out
+        x = _gather_tokens(native, qw, qb, level, 3)
+        q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
+        outs.append(_attend_feature_major(q, k, v, dropout_p).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
+    att_w = [_weight_from_tokens(native, outs[i + 1][None], outs[i][None]) for i in range(L)]
+    return att_w, [outs[i + 1][..., n[i]] for i in range(L)]
+
+
+def _gather_tokens(native, ws: list, bs: list, level: int, groups: int) -> Tensor:
+    """Neuron layer ``level``'s tokens ``(S, B, C, n_l, T)`` from ``(B, S C, ...)`` weights and
+    biases (``S = groups``): the columns of ``W_l``, the bias ``b_l`` and the rows of ``W_{l+1}``."""
+    if native is None:
+        return torch.cat(_tokens(ws, bs, level, groups), dim=-1)
+    inner = level >= 1
+    return native.weight_tokens(
+        ws[level - 1] if inner else None,
+        bs[level - 1] if inner else None,
+        ws[level] if level < len(ws) else None,
+        groups,
+    )
+
+
+def _weight_from_tokens(native, hi: Tensor, lo: Tensor, mean: Tensor | None = None) -> Tensor:
+    """A weight ``(B, S C, p, m)`` from the token tensors ``(S, B, C, ., .)`` of its row layer
+    (``hi``: its columns are the first ``m`` tokens) and its column layer (``lo``: its rows are
+    the last ``p`` tokens), plus ``mean: (B, S C)`` everywhere: one pass."""
+    s, bsz, c, p, m = hi.shape[0], hi.shape[1], hi.shape[2], hi.shape[3], lo.shape[3]
+    if native is not None:
+        return native.weight_from_tokens(hi, lo, mean)
+    out = torch.add(hi[..., :m].transpose(0, 1), lo[..., -p:].transpose(0, 1).transpose(3, 4))  # (B, S, C, p, m)
+    if mean is not None:
+        out = out + mean.view(bsz, s, c, 1, 1)
+    return out.reshape(bsz, s * c, p, m)
 
 
 class _TokenAttention(torch.autograd.Function):
@@ -215,40 +242,35 @@ class _TokenAttention(torch.autograd.Function):
         H, bsz, c = num_heads, qw[0].shape[0], qw[0].shape[1] // 3
         d, bh = c // H, bsz * H
         n = [qw[0].shape[3]] + [w.shape[2] for w in qw]
+        native = _core._native_for(qw)
         saved, outs = [], []
         for level in range(L + 1):
-            x = torch.cat(_tokens(qw, qb, level), dim=-1)  # (3, B, C, n_l, T)
+            x = _gather_tokens(native, qw, qb, level, 3)  # (3, B, C, n_l, T)
             q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)  # (B*H, d n_l, T)
             a_t = torch.softmax(torch.bmm(k.transpose(1, 2), q) * (q.shape[1] ** -0.5), dim=-2)  # (B*H, T_k, T_q)
-            outs.append(torch.bmm(v, a_t).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
+            outs.append(torch.bmm(v, a_t).view(1, bsz, c, n[level], -1))  # (1, B, C, n_l, T)
             saved += [x, a_t]
-        att_w = []
-        for i in range(L):  # columns of W_i at its row layer i+1, rows at its column layer i
-            w = torch.empty(bsz, c, n[i + 1], n[i], dtype=qw[0].dtype, device=qw[0].device)
-            att_w.append(torch.add(outs[i + 1][..., : n[i]], outs[i][..., -n[i + 1] :].transpose(2, 3), out=w))
-        att_b = [outs[i + 1][..., n[i]] for i in range(L)]  # (B, C, n_i) views
+        # columns of W_i at its row layer i+1, rows at its column layer i
+        att_w = [_weight_from_tokens(native, outs[i + 1], outs[i]) for i in range(L)]
+        att_b = [outs[i + 1][0, ..., n[i]].contiguous() for i in range(L)]  # (B, C, n_i)
         ctx.save_for_backward(*saved)
-        ctx.dims = (H, L, tuple(n))
-        return (*att_w, *[b.contiguous() for b in att_b], _means(qw, qb))
+        ctx.dims, ctx.native = (H, L, tuple(n)), native
+        return (*att_w, *att_b, _means(qw, qb))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        H, L, n = ctx.dims
+        (H, L, n), native = ctx.dims, ctx.native
         saved = ctx.saved_tensors
-        d_w, d_b, d_means = grads[:L], grads[L : 2 * L], grads[-1]
+        d_w, d_b, d_means = grads[:L], grads[L : 2 * L], grads[-1]  # (unused outputs' grads arrive as zeros)
         bsz, c = saved[0].shape[1], saved[0].shape[2]
-        bh, d, ref = bsz * H, c // H, saved[0]  # (grads of unused outputs arrive as zeros)
+        bh, d = bsz * H, c // H
         d_tok = []  # per level: (3, B, C, n_l, T) gradients of the token groups
         for level in range(L + 1):
             x, a_t = saved[2 * level], saved[2 * level + 1]
             q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
-            parts = []  # the output's gradient in token layout: columns | bias | rows
-            if level >= 1:
-                parts += [d_w[level - 1], d_b[level - 1][..., None]]
-            if level < L:
-                parts.append(d_w[level].transpose(2, 3))
-            do = torch.cat(parts, dim=-1).view(bh, d * n[level], -1)  # (B*H, d n_l, T)
+            # the output's gradient in token layout (columns | bias | rows): (B*H, d n_l, T)
+            do = _gather_tokens(native, d_w, d_b, level, 1).view(bh, d * n[level], -1)
             dx = torch.empty_like(x)
             dq, dk, dv = dx.view(3, bh, d * n[level], -1).unbind(0)
             torch.bmm(do, a_t.transpose(1, 2), out=dv)
@@ -258,15 +280,13 @@ class _TokenAttention(torch.autograd.Function):
             torch.bmm(q, ds.transpose(1, 2), out=dk)
             d_tok.append(dx)
         # every input's gradient in one pass: its columns' and rows' parts plus its mean's share
-        dqw, dqb = [], []
-        for i in range(L):
-            cols = d_tok[i + 1][..., : n[i]].permute(1, 0, 2, 3, 4)  # (B, 3, C, n_{i+1}, n_i)
-            rows = d_tok[i][..., -n[i + 1] :].permute(1, 0, 2, 4, 3)
-            out = torch.empty(bsz, 3, c, n[i + 1], n[i], dtype=ref.dtype, device=ref.device)
-            torch.add(cols, rows, out=out).add_((d_means[:, i] * (1.0 / (n[i + 1] * n[i]))).view(bsz, 3, c, 1, 1))
-            dqw.append(out.view(bsz, 3 * c, n[i + 1], n[i]))
-            db = d_tok[i + 1][..., n[i]].transpose(0, 1) + (d_means[:, L + i] * (1.0 / n[i + 1])).view(bsz, 3, c, 1)
-            dqb.append(db.reshape(bsz, 3 * c, n[i + 1]))  # (B, 3C, n_{i+1})
+        dqw = [_weight_from_tokens(native, d_tok[i + 1], d_tok[i], d_means[:, i] / (n[i + 1] * n[i])) for i in range(L)]
+        dqb = [
+            (d_tok[i + 1][..., n[i]].transpose(0, 1) + (d_means[:, L + i] / n[i + 1]).view(bsz, 3, c, 1)).reshape(
+                bsz, 3 * c, n[i + 1]
+            )
+            for i in range(L)
+        ]  # (B, 3C, n_{i+1})
         return (None, None, *dqw, *dqb)
 
 
