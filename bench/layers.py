@@ -5,7 +5,8 @@ forward + backward of ``loss = sum of mean squares of the outputs``. Configs: NP
 HNP 64-32-32-10, NP 784-128-128-10; and one weight-space attention layer (NFT; 16 channels,
 4 heads, 16-channel inputs) against the reference ``NPAttention`` on 64-32-32-10. Timings are
 medians of interleaved runs in one process; peak memory is the resident-set high-water mark of
-one step in a fresh subprocess per side (above the process's resident set just before the step).
+one step in a fresh subprocess per side (above the process's resident set just before the step;
+nfopt's native kernels are loaded before it, a one-time cost of the process, ~75 MiB of imports).
 
 Allocator: both sides run under the same glibc settings. By default the script re-executes
 itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (keeps large blocks instead of
@@ -190,6 +191,10 @@ def _status_kib(field: str) -> int:
 
 def peak_child(impl: str, config: str) -> None:
     step, _ = build(impl, *CONFIGS[config])
+    if impl == "nfopt":  # load the native kernels first: a one-time cost of the process (~75 MiB of
+        from nfopt.nn import _native  # imports), not memory of the step
+
+        _native.available()
     with open("/proc/self/clear_refs", "w") as f:  # reset the high-water mark to the current RSS
         f.write("5")
     before = _status_kib("VmRSS")

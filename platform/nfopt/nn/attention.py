@@ -265,7 +265,7 @@ class _TokenAttention(torch.autograd.Function):
         d_w, d_b, d_means = grads[:L], grads[L : 2 * L], grads[-1]  # (unused outputs' grads arrive as zeros)
         bsz, c = saved[0].shape[1], saved[0].shape[2]
         bh, d = bsz * H, c // H
-        d_tok = []  # per level: (3, B, C, n_l, T) gradients of the token groups
+        dqw, dqb, prev = [], [], None  # prev: the last level's (3, B, C, n_l, T) token gradients
         for level in range(L + 1):
             x, a_t = saved[2 * level], saved[2 * level + 1]
             q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
@@ -278,15 +278,12 @@ class _TokenAttention(torch.autograd.Function):
             ds = torch._softmax_backward_data(da, a_t, -2, a_t.dtype).mul_(q.shape[1] ** -0.5)
             torch.bmm(k, ds, out=dq)
             torch.bmm(q, ds.transpose(1, 2), out=dk)
-            d_tok.append(dx)
-        # every input's gradient in one pass: its columns' and rows' parts plus its mean's share
-        dqw = [_weight_from_tokens(native, d_tok[i + 1], d_tok[i], d_means[:, i] / (n[i + 1] * n[i])) for i in range(L)]
-        dqb = [
-            (d_tok[i + 1][..., n[i]].transpose(0, 1) + (d_means[:, L + i] / n[i + 1]).view(bsz, 3, c, 1)).reshape(
-                bsz, 3 * c, n[i + 1]
-            )
-            for i in range(L)
-        ]  # (B, 3C, n_{i+1})
+            if level >= 1:  # W_level's gradient (its two layers are done), in one pass with its mean's share
+                i = level - 1
+                dqw.append(_weight_from_tokens(native, dx, prev, d_means[:, i] / (n[level] * n[i])))
+                db = dx[..., n[i]].transpose(0, 1) + (d_means[:, L + i] / n[level]).view(bsz, 3, c, 1)
+                dqb.append(db.reshape(bsz, 3 * c, n[level]))  # (B, 3C, n_level)
+            prev = dx  # at most two levels' token gradients alive at once
         return (None, None, *dqw, *dqb)
 
 
