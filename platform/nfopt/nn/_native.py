@@ -2,8 +2,8 @@
 mixes for NP/HNP layers and a tiled per-entry MLP for the per-parameter learned optimizer
 (``entry_mlp``, usable inside ``torch.compile`` graphs: it has a fake implementation for
 tracing); ``csrc/lopt_kernels.cpp``, the learned update rule's features and bounded step
-(:mod:`nfopt.lopt.kernels`); ``csrc/attention_kernels.cpp``, weight-space attention's token
-gathers with blocked transposes. One library, ``torch.ops.nfopt_native``.
+(:mod:`nfopt.lopt.kernels`); ``csrc/nft_kernels.cpp``, weight-space attention's token gathers
+with blocked transposes and the per-entry channel LayerNorm. One library, ``torch.ops.nfopt_native``.
 
 Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
 into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source and flags, the torch
@@ -25,7 +25,7 @@ import torch
 __all__ = ["available", "ops"]
 
 _log = logging.getLogger(__name__)
-_SOURCES = ("np_kernels.cpp", "lopt_kernels.cpp", "attention_kernels.cpp")
+_SOURCES = ("np_kernels.cpp", "lopt_kernels.cpp", "nft_kernels.cpp")
 _SRCS = tuple(Path(__file__).with_name("csrc") / name for name in _SOURCES)
 _state: dict = {"tried": False, "ops": None, "error": None}
 # -ffp-contract=fast: FMAs (GCC emits none under -std=c++17); part of the build key

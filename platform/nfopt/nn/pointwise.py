@@ -9,12 +9,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nfopt.nn import fused
 from nfopt.nn._layout import fold_weight, unfold_weight
 from nfopt.nn._mix import channel_mix
 from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["ChannelLayerNorm", "LearnedScale", "NFActivation", "NFDropout", "Pointwise"]
+__all__ = ["ChannelLayerNorm", "LearnedScale", "NFActivation", "NFDropout", "Pointwise", "channel_layer_norm"]
 
 
 class Pointwise(nn.Module):
@@ -76,6 +77,19 @@ class NFDropout(nn.Module):
         return x.map(lambda t: nn.functional.dropout(t, self.p, True))
 
 
+def channel_layer_norm(t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm over the channel vector of every entry: ``(B, C, ...) -> (B, C, ...)`` with the
+    affine ``weight, bias: (C,)``. Without autograd on CPU floats, one native pass that keeps
+    each chunk of entries in L1 (``nfopt_native::channel_norm``; the plain form below makes ~8
+    passes); otherwise plain differentiable ops."""
+    if not torch.compiler.is_compiling() and fused.applies(t, weight, bias):
+        return torch.ops.nfopt_native.channel_norm(t, weight, bias, eps)
+    d = t - t.mean(1, keepdim=True)  # (Tensor.var over dim 1 measured ~10x slower here)
+    y = d * torch.rsqrt(d.square().mean(1, keepdim=True) + eps)
+    shape = (1, -1) + (1,) * (t.ndim - 2)
+    return y * weight.view(shape) + bias.view(shape)
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel vector of each entry, with a per-tensor affine
     (``weight, bias: (C,)`` for each weight and each bias tensor). Shapes unchanged."""
@@ -90,13 +104,7 @@ class ChannelLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n, channels))
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        out = []
-        for k, t in enumerate(x.tensors()):
-            mu = t.mean(1, keepdim=True)
-            var = (t - mu).square().mean(1, keepdim=True)
-            shape = (1, self.channels) + (1,) * (t.ndim - 2)
-            y = (t - mu) * torch.rsqrt(var + self.eps)
-            out.append(y * self.weight[k].view(shape) + self.bias[k].view(shape))
+        out = [channel_layer_norm(t, self.weight[k], self.bias[k], self.eps) for k, t in enumerate(x.tensors())]
         return WeightSpaceFeatures(out[0::2], out[1::2])
 
 

@@ -22,6 +22,7 @@ from nfopt.nn import _core
 from nfopt.nn._mix import channel_mix, functorch_active
 from nfopt.nn.attention import attend_weight_space
 from nfopt.nn.linear import apply_plan
+from nfopt.nn.pointwise import channel_layer_norm
 from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -351,12 +352,7 @@ class SharedChannelNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
-        def norm(t: Tensor) -> Tensor:
-            d = t - t.mean(1, keepdim=True)  # (Tensor.var over dim 1 measured ~10x slower here)
-            y = d * torch.rsqrt(d.square().mean(1, keepdim=True) + self.eps)
-            return y * _bcast(self.weight, t.ndim - 1) + _bcast(self.bias, t.ndim - 1)
-
-        return x.map(norm)
+        return x.map(lambda t: channel_layer_norm(t, self.weight, self.bias, self.eps))
 
 
 class SharedWeightSpaceAttention(nn.Module):

@@ -1,4 +1,5 @@
-// Token gathers of weight-space attention (see nfopt/nn/attention.py), with blocked transposes.
+// Kernels of the NFT layers: weight-space attention's token gathers (see nfopt/nn/attention.py)
+// with blocked transposes, and the per-entry channel LayerNorm (nfopt/nn/pointwise.py).
 //
 // At neuron layer l the tokens are the columns of W_l, the bias b_l and the rows of W_{l+1}, each
 // a feature-major (C, n_l) matrix: a (S, B, C, n_l, T) tensor built from W_l (B, S C, n_l, m)
@@ -11,11 +12,15 @@
 //     columns at its row layer) plus lo's last p token columns transposed (its rows at its
 //     column layer) plus mean[b, s C + c] everywhere: the attended weight, and the gradient of a
 //     weight from its two layers' token gradients.
+//   channel_norm(x, w, b, eps) -> y: LayerNorm over the channels of every entry of x (B, C, ...)
+//     with affine (C,): chunks of 256 entries x C channels stay in L1 across the mean, the
+//     variance and the output (PyTorch's form makes 8 passes over the tensor).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace {
@@ -128,14 +133,72 @@ at::Tensor weight_from_tokens(const at::Tensor& hi_, const at::Tensor& lo_, cons
   return out;
 }
 
+at::Tensor channel_norm(const at::Tensor& x_, const at::Tensor& w_, const at::Tensor& b_, double eps) {
+  TORCH_CHECK(x_.dim() >= 2, "channel_norm expects x (B, C, ...)");
+  const int64_t B = x_.size(0), C = x_.size(1);
+  TORCH_CHECK(w_.numel() == C && b_.numel() == C, "channel_norm: weight and bias must have C entries");
+  const int64_t N = B * C > 0 ? x_.numel() / (B * C) : 0;
+  auto x = x_.contiguous();
+  auto w = w_.contiguous().to(x.scalar_type()), b = b_.contiguous().to(x.scalar_type());
+  auto y = at::empty_like(x);
+  constexpr int64_t CH = 256;  // entries per chunk
+  const int64_t chunks = (N + CH - 1) / CH;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nfopt_channel_norm", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    const scalar_t* bp = b.data_ptr<scalar_t>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    const scalar_t inv_c = scalar_t(1) / static_cast<scalar_t>(C), e = static_cast<scalar_t>(eps);
+    at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {  // a job: 256 entries x C channels
+      alignas(64) scalar_t mean[CH];
+      alignas(64) scalar_t rstd[CH];
+      for (int64_t job = begin; job < end; ++job) {
+        const int64_t bi = job / chunks, n0 = (job % chunks) * CH, t = std::min(CH, N - n0);
+        const scalar_t* xb = xp + bi * C * N + n0;
+        scalar_t* yb = yp + bi * C * N + n0;
+        for (int64_t i = 0; i < t; ++i) mean[i] = 0;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xb + c * N;
+_Pragma("omp simd")
+          for (int64_t i = 0; i < t; ++i) mean[i] += xr[i];
+        }
+        for (int64_t i = 0; i < t; ++i) {
+          mean[i] *= inv_c;
+          rstd[i] = 0;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xb + c * N;
+_Pragma("omp simd")
+          for (int64_t i = 0; i < t; ++i) {
+            const scalar_t d = xr[i] - mean[i];
+            rstd[i] += d * d;
+          }
+        }
+_Pragma("omp simd")
+        for (int64_t i = 0; i < t; ++i) rstd[i] = scalar_t(1) / std::sqrt(rstd[i] * inv_c + e);
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* xr = xb + c * N;
+          scalar_t* yr = yb + c * N;
+          const scalar_t wc = wp[c], bc = bp[c];
+_Pragma("omp simd")
+          for (int64_t i = 0; i < t; ++i) yr[i] = (xr[i] - mean[i]) * rstd[i] * wc + bc;
+        }
+      }
+    });
+  });
+  return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nfopt_native, m) {
   m.def("weight_tokens(Tensor? w_in, Tensor? b_in, Tensor? w_out, int groups) -> Tensor");
   m.def("weight_from_tokens(Tensor hi, Tensor lo, Tensor? mean) -> Tensor");
+  m.def("channel_norm(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
   m.impl("weight_tokens", weight_tokens);
   m.impl("weight_from_tokens", weight_from_tokens);
+  m.impl("channel_norm", channel_norm);
 }
