@@ -209,3 +209,37 @@ def test_entry_mlp_wrapper_shapes_and_fallbacks(monkeypatch):
         assert entry_mlp(x, w1, c1, []) is None
         monkeypatch.setitem(_native._state, "ops", None)
         assert entry_mlp(x, w1, c1, layers) is None
+
+
+@needs_compiler
+@settings(max_examples=30, deadline=None)
+@given(
+    groups=st.integers(1, 3),
+    c=st.integers(1, 3),
+    sizes=st.tuples(st.integers(1, 40), st.integers(1, 40), st.integers(1, 40)),
+    inner=st.sampled_from(["both", "in", "out"]),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_attention_token_kernels_match_torch(groups, c, sizes, inner, dtype):
+    """``weight_tokens`` gathers a layer's tokens as the concatenation of transposed views does,
+    and ``weight_from_tokens`` sums a weight's two token blocks (full 16 x 16 tiles, transposed in
+    registers for float32, and edge tiles)."""
+    from nfopt.nn.attention import _tokens
+
+    m, n, p = sizes  # W_in (n, m), W_out (p, n) around neuron layer n
+    bsz, sc = 2, groups * c
+    w_in, b_in = torch.randn(bsz, sc, n, m, dtype=dtype), torch.randn(bsz, sc, n, dtype=dtype)
+    w_out = torch.randn(bsz, sc, p, n, dtype=dtype)
+    ws, bs, level = {"both": ([w_in, w_out], [b_in, None], 1), "in": ([w_in], [b_in], 1), "out": ([w_out], [None], 0)}[
+        inner
+    ]
+    got = _native.ops().weight_tokens(
+        w_in if inner != "out" else None, b_in if inner != "out" else None, w_out if inner != "in" else None, groups
+    )
+    assert torch.equal(got, torch.cat(_tokens(ws, bs, level, groups), dim=-1))
+    hi = torch.randn(groups, bsz, c, p, m + 3, dtype=dtype)  # the weight (p, m): first m tokens of hi
+    lo = torch.randn(groups, bsz, c, m, p + 2, dtype=dtype)  # ... and last p tokens of lo, transposed
+    mean = torch.randn(bsz, sc, dtype=dtype)
+    want = hi[..., :m] + lo[..., -p:].transpose(3, 4) + mean.view(bsz, groups, c, 1, 1).transpose(0, 1)
+    got = _native.ops().weight_from_tokens(hi, lo, mean)
+    torch.testing.assert_close(got, want.transpose(0, 1).reshape(bsz, sc, p, m))

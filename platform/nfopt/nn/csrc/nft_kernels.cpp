@@ -22,18 +22,62 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
 constexpr int64_t TILE = 16;
 
-// dst[j * ds + t] (+)= src[t * ss + j] for t < p, j < n, in TILE x TILE tiles
+#if defined(__AVX512F__)
+// dst[j * ds + t] (+)= src[t * ss + j] for t, j < 16: a 16 x 16 float tile transposed in registers
+template <bool Add>
+inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; i += 2) {  // pairs of rows interleaved
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {  // 2 x 2 blocks within each 128-bit lane
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 16; i += 8) {  // 128-bit lanes, then 256-bit halves
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0xdd);
+    }
+  }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i)
+    _mm512_storeu_ps(dst + i * ds, Add ? _mm512_add_ps(_mm512_loadu_ps(dst + i * ds), r[i]) : r[i]);
+}
+#endif
+
+// dst[j * ds + t] (+)= src[t * ss + j] for t < p, j < n, in TILE x TILE tiles (float32 full tiles
+// transposed in registers where the CPU has AVX-512)
 template <typename T, bool Add>
 inline void transpose_plane(const T* src, int64_t ss, T* dst, int64_t ds, int64_t p, int64_t n) {
   for (int64_t t0 = 0; t0 < p; t0 += TILE) {
     const int64_t t1 = std::min(p, t0 + TILE);
     for (int64_t j0 = 0; j0 < n; j0 += TILE) {
       const int64_t j1 = std::min(n, j0 + TILE);
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (t1 - t0 == TILE && j1 - j0 == TILE) {
+          transpose16<Add>(src + t0 * ss + j0, ss, dst + j0 * ds + t0, ds);
+          continue;
+        }
+      }
+#endif
       for (int64_t j = j0; j < j1; ++j) {
         T* d = dst + j * ds;
         for (int64_t t = t0; t < t1; ++t) {
