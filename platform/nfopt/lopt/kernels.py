@@ -21,9 +21,13 @@ Tensor = torch.Tensor
 
 
 def applies(x: Tensor, *tensors: Tensor) -> bool:
-    """Whether the kernels can run: CPU float32 ``x``, no gradient through any of ``x,
-    *tensors``, no ``torch.func`` transform, not traced by ``torch.compile``, kernels built."""
-    return x.dtype == torch.float32 and not torch.compiler.is_compiling() and fused.applies(x, *tensors)
+    """Whether the kernels can run: CPU float32 ``x`` and ``tensors``, no gradient through any of
+    them, no ``torch.func`` transform, not traced by ``torch.compile``, kernels built."""
+    return (
+        not torch.compiler.is_compiling()
+        and all(t.dtype == torch.float32 for t in (x, *tensors))
+        and fused.applies(x, *tensors)
+    )
 
 
 @dataclass(frozen=True, slots=True)
