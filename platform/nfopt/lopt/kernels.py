@@ -30,6 +30,12 @@ def applies(x: Tensor, *tensors: Tensor) -> bool:
     )
 
 
+def _bias_corrections(step: int) -> tuple[float, float]:
+    """Adam's ``1 - 0.9^t`` and ``1 - 0.999^t`` after this step (``step`` steps done before it)."""
+    t = step + 1
+    return 1 - 0.9**t, 1 - 0.999**t
+
+
 @dataclass(frozen=True, slots=True)
 class FusedFeatures:
     """One tensor's outputs of :func:`features`: ``feats (B, 2 + K [+ 1], ...)``, the new momenta
@@ -58,8 +64,7 @@ def features(
     normalised as :func:`~nfopt.lopt.features.build_features` does (``g`` with non-finite entries
     zeroed; ``u`` Adam's direction after this step, with ``adam_feature``), the updated ``mom``
     and ``v``, and the per-tensor statistics of :func:`~nfopt.lopt.features.tensor_stats`."""
-    t = step + 1
-    c1, c2 = 1 - 0.9**t, 1 - 0.999**t
+    c1, c2 = _bias_corrections(step)
     f, m, vv, s = torch.ops.nfopt_native.lopt_features(p, g, mom, v, decays, k09, c1, c2, eps, adam_feature, fan_in)
     return FusedFeatures(f, m, vv, s)
 
@@ -84,8 +89,7 @@ def apply_step(
     direction ``hand`` (``"adam"`` from the updated ``mom``'s ``k09``-th channel and ``v`` after
     ``step`` steps done, ``"momentum"``: that channel, ``"none"``) scaled by ``hand_scale``;
     ``mult``: the tensor's step multiplier over the bound. Returns the new ``(B, 1, ...)``."""
-    t = step + 1
-    c1, c2 = 1 - 0.9**t, 1 - 0.999**t
+    c1, c2 = _bias_corrections(step)
     return torch.ops.nfopt_native.lopt_apply(
         p,
         out,

@@ -172,7 +172,8 @@ class LearnedUpdateRule(nn.Module):
             params.weights[0], *_tensors(params), *_tensors(grads), *_tensors(state["mom"]), *_tensors(state["v"])
         )
         if fast:  # the fused kernels (no gradient flows through the features)
-            mom, v, feats, stats = self._fused_features(state, params, grads)
+            steps_done = int(state["step"])  # steps done before this one
+            mom, v, feats, stats = self._fused_features(state, params, grads, k, steps_done)
             adam = None
             time = time_features(state["step"], cfg, params.batch_size, params.dtype)
         else:
@@ -212,7 +213,7 @@ class LearnedUpdateRule(nn.Module):
         else:
             layer_mult = [base] * len(params)
         if fast and kernels.applies(out.weights[0], *_tensors(out), hand_scale, *layer_mult):
-            new = self._fused_step(state, params, out, mom, v, hand_scale, layer_mult)
+            new = self._fused_step(params, out, mom, v, k, steps_done, hand_scale, layer_mult)
         else:
             hand = {"adam": adam, "momentum": mom.map(lambda t: t[:, k : k + 1]), "none": None}[self.hand]
             if self.hand == "adam" and adam is None:  # features from the kernel: Adam's direction again
@@ -220,10 +221,13 @@ class LearnedUpdateRule(nn.Module):
             new = self._step(params, out, hand, hand_scale, layer_mult)
         return new, new_state
 
-    def _fused_features(self, state: dict, params: WSF, grads: WSF) -> tuple[WSF, WSF, WSF, tuple | None]:
+    def _fused_features(
+        self, state: dict, params: WSF, grads: WSF, k: int, step: int
+    ) -> tuple[WSF, WSF, WSF, tuple | None]:
         """The new momenta and second moment, the per-entry features and (with
-        ``tensor_features``) the per-tensor statistics, through :func:`nfopt.lopt.kernels.features`."""
-        cfg, k, step = self.features, self.features.decays.index(0.9), int(state["step"])
+        ``tensor_features``) the per-tensor statistics, through :func:`nfopt.lopt.kernels.features`
+        (``k``: the index of decay 0.9; ``step``: steps done before this one)."""
+        cfg = self.features
         fans = fan_ins(params)
 
         def run(ps, gs, ms, vs) -> list:
@@ -242,11 +246,12 @@ class LearnedUpdateRule(nn.Module):
         return wsf("mom"), wsf("v"), wsf("feats"), stats
 
     def _fused_step(
-        self, state: dict, params: WSF, out: WSF, mom: WSF, v: WSF, hand_scale: Tensor, layer_mult: list[Tensor]
+        self, params: WSF, out: WSF, mom: WSF, v: WSF, k: int, step: int, hand_scale: Tensor, layer_mult: list[Tensor]
     ) -> WSF:
         """:meth:`_step` through :func:`nfopt.lopt.kernels.apply_step` (Adam's direction or the
-        momentum recomputed there from the new ``mom`` and ``v``)."""
-        k, step, hs = self.features.decays.index(0.9), int(state["step"]), float(hand_scale)
+        momentum recomputed there from the new ``mom`` and ``v``; ``k``, ``step`` as in
+        :meth:`_fused_features`)."""
+        hs = float(hand_scale)
         mults = [float(m) for m in layer_mult]
 
         def run(ps, os, ms, vs) -> list[Tensor]:
