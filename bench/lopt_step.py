@@ -25,6 +25,7 @@ import torch
 
 import nfopt
 from nfopt.lopt import Adam, LearnedUpdateRule
+from nfopt.nn.compiled import inductor_options
 from nfopt.tasks import TaskFamily
 
 SHIPPED = {"nfn_np": "nfn_np_small", "mlp": "mlp_small", "nft": "nft_small"}  # nfopt.list_pretrained()
@@ -60,7 +61,7 @@ def main() -> None:
             opts[kind] = LearnedUpdateRule(kind, meta_model=meta, step_mult=0.01)
     if args.compile:  # a compiled copy of the headline rule (compiles on its first call below, ~45 s)
         compiled = copy.deepcopy(opts[kinds[0]])
-        compiled.compile()
+        compiled.compile(options=inductor_options("cpu"))  # as LearnedOptimizer(compile=True)
         opts[f"{kinds[0]}+compile"] = compiled
     states = {n: o.init(pop.spec, args.size) for n, o in opts.items()}
     gen = torch.Generator().manual_seed(0)

@@ -9,6 +9,7 @@ import torch
 
 from nfopt.lopt.layout import Slot, SpaceLayout, discover_spaces, tensor_space
 from nfopt.lopt.protocol import UpdateRule, flatten_state, unflatten_state
+from nfopt.nn.compiled import inductor_options
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
 __all__ = ["LearnedOptimizer", "module_parameters", "weight_space_layout"]
@@ -128,7 +129,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             if not isinstance(rule, torch.nn.Module):
                 raise ValueError("compile=True needs a learned rule (an nn.Module); baselines run eagerly")
             rule = copy.deepcopy(rule)
-            rule.compile()
+            rule.compile(options=inductor_options(tensors[0].device))
         self.rule = rule
         self.spaces = spaces if spaces is not None else _list_spaces(tensors, names)
         self.spec = self.spaces[0].spec  # the first (main) weight space

@@ -129,7 +129,10 @@ class Learner:
         average_from: int | None = None,
     ) -> None:
         self.theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
-        self.opt = torch.optim.Adam(self.theta.values(), lr=lr)
+        # fused: one kernel for every θ tensor (CPU and CUDA): 0.14 vs 0.70 ms per step for
+        # the MLP rule's 16 tensors, a share of the outer step's overhead at small populations
+        fused = all(v.dtype in (torch.float32, torch.float64) for v in self.theta.values())
+        self.opt = torch.optim.Adam(self.theta.values(), lr=lr, fused=fused or None)
         self.pool, self.clip, self.step_count = pool, clip, 0
         self.average_from = average_from
         self.theta_avg: Theta | None = None

@@ -20,6 +20,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from nfopt.lopt.rules import LearnedUpdateRule
+from nfopt.nn.compiled import inductor_options
 from nfopt.specs import child_seed
 from nfopt.tasks import TaskSampler
 from nfopt.tasks.batched import MLPPlan, mlp_loss_and_grad
@@ -282,7 +283,7 @@ class TaskProblem:
             # the Python objects' guards took ~4% of a 32-network step (0.36 of 9.7 ms).
             self._compiled[plan] = torch.compile(
                 functools.partial(_fused_step, self.rule, plan, self.clip_loss, self._log_losses),
-                options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe},
+                options={"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe} | inductor_options(self.device),
             )
         one = next(iter(theta.values())).new_ones(())
         scales = {k: one * pop.scales.get(k, 1.0) for k in pop.params}
