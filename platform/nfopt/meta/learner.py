@@ -17,6 +17,8 @@ from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
 from nfopt.meta.messages import Estimate, Theta, pack_theta, unpack_theta
 
+Tensor = torch.Tensor
+
 __all__ = ["Learner", "LocalPool", "Worker", "WorkerPool", "atomic_save"]
 
 
@@ -128,16 +130,25 @@ class Learner:
         seed: int = 0,
         average_from: int | None = None,
     ) -> None:
-        self.theta = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
-        # fused: one kernel for every θ tensor (CPU and CUDA): 0.14 vs 0.70 ms per step for
-        # the MLP rule's 16 tensors, a share of the outer step's overhead at small populations
-        fused = all(v.dtype in (torch.float32, torch.float64) for v in self.theta.values())
-        self.opt = torch.optim.Adam(self.theta.values(), lr=lr, fused=fused or None)
+        dtypes = {v.dtype for v in theta.values()}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise ValueError(f"θ must share one floating dtype; got {sorted(map(str, dtypes))}")
+        # θ is one flat leaf (D,); ``self.theta`` holds views of it by name. A step is then a
+        # handful of whole-vector ops and one fused Adam kernel instead of ~10 ops per tensor
+        # (0.74 ms for the MLP rule's 16 tensors here, ~2.7 ms on a cold core between estimates).
+        self._flat = torch.cat([v.detach().reshape(-1) for v in theta.values()]).clone().requires_grad_()
+        self.theta = _views(self._flat, {k: v.shape for k, v in theta.items()})
+        self.opt = torch.optim.Adam([self._flat], lr=lr, fused=True)
         self.pool, self.clip, self.step_count = pool, clip, 0
         self.average_from = average_from
-        self.theta_avg: Theta | None = None
+        self._avg: Tensor | None = None  # running mean of θ (D,), once averaging started
         self.avg_count = 0
         torch.manual_seed(seed)
+
+    @property
+    def theta_avg(self) -> Theta | None:
+        """The running mean of the averaged θs by name (``None`` before averaging starts)."""
+        return None if self._avg is None else _views(self._avg, {k: v.shape for k, v in self.theta.items()})
 
     def current_theta(self) -> Theta:
         return {k: v.detach() for k, v in self.theta.items()}
@@ -145,7 +156,7 @@ class Learner:
     def final_theta(self) -> Theta:
         """The θ to ship: the running mean of the averaged steps when there are any, else the
         current θ."""
-        if self.theta_avg is None:
+        if self._avg is None:
             return self.current_theta()
         return {k: v.clone() for k, v in self.theta_avg.items()}
 
@@ -153,29 +164,37 @@ class Learner:
         if self.average_from is None or self.step_count <= self.average_from:
             return
         self.avg_count += 1
-        now = self.current_theta()
-        if self.theta_avg is None:
-            self.theta_avg = {k: v.clone() for k, v in now.items()}
+        now = self._flat.detach()
+        if self._avg is None:
+            self._avg = now.clone()
         else:
-            for k, v in now.items():
-                self.theta_avg[k].lerp_(v, 1.0 / self.avg_count)  # mean += (θ - mean) / n
+            self._avg.lerp_(now, 1.0 / self.avg_count)  # mean += (θ - mean) / n
+
+    def _flat_grad(self, grad: Theta) -> Tensor:
+        """A θ-shaped estimate as one ``(D,)`` vector in θ's order."""
+        return torch.cat([grad[k].reshape(-1) for k in self.theta]).to(self._flat.dtype)
 
     def step(self) -> dict:
         t0 = time.perf_counter()
         results = self.pool.estimate_all(self.current_theta())
         results = [r for r in results if r is not None]
-        good = [r for r in results if all(torch.isfinite(g).all() for g in r.grad.values())]
-        total_n = sum(r.tasks for r in good)
-        metrics: dict = {"workers": len(results), "dropped_estimates": len(results) - len(good)}
+        metrics: dict = {"workers": len(results)}
+        good = []
+        if results:
+            grads = torch.stack([self._flat_grad(r.grad) for r in results])  # (W, D)
+            finite = torch.isfinite(grads).all(dim=1).tolist()
+            good = [k for k, ok in enumerate(finite) if ok]
+        metrics["dropped_estimates"] = len(results) - len(good)
+        total_n = sum(results[k].tasks for k in good)
         if total_n:
-            grad = {k: sum(r.grad[k] * r.tasks for r in good) / total_n for k in self.theta}
-            norm = math.sqrt(sum(float(g.square().sum()) for g in grad.values()))
+            w = grads.new_tensor([results[k].tasks / total_n for k in good])
+            grad = w @ grads[good]  # (D,): the task-weighted mean
+            norm = float(torch.linalg.vector_norm(grad))
             scale = min(1.0, self.clip / (norm + 1e-12)) if self.clip else 1.0
-            for k, p in self.theta.items():
-                p.grad = (grad[k] * scale).to(p)
+            self._flat.grad = grad * scale
             self.opt.step()
             metrics["grad_norm"] = norm
-            metrics["meta_loss"] = sum(r.metrics["meta_loss"] * r.tasks for r in good) / total_n
+            metrics["meta_loss"] = sum(results[k].metrics["meta_loss"] * results[k].tasks for k in good) / total_n
         metrics["nonfinite"] = sum(r.metrics["nonfinite"] for r in results)
         metrics["inner_steps"] = sum(r.metrics.get("inner_steps", 0) for r in results)
         compute = max((r.metrics["compute_s"] for r in results), default=0.0)
@@ -202,11 +221,40 @@ class Learner:
         with torch.no_grad():
             for k, v in sd["theta"].items():
                 self.theta[k].copy_(v)
-        self.opt.load_state_dict(sd["opt"])
+        self.opt.load_state_dict(_one_flat_param(sd["opt"], [v.shape for v in self.theta.values()]))
         self.step_count = sd["step"]
         avg = sd.get("theta_avg")  # absent in checkpoints written before averaging existed
-        self.theta_avg = None if avg is None else {k: v.detach().clone() for k, v in avg.items()}
+        self._avg = None if avg is None else torch.cat([avg[k].detach().reshape(-1) for k in self.theta]).clone()
         self.avg_count = int(sd.get("avg_count", 0))
         torch.set_rng_state(sd["torch_rng"])
         if sd.get("workers") is not None:
             self.pool.set_states(sd["workers"])
+
+
+def _views(flat: Tensor, shapes: dict[str, torch.Size]) -> Theta:
+    """Views of ``flat (D,)`` by name, in order, with the given shapes."""
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        n = math.prod(shape)
+        out[name] = flat[offset : offset + n].view(shape)
+        offset += n
+    return out
+
+
+def _one_flat_param(opt_state: dict, shapes: list[torch.Size]) -> dict:
+    """An Adam state dict for the learner's one flat θ: checkpoints written before θ was flat
+    hold one parameter per θ tensor (in θ's order); their moments are concatenated."""
+    groups = opt_state["param_groups"]
+    if len(groups) != 1 or len(groups[0]["params"]) == 1:
+        return opt_state
+    ids = groups[0]["params"]
+    if len(ids) != len(shapes):
+        raise ValueError(f"the checkpoint's meta-optimizer has {len(ids)} parameters; this θ has {len(shapes)} tensors")
+    per = [opt_state["state"].get(i, {}) for i in ids]
+    state = {}
+    if all(per):
+        state = {
+            "step": torch.as_tensor(per[0]["step"]).clone(),  # a copy: Adam counts it in place
+            **{k: torch.cat([p[k].reshape(-1) for p in per]) for k in ("exp_avg", "exp_avg_sq")},
+        }
+    return {"state": {0: state} if state else {}, "param_groups": [{**groups[0], "params": [0], "fused": True}]}
