@@ -171,23 +171,32 @@ def _entry_mlp_torch(x, w1, c1, layers):
 @given(
     bsz=st.integers(1, 3),
     f=st.integers(1, 12),
-    n=st.integers(1, 70),  # whole tiles of 16 entries and ragged ends
+    n=st.integers(1, 100),  # whole tiles of 32 entries and ragged ends
     hidden=st.lists(st.integers(1, 20), min_size=1, max_size=3),  # register blocks of 8 and remainders
     out=st.integers(1, 9),
     dtype=st.sampled_from([torch.float32, torch.float64]),
+    strided=st.booleans(),  # weights, biases and c1 as non-contiguous views
+    weight_dtype=st.sampled_from([None, torch.float32, torch.float64]),  # None: x's dtype
 )
-def test_entry_mlp_matches_torch(bsz, f, n, hidden, out, dtype):
+def test_entry_mlp_matches_torch(bsz, f, n, hidden, out, dtype, strided, weight_dtype):
     g = torch.Generator().manual_seed(bsz * 1000 + f * 100 + n)
     sizes = [*hidden, out]
+    wd = weight_dtype or dtype
+
+    def param(*shape):
+        if not strided:
+            return torch.randn(*shape, generator=g, dtype=wd)
+        t = torch.randn(*reversed(shape), 2, generator=g, dtype=wd)[..., 0]  # strides (.., 2) then transposed
+        return t.permute(*reversed(range(len(shape))))
+
     x = torch.randn(bsz, f, n, generator=g, dtype=dtype)
-    w1 = torch.randn(sizes[0], f, generator=g, dtype=dtype)
-    c1 = torch.randn(bsz, sizes[0], generator=g, dtype=dtype)
-    layers = [
-        (torch.randn(o, i, generator=g, dtype=dtype), torch.randn(o, generator=g, dtype=dtype))
-        for i, o in itertools.pairwise(sizes)
-    ]
+    w1, c1 = param(sizes[0], f), param(bsz, sizes[0])
+    layers = [(param(o, i), param(o)) for i, o in itertools.pairwise(sizes)]
     y = _native.ops().entry_mlp(x, w1, c1, [w for w, _ in layers], [b for _, b in layers])
-    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    assert y.dtype == dtype
+    w1, c1 = w1.to(dtype), c1.to(dtype)
+    layers = [(w.to(dtype), b.to(dtype)) for w, b in layers]
+    tol = 1e-4 if torch.float32 in (dtype, wd) else 1e-10
     torch.testing.assert_close(y, _entry_mlp_torch(x, w1, c1, layers), rtol=tol, atol=tol)
 
 
