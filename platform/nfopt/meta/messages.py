@@ -6,12 +6,13 @@ Both messages are ``NamedTuple``s: read by field name, and still unpackable in o
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["Estimate", "TaskEstimate", "Theta", "pack_theta", "theta_layout", "unpack_theta"]
+__all__ = ["Estimate", "TaskEstimate", "Theta", "pack_theta", "theta_layout", "theta_views", "unpack_theta"]
 
 Tensor = torch.Tensor
 Theta = dict[str, Tensor]
@@ -48,10 +49,14 @@ def pack_theta(theta: Theta) -> np.ndarray:
 
 def unpack_theta(flat, layout: Layout) -> Theta:
     """Inverse of :func:`pack_theta`; copies (buffers from another process are read-only)."""
-    t = torch.from_numpy(np.array(flat))
+    return theta_views(torch.from_numpy(np.array(flat)), layout)
+
+
+def theta_views(flat: Tensor, layout: Layout) -> Theta:
+    """Views of a flat ``(D,)`` tensor by name, laid out as :func:`theta_layout` says."""
     out, offset = {}, 0
     for name, shape in layout:
-        n = int(np.prod(shape)) if shape else 1
-        out[name] = t[offset : offset + n].view(shape)
+        n = math.prod(shape)
+        out[name] = flat[offset : offset + n].view(shape)
         offset += n
     return out
