@@ -1,6 +1,6 @@
 """A per-entry ReLU MLP as one fused CPU kernel: the whole MLP of the per-parameter learned
-optimizer, tile by tile of 16 entries, its hidden activations kept in L1 (``entry_mlp`` in
-``csrc/np_kernels.cpp``). For inference only (no autograd); callers fall back to their PyTorch
+optimizer, tile by tile of 16 (AVX2) or 32 (AVX-512) entries, its hidden activations kept in L1
+(``entry_mlp`` in ``csrc/np_kernels.cpp``). For inference only (no autograd); callers fall back to their PyTorch
 layers, which compute the same function, wherever :func:`entry_mlp` returns ``None``."""
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
 // Layout: X (B, F, R, C) contiguous, channels-first. pool_sums returns the row sums and the
 // column sums of every (R, C) matrix in one read of X, where PyTorch needs two reductions.
 // entry_mlp runs a small ReLU MLP on every entry's channel vector of X (B, F, N), tile by tile
-// of 16 entries, so its hidden activations never leave L1 (PyTorch writes each (B, H, N) hidden
-// tensor to memory and reads it back for the bias, the ReLU and the next GEMM).
+// of two vectors' worth of entries, so its hidden activations never leave L1 (PyTorch writes
+// each (B, H, N) hidden tensor to memory and reads it back for the bias, the ReLU and the next
+// GEMM).
 // entry_mix is an NP layer's big per-entry term with its broadcast terms, in one pass:
 // out = A x + col + row (read x once, write out once, streaming stores when out is too large
 // for the caches; MKL's batched GEMM into a broadcast-filled output makes four passes: measured
@@ -29,6 +30,25 @@
 #endif
 
 namespace {
+
+// Register blocking follows the vector ISA the build targets (-march=native): AVX-512 has 32
+// registers of 16 floats, AVX2 16 of 8. Blocks sized for the one spill registers on the other
+// (AVX-512's 16-float tiles on AVX2: two registers each, twice the register file in
+// accumulators) ran 3-5x slower than MKL there (entry_mix on (32, 16, 32, 64): 2.51 vs 0.45 ms, AMD EPYC, AVX2).
+#if defined(__AVX512F__)
+constexpr int kW = 16;      // floats per vector register
+constexpr int kMaxGB = 16;  // entry_mix: output rows accumulated in registers at once
+constexpr int kKB = 4;      // entry_mix_grad: dW register block, kKB x kHB vectors
+constexpr int kHB = 4;
+#else
+// AVX2 (narrower ISAs split the vector type; the blocks still fit). Measured on an AMD EPYC
+// (Zen 3), interleaved: 8 rows per entry_mix tile against 12 (0.62 vs 0.69 ms on (32, 16, 32,
+// 64)); dW blocks of 4 x 2 against 2 x 4 and 3 x 4 (1.28 vs 1.44 and 1.34 ms there).
+constexpr int kW = 8;
+constexpr int kMaxGB = 8;
+constexpr int kKB = 4;
+constexpr int kHB = 2;
+#endif
 
 // rows[b,f,c] = sum_r X[b,f,r,c];  cols[b,f,r] = sum_c X[b,f,r,c]   (one read of X), and with
 // Dot also dots[b,f] = sum_{r,c} X[b,f,r,c] w[b,r,c] in the same read: an NP backward's
@@ -92,10 +112,12 @@ std::vector<at::Tensor> pool_sums_dot(const at::Tensor& x, const at::Tensor& w) 
   return pool_sums_impl<true>(x, w);
 }
 
-constexpr int kLanes = 32;  // entries per tile: two AVX-512 vectors of floats, 16 accumulators
-                            // (the quickstart rule's four tensors: 563 vs 703 us with 16 lanes,
-                            // 600 with 48, interleaved in one process)
-constexpr int kBlock = 8;   // output channels accumulated in registers at once
+// entry_mlp tiles: kLanes entries (two vectors) x kBlock output channels of accumulators. The
+// quickstart rule's six tensors: AVX-512 32 x 8 563 us vs 703 with 16 lanes, 600 with 48; AVX2
+// (Zen 3) 16 x 6 538-674 us vs 16 x 5 549, 16 x 7 615, 8 x 8 864, 32 x 8 1025 (interleaved)
+constexpr int kLanes = 2 * kW;
+constexpr int kBlock = kW == 16 ? 8 : 6;
+static_assert(kBlock <= 8, "dense() takes remainders of 1..7 output channels");
 
 // out[j][:] = act(bias[j] + sum_k wt[k][j] * in[k][:]) for j in [j0, j0 + JB): JB x kLanes
 // accumulators live in registers; wt is the transposed weight (Hin, Hout).
@@ -222,16 +244,22 @@ at::Tensor entry_mlp(const at::Tensor& x_, const at::Tensor& w1, const at::Tenso
 
 // ---- entry_mix -------------------------------------------------------------------------------
 
-typedef float v16f __attribute__((vector_size(64)));  // 16 floats: one AVX-512 register, two AVX2
-constexpr int64_t kPrefetch = 128;                    // floats ahead on each input row (measured)
+typedef float vf __attribute__((vector_size(kW * 4)));  // one vector register of floats
+constexpr int64_t kPrefetch = 128;                       // floats ahead on each input row (measured)
 
-inline v16f load16(const float* p) {
-  v16f v;
+inline vf loadv(const float* p) {
+  vf v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
-inline void store16(float* p, v16f v, bool stream) {
+// Streaming (non-temporal) stores only where one vector is a whole 64-byte cache line: a
+// tile's rows are written a vector at a time, GB rows apart, so half-line streaming stores
+// (AVX2) leave partial lines in the write-combining buffers: measured 82 vs 12 ms for an
+// entry_mix writing 205 MB on AMD EPYC (Zen 3), 167 vs 30 with 16 input features.
+constexpr bool kStream = kW * sizeof(float) == 64;
+
+inline void storev(float* p, vf v, bool stream) {
 #if defined(__AVX512F__)
   if (stream) {  // p is 64-byte aligned when stream is set
     _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
@@ -242,29 +270,29 @@ inline void store16(float* p, v16f v, bool stream) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// GB output rows x 16 entries: out[g, t] = row[g, t] + col[g] + sum_f A[g, f] x[f, t], the GB
+// GB output rows x kW entries: out[g, t] = row[g, t] + col[g] + sum_f A[g, f] x[f, t], the GB
 // accumulators in registers; x, out rows are N apart, row rows C apart, A rows F apart.
 template <int GB>
 inline void mix_tile(const float* x, int64_t N, int64_t F, const float* A, const float* col, const float* row,
                      int64_t C, float* out, bool stream, bool prefetch) {
-  v16f acc[GB];
+  vf acc[GB];
 #pragma GCC unroll 16
-  for (int g = 0; g < GB; ++g) acc[g] = load16(row + g * C) + col[g];
+  for (int g = 0; g < GB; ++g) acc[g] = loadv(row + g * C) + col[g];
   for (int64_t f = 0; f < F; ++f) {
     if (prefetch) __builtin_prefetch(x + f * N + kPrefetch);
-    const v16f xv = load16(x + f * N);
+    const vf xv = loadv(x + f * N);
 #pragma GCC unroll 16
     for (int g = 0; g < GB; ++g) acc[g] += A[g * F + f] * xv;
   }
 #pragma GCC unroll 16
-  for (int g = 0; g < GB; ++g) store16(out + g * N, acc[g], stream);
+  for (int g = 0; g < GB; ++g) storev(out + g * N, acc[g], stream);
 }
 
 template <int GB>
 inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const float* A, const float* col,
                       const float* row, float* out, bool stream, bool prefetch) {
   int64_t j = 0;
-  for (; j + 16 <= C; j += 16) mix_tile<GB>(x + j, N, F, A, col, row + j, C, out + j, stream, prefetch);
+  for (; j + kW <= C; j += kW) mix_tile<GB>(x + j, N, F, A, col, row + j, C, out + j, stream, prefetch);
   for (; j < C; ++j)  // column tail
     for (int g = 0; g < GB; ++g) {
       float s = row[g * C + j] + col[g];
@@ -284,31 +312,31 @@ struct SpanPrefetch {
 
   void step() {
     for (int64_t i = 0; i < per_step && next < (K + H) * lines; ++i, ++next) {
-      const int64_t row = next / lines, off = (next % lines) * 16;
+      const int64_t row = next / lines, off = (next % lines) * 16;  // 16 floats: a cache line
       const float* p = row < K ? x + row * N + off : y + (row - K) * N + off;
       __builtin_prefetch(p, 0, 2);
     }
   }
 };
 
-// acc[k][h] += x[k, :C] * y[h, :C] lane-wise over 16-entry tiles (acc: K x H x 16 lane partial
+// acc[k][h] += x[k, :C] * y[h, :C] lane-wise over kW-entry tiles (acc: K x H x kW lane partial
 // sums); KB x HB register accumulators, x rows and y rows N apart; the column tail goes to lane 0.
 template <int KB, int HB>
 inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int64_t H, float* acc,
                        SpanPrefetch& pf) {
-  v16f a[KB][HB];
+  vf a[KB][HB];
 #pragma GCC unroll 16
   for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 16
-    for (int h = 0; h < HB; ++h) a[k][h] = v16f{};
+    for (int h = 0; h < HB; ++h) a[k][h] = vf{};
   int64_t j = 0;
-  for (; j + 16 <= C; j += 16) {
+  for (; j + kW <= C; j += kW) {
     pf.step();
-    v16f xv[KB], yv[HB];
+    vf xv[KB], yv[HB];
 #pragma GCC unroll 16
-    for (int h = 0; h < HB; ++h) yv[h] = load16(y + h * N + j);
+    for (int h = 0; h < HB; ++h) yv[h] = loadv(y + h * N + j);
 #pragma GCC unroll 16
-    for (int k = 0; k < KB; ++k) xv[k] = load16(x + k * N + j);
+    for (int k = 0; k < KB; ++k) xv[k] = loadv(x + k * N + j);
 #pragma GCC unroll 16
     for (int k = 0; k < KB; ++k)
 #pragma GCC unroll 16
@@ -316,20 +344,21 @@ inline void outer_rows(const float* x, const float* y, int64_t N, int64_t C, int
   }
   for (int k = 0; k < KB; ++k)
     for (int h = 0; h < HB; ++h) {
-      float* dst = acc + (k * H + h) * 16;
-      v16f v = load16(dst) + a[k][h];
+      float* dst = acc + (k * H + h) * kW;
+      vf v = loadv(dst) + a[k][h];
       for (int64_t t = j; t < C; ++t) v[0] += x[k * N + t] * y[h * N + t];
       std::memcpy(dst, &v, sizeof(v));
     }
 }
 
-// dW[k, h] += x[k, :C] . y[h, :C] for every k, h (rows N apart): 4 x 4 register blocks, then
-// the edges; prefetches the `next_len` floats at x + C, y + C of every row meanwhile (0: none)
+// dW[k, h] += x[k, :C] . y[h, :C] for every k, h (rows N apart): kKB x kHB register blocks,
+// then the edges; prefetches the `next_len` floats at x + C, y + C of every row meanwhile (0: none)
 inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int64_t N, int64_t C, float* acc,
                       int64_t next_len) {
   SpanPrefetch pf;
   if (next_len > 0) {
-    const int64_t blocks = ((K + 3) / 4) * ((H + 3) / 4) + 1, tiles = std::max<int64_t>(C / 16, 1);
+    const int64_t blocks = ((K + kKB - 1) / kKB) * ((H + kHB - 1) / kHB) + 1;
+    const int64_t tiles = std::max<int64_t>(C / kW, 1);
     pf.x = x + C;
     pf.y = y + C;
     pf.K = K;
@@ -343,11 +372,12 @@ inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int6
     constexpr int HB = decltype(hb)::value;
     for (; h + HB <= H; h += HB) {
       int64_t k = 0;
-      for (; k + 4 <= K; k += 4) outer_rows<4, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16, pf);
-      for (; k < K; ++k) outer_rows<1, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * 16, pf);
+      for (; k + kKB <= K; k += kKB)
+        outer_rows<kKB, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * kW, pf);
+      for (; k < K; ++k) outer_rows<1, HB>(x + k * N, y + h * N, N, C, H, acc + (k * H + h) * kW, pf);
     }
   };
-  hrun(std::integral_constant<int, 4>{});
+  hrun(std::integral_constant<int, kHB>{});
   hrun(std::integral_constant<int, 1>{});
 }
 
@@ -383,7 +413,7 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
   const float* yp = y_ != nullptr ? y.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   // streaming stores bypass the caches: only for outputs far larger than them, on aligned rows
-  const bool stream = out.numel() * 4 > (int64_t(32) << 20) && C % 16 == 0 &&
+  const bool stream = kStream && out.numel() * 4 > (int64_t(32) << 20) && C % 16 == 0 &&
                       reinterpret_cast<uintptr_t>(op) % 64 == 0;
   // lane partial sums of dW, one buffer per chunk of work items, summed in chunk order below
   // (deterministic for a given thread count, whichever thread ran which chunk)
@@ -394,7 +424,7 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
   const int64_t run_rows = std::max<int64_t>(1, std::min<int64_t>(R, 1024 / std::max<int64_t>(C, 1)));
   const int64_t runs = (R + run_rows - 1) / run_rows;
   at::parallel_for(0, B * runs, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> colv(G), lanes(yp != nullptr ? size_t(F) * H * 16 : 0, 0.0f);
+    std::vector<float> colv(G), lanes(yp != nullptr ? size_t(F) * H * kW : 0, 0.0f);
     float* acc = yp != nullptr ? lanes.data() : nullptr;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / runs, r0 = (item % runs) * run_rows, r1 = std::min(R, r0 + run_rows);
@@ -408,7 +438,7 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
             mix_block<GB>(xr, N, F, C, ap + g * F, colv.data() + g, rp + (b * G + g) * C,
                           op + (b * G + g) * N + r * C, stream, g == 0);
         };
-        run(std::integral_constant<int, 16>{});
+        if constexpr (kMaxGB >= 16) run(std::integral_constant<int, 16>{});
         run(std::integral_constant<int, 8>{});
         run(std::integral_constant<int, 4>{});
         run(std::integral_constant<int, 1>{});
@@ -431,7 +461,7 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
   for (const auto& part : partials)
     for (int64_t i = 0; i < F * H; ++i) {
       float s = 0;
-      for (int l = 0; l < 16; ++l) s += part.second[i * 16 + l];
+      for (int l = 0; l < kW; ++l) s += part.second[i * kW + l];
       dp[i] += s;
     }
   return {out, dW};
