@@ -293,12 +293,17 @@ inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const flo
                       const float* row, float* out, bool stream, bool prefetch) {
   int64_t j = 0;
   for (; j + kW <= C; j += kW) mix_tile<GB>(x + j, N, F, A, col, row + j, C, out + j, stream, prefetch);
-  for (; j < C; ++j)  // column tail
-    for (int g = 0; g < GB; ++g) {
-      float s = row[g * C + j] + col[g];
-      for (int64_t f = 0; f < F; ++f) s += A[g * F + f] * x[f * N + j];
-      out[g * N + j] = s;
-    }
+  const int64_t rem = C - j;
+  if (rem == 0) return;
+  // column tail: the last rem < kW columns through the same vector tile, on zero-padded copies
+  // (a scalar tail cost more than the vector part on short rows: C = 10, 50 on AVX2)
+  thread_local std::vector<float> xbuf;
+  xbuf.assign(size_t(F) * kW, 0.0f);
+  float rbuf[GB * kW] = {}, obuf[GB * kW];
+  for (int64_t f = 0; f < F; ++f) std::memcpy(xbuf.data() + f * kW, x + f * N + j, rem * sizeof(float));
+  for (int g = 0; g < GB; ++g) std::memcpy(rbuf + g * kW, row + g * C + j, rem * sizeof(float));
+  mix_tile<GB>(xbuf.data(), kW, F, A, col, rbuf, kW, obuf, false, false);
+  for (int g = 0; g < GB; ++g) std::memcpy(out + g * N + j, obuf + g * kW, rem * sizeof(float));
 }
 
 // ---- entry_mix_grad ----------------------------------------------------------------------------
