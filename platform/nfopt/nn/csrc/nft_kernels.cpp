@@ -23,7 +23,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -60,17 +60,47 @@ inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
   for (int i = 0; i < 16; ++i)
     _mm512_storeu_ps(dst + i * ds, Add ? _mm512_add_ps(_mm512_loadu_ps(dst + i * ds), r[i]) : r[i]);
 }
+#elif defined(__AVX2__)
+// dst[j * ds + t] (+)= src[t * ss + j] for t, j < 8: an 8 x 8 float tile transposed in registers
+template <bool Add>
+inline void transpose8(const float* src, int64_t ss, float* dst, int64_t ds) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ss);
+  for (int i = 0; i < 8; i += 2) {  // pairs of rows interleaved
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {  // 2 x 2 blocks within each 128-bit lane
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int k = 0; k < 4; ++k) {  // 128-bit halves: columns k (low) and k + 4 (high)
+    t[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
+    t[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
+  }
+  for (int i = 0; i < 8; ++i)
+    _mm256_storeu_ps(dst + i * ds, Add ? _mm256_add_ps(_mm256_loadu_ps(dst + i * ds), t[i]) : t[i]);
+}
+
+// the 16 x 16 tile as four 8 x 8 ones
+template <bool Add>
+inline void transpose16(const float* src, int64_t ss, float* dst, int64_t ds) {
+  for (int a = 0; a < 16; a += 8)
+    for (int b = 0; b < 16; b += 8) transpose8<Add>(src + a * ss + b, ss, dst + b * ds + a, ds);
+}
 #endif
 
 // dst[j * ds + t] (+)= src[t * ss + j] for t < p, j < n, in TILE x TILE tiles (float32 full tiles
-// transposed in registers where the CPU has AVX-512)
+// transposed in registers where the CPU has AVX-512 or AVX2)
 template <typename T, bool Add>
 inline void transpose_plane(const T* src, int64_t ss, T* dst, int64_t ds, int64_t p, int64_t n) {
   for (int64_t t0 = 0; t0 < p; t0 += TILE) {
     const int64_t t1 = std::min(p, t0 + TILE);
     for (int64_t j0 = 0; j0 < n; j0 += TILE) {
       const int64_t j1 = std::min(n, j0 + TILE);
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
       if constexpr (std::is_same_v<T, float>) {
         if (t1 - t0 == TILE && j1 - j0 == TILE) {
           transpose16<Add>(src + t0 * ss + j0, ss, dst + j0 * ds + t0, ds);
