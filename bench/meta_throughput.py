@@ -8,7 +8,8 @@ measured in alternating rounds (the order flips every round), so a noisy period 
 hits all of them: the NFN-NP rule with 1 and 2 workers, the per-parameter MLP rule with 1 worker
 (with ``--compile`` also both rules with the compiled inner step, ``estimator.compile``), and the
 JAX reference (``bench/anchors/jax_pes.py``: the same problem, population, unroll and PES, a
-per-parameter MLP learned optimizer under one ``jax.jit``, one CPU thread) in this process. The
+per-parameter MLP learned optimizer under one ``jax.jit``, pinned to one CPU: XLA's own thread
+pools otherwise took 1.77 cores of 2) in this process. The
 scaling efficiency is the median over rounds of ``(inner/s with 2) / (2 x inner/s with 1)``, the
 overhead the median share of an outer step spent outside the workers' compute (publishing θ,
 gathering estimates, the learner's update), ``vs_jax`` the median over rounds of nfopt's
@@ -16,7 +17,9 @@ per-core inner steps/s with the same (per-parameter MLP) rule over the JAX refer
 ``--compile``: the compiled step's), ``nfn_vs_jax`` the same for the NFN-NP rule. Without JAX
 installed (the ``bench`` extra) the JAX figures are skipped. Last line ``RESULT
 scaling_efficiency=X overhead=Y vs_jax=Z nfn_vs_jax=W inner_per_s_1=A inner_per_s_2=B
-mlp_inner_per_s=C jax_inner_per_s=D [mlp_compiled_inner_per_s=E nfn_compiled_inner_per_s=F]``.
+mlp_inner_per_s=C jax_inner_per_s=D jax_cores_used=U [mlp_compiled_inner_per_s=E
+nfn_compiled_inner_per_s=F]`` (U: the JAX process's CPU time over wall time while it ran, the
+check that its figure is per core).
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def main() -> None:
         for _ in range(args.warmup):  # the first step compiles
             jax_pes.step()
     per_s = {c: [] for c in cases}
+    jax_cores = []
     ratios, vs_jax, nfn_vs_jax, overheads = [], [], [], []
     for r in range(args.rounds):
         order = cases if r % 2 == 0 else cases[::-1]  # alternate, so a slow period hits all
@@ -138,6 +142,7 @@ def main() -> None:
         for c in order:
             if c == "jax":
                 res[c] = jax_pes.measure(args.steps)
+                jax_cores.append(jax_pes.cores_used)
             else:
                 m = measure(pools[c][0], args.steps)
                 res[c] = m["inner_per_s"]
@@ -164,7 +169,7 @@ def main() -> None:
     jax_part = (
         f" vs_jax={statistics.median(vs_jax):.2f} nfn_vs_jax={statistics.median(nfn_vs_jax):.2f}" if vs_jax else ""
     )
-    tail = f" jax_inner_per_s={med['jax']:.0f}" if "jax" in med else ""
+    tail = f" jax_inner_per_s={med['jax']:.0f} jax_cores_used={max(jax_cores):.2f}" if "jax" in med else ""
     if args.compile:
         tail += f" mlp_compiled_inner_per_s={med['mlp_1c']:.0f} nfn_compiled_inner_per_s={med['nfn_1c']:.0f}"
     print(

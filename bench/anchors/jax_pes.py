@@ -12,26 +12,45 @@ second moment over the tensor; 11 ``tanh(t/s)`` time features) and a 2x32 MLP wi
 head added to Adam's direction at lr 0.01 under a ``tanh`` bound. Inner steps are counted as
 nfopt counts them: ``2 (antithetic) x population x unroll`` per task per outer step.
 
-Installed by the ``bench`` extra (``jax``); runs on one CPU thread unless ``XLA_FLAGS`` says
-otherwise. ``python bench/anchors/jax_pes.py`` prints ``RESULT jax_inner_per_s=X``.
+Installed by the ``bench`` extra (``jax``). Runs on one core: XLA's CPU client starts thread
+pools of its own whatever ``XLA_FLAGS`` says (with ``--xla_cpu_multi_thread_eigen=false`` alone
+the process used 1.77 cores of 2 here, so its figure was not per core), so the client is created
+and every step runs with the calling thread pinned to one CPU (threads inherit the pin at
+creation); :attr:`JaxPES.cores_used` is the process's CPU time over wall time in the last
+:meth:`JaxPES.measure`. ``python bench/anchors/jax_pes.py`` prints ``RESULT jax_inner_per_s=X
+cores_used=Y``.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import argparse
 import itertools
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["JaxPES", "from_nfopt_task"]
+__all__ = ["JaxPES", "from_nfopt_task", "one_cpu"]
+
+
+@contextmanager
+def one_cpu():
+    """Pin the calling thread to the lowest CPU it may use, restoring its set afterwards
+    (threads it starts meanwhile keep the pin)."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
 
 DECAYS = (0.1, 0.5, 0.9, 0.99, 0.999, 0.9999)
 TIMESCALES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0)
@@ -139,6 +158,11 @@ class JaxPES:
     def __init__(
         self, problem: Problem, tasks: int = 2, population: int = 4, unroll: int = 10, sigma: float = 0.01, seed=0
     ):
+        self.cores_used = float("nan")
+        with one_cpu():  # XLA's client and its thread pools start here: pinned to one CPU
+            self._build(problem, tasks, population, unroll, sigma, seed)
+
+    def _build(self, problem: Problem, tasks: int, population: int, unroll: int, sigma: float, seed) -> None:
         self.problem, self.tasks, self.population, self.unroll, self.sigma = problem, tasks, population, unroll, sigma
         act = ACTIVATIONS[problem.activation]
         x, y = jnp.asarray(problem.x), jnp.asarray(problem.y)
@@ -225,16 +249,20 @@ class JaxPES:
         return self.tasks * 2 * self.population * self.unroll
 
     def step(self) -> float:
-        self._key, k = jax.random.split(self._key)
-        self.theta, self.opt, self.ts, loss = self._step(self.theta, self.opt, self.ts, k)
-        return float(loss)  # blocks until done
+        with one_cpu():
+            self._key, k = jax.random.split(self._key)
+            self.theta, self.opt, self.ts, loss = self._step(self.theta, self.opt, self.ts, k)
+            return float(loss)  # blocks until done
 
     def measure(self, steps: int) -> float:
-        """Inner steps per second over ``steps`` outer steps (compiled already by a first step)."""
-        t0 = time.perf_counter()
+        """Inner steps per second over ``steps`` outer steps (compiled already by a first step);
+        sets :attr:`cores_used`."""
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.step()
-        return steps * self.inner_steps_per_outer_step / (time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        self.cores_used = (time.process_time() - c0) / wall
+        return steps * self.inner_steps_per_outer_step / wall
 
 
 def main() -> None:
@@ -249,7 +277,7 @@ def main() -> None:
     first = pes.step()
     print(f"compiled in {time.perf_counter() - t0:.1f} s; meta-loss {first:.4f}")
     rate = pes.measure(args.steps)
-    print(f"RESULT jax_inner_per_s={rate:.0f}")
+    print(f"RESULT jax_inner_per_s={rate:.0f} cores_used={pes.cores_used:.2f}")
 
 
 if __name__ == "__main__":
