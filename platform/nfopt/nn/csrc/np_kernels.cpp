@@ -32,9 +32,9 @@
 namespace {
 
 // Register blocking follows the vector ISA the build targets (-march=native): AVX-512 has 32
-// registers of 16 floats, AVX2 16 of 8. Blocks sized for the one spill registers on the other
-// (AVX-512's 16-float tiles on AVX2: two registers each, twice the register file in
-// accumulators) ran 3-5x slower than MKL there (entry_mix on (32, 16, 32, 64): 2.51 vs 0.45 ms, AMD EPYC, AVX2).
+// registers of 16 floats, AVX2 16 of 8. AVX-512's blocks spill on AVX2 (a 16-float tile is two
+// registers there: twice the register file in accumulators) and ran 3-5x slower than MKL
+// (entry_mix on (32, 16, 32, 64): 2.51 vs 0.45 ms, AMD EPYC, AVX2).
 #if defined(__AVX512F__)
 constexpr int kW = 16;      // floats per vector register
 constexpr int kMaxGB = 16;  // entry_mix: output rows accumulated in registers at once
