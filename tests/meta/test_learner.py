@@ -117,3 +117,21 @@ def test_averaging_and_a_flat_checkpoint_round_trip(tmp_path):
 def test_theta_of_mixed_dtypes_is_refused():
     with pytest.raises(ValueError, match="one floating dtype"):
         Learner({"a": torch.zeros(2), "b": torch.zeros(2, dtype=torch.float64)}, ScriptedPool([], []))
+
+
+def test_the_update_of_a_small_theta_runs_on_one_thread_and_restores_the_count():
+    from nfopt.meta.learner import _ONE_THREAD_MAX, _one_thread
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with _one_thread(3000):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with _one_thread(_ONE_THREAD_MAX + 1):  # a large θ keeps every thread
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), _one_thread(10):
+            raise RuntimeError("the count comes back on errors too")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
