@@ -78,3 +78,21 @@ def test_compiled_forward_only_unrolls_equal_eager_ones_across_tasks_of_one_plan
         for x, y in zip(b["params"].tensors(), a["params"].tensors()):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
     assert len(fused._compiled) == 1
+
+
+def test_compiled_problems_of_one_process_keep_their_own_constants():
+    """Two compiled problems that differ only in a constant of the step (the meta-loss: mean vs
+    log of the normalised losses), with same-shaped tensors, in one process: each computes its
+    own meta-loss (compiled steps guard on tensors only; a shared graph would pass both)."""
+    torch.manual_seed(0)
+    rule = LearnedUpdateRule("mlp", meta_model={"hidden": 8})
+    theta = {k: v.detach() for k, v in rule.named_parameters()}
+    fam = TaskFamily.load("digits_mlp")
+    seed = next(s for s in range(40) if fam.sample(s).network_spec.num_layers == 2)
+    for meta_loss in ("mean", "log"):
+        eager = TaskProblem(fam, rule, population=2, offsets=False, meta_loss=meta_loss)
+        fused = TaskProblem(fam, rule, population=2, offsets=False, meta_loss=meta_loss, compile=True)
+        with torch.no_grad():
+            want, _, _ = eager.unroll(theta, eager.init_state(seed), 2)
+            got, _, _ = fused.unroll(theta, fused.init_state(seed), 2)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
