@@ -92,8 +92,13 @@ class FeatureConfig:
 
 def _inv_rms(t: Tensor, eps: float) -> Tensor:
     """``1 / sqrt(mean(t²) + eps)`` over each tensor's entries: ``(B, C, ...) -> (B, C, 1, ...)``
-    (one read pass, no ``t²`` temporary)."""
-    sq = torch.linalg.vector_norm(t, 2, dim=tuple(range(2, t.ndim)), keepdim=True).square()
+    (eagerly one read pass, no ``t²`` temporary; traced, the sum of squares, which inductor fuses
+    into one pass without the norm's square root of a square)."""
+    dims = tuple(range(2, t.ndim))
+    if torch.compiler.is_compiling():
+        sq = t.square().sum(dim=dims, keepdim=True)
+    else:
+        sq = torch.linalg.vector_norm(t, 2, dim=dims, keepdim=True).square()
     return torch.rsqrt(sq / t[0, 0].numel() + eps)
 
 
