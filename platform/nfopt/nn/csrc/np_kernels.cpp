@@ -225,7 +225,13 @@ at::Tensor entry_mlp(const at::Tensor& x_, const at::Tensor& w1, const at::Tenso
         scalar_t* nxt = bufb.data();
         for (int64_t f = 0; f < F; ++f) {  // gather the tile: F rows of nv entries, zero-padded
           const scalar_t* src = xp + (b * F + f) * N + n0;
-          for (int64_t l = 0; l < kLanes; ++l) cur[f * kLanes + l] = l < nv ? src[l] : scalar_t(0);
+          scalar_t* dst = cur + f * kLanes;
+          if (nv == kLanes) {  // a full tile: vector copies (the padded loop stays scalar)
+            _Pragma("omp simd")
+            for (int64_t l = 0; l < kLanes; ++l) dst[l] = src[l];
+          } else {
+            for (int64_t l = 0; l < kLanes; ++l) dst[l] = l < nv ? src[l] : scalar_t(0);
+          }
         }
         for (int64_t d = 0; d < depth; ++d) {
           const scalar_t* bias = d == 0 ? c1buf.data() + b * h1 : packed.data() + boff[d - 1];
@@ -234,7 +240,13 @@ at::Tensor entry_mlp(const at::Tensor& x_, const at::Tensor& w1, const at::Tenso
         }
         for (int64_t o = 0; o < O; ++o) {
           scalar_t* dst = op + (b * O + o) * N + n0;
-          for (int64_t l = 0; l < nv; ++l) dst[l] = cur[o * kLanes + l];
+          const scalar_t* src = cur + o * kLanes;
+          if (nv == kLanes) {
+            _Pragma("omp simd")
+            for (int64_t l = 0; l < kLanes; ++l) dst[l] = src[l];
+          } else {
+            for (int64_t l = 0; l < nv; ++l) dst[l] = src[l];
+          }
         }
       }
     });
