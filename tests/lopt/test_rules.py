@@ -402,3 +402,16 @@ def _counted(fn, calls):
         return fn(*args, **kwargs)
 
     return run
+
+
+def test_non_finite_entries_are_zeroed_alike_traced_and_eager():
+    """``_zero_nonfinite`` traced by ``torch.compile`` (``where(t - t == 0, t, 0)``, in inductor's
+    vector loops and their scalar tail) zeroes NaN and ±inf exactly as ``nan_to_num`` does."""
+    from nfopt.lopt.rules import _zero_nonfinite
+    from nfopt.nn.compiled import compile_bound
+
+    x = torch.tensor([1.5, float("nan"), float("inf"), -float("inf"), -0.0, 3.0, 1e38, -2.0, 0.25] * 3)  # 27
+    traced = compile_bound(lambda t: _zero_nonfinite(t * 2), device="cpu")
+    want = torch.nan_to_num(x * 2, nan=0.0, posinf=0.0, neginf=0.0)
+    torch.testing.assert_close(traced(x), want, rtol=0, atol=0)
+    torch.testing.assert_close(_zero_nonfinite(x * 2), want, rtol=0, atol=0)

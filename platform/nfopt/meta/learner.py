@@ -17,6 +17,8 @@ from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
 from nfopt.meta.messages import Estimate, Theta, pack_theta, theta_layout, theta_views, unpack_theta
 
+__all__ = ["Learner", "LocalPool", "Worker", "WorkerPool", "atomic_save"]
+
 Tensor = torch.Tensor
 
 #: Up to this many meta-parameters the learner's update runs on one thread (see :func:`_one_thread`).
@@ -29,7 +31,8 @@ def _one_thread(numel: int) -> Iterator[None]:
     learner's process idles ~0.1 s, long enough for its OpenMP threads to sleep, and some ATen ops
     split even a few thousand floats between threads (``sqrt`` in Adam's step: grain 2048):
     waking the second thread made one Adam step of 3000 floats 7.8 ms instead of 0.74 ms here
-    (2-core VM), ~10% of a quickstart outer step."""
+    (2-core VM), ~10% of a quickstart outer step. The count is process-wide: other threads of the
+    learner's process run on one intra-op thread meanwhile (~1 ms per outer step)."""
     n = torch.get_num_threads()
     if numel > _ONE_THREAD_MAX or n == 1:
         yield
@@ -39,9 +42,6 @@ def _one_thread(numel: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
-
-
-__all__ = ["Learner", "LocalPool", "Worker", "WorkerPool", "atomic_save"]
 
 
 class Worker:
