@@ -122,3 +122,26 @@ def test_nfn_global_input_enters_the_first_layer_as_its_per_sample_bias(seed, gl
     gb = torch.autograd.grad(sum((a * b).sum() for a, b in zip(plain.tensors(), w)), leaves)
     for a, b in zip(ga, gb):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@needs_compiler
+@pytest.mark.parametrize("kind", ["np", "hnp"])
+def test_nfn_layers_followed_by_relu_run_it_in_their_store(kind):
+    """Float32 inference (the native per-entry mix, rows of 16+ floats and a column tail): an NP
+    layer and the ReLU after it, run as one, give what the layer and then the activation give."""
+    from nfopt.weightspace import NetworkSpec
+
+    spec = NetworkSpec(((20, 17), (18, 20), (21, 18), (5, 21)))
+    torch.manual_seed(0)
+    model = NFNMetaModel(5, 3, channels=6, layers=3, kind=kind, outputs=3, pointwise=1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.5)
+    x = random_features(spec, 3, 5, torch.Generator().manual_seed(1)).map(lambda t: t.float())
+    g = torch.randn(3, 3)
+    with torch.no_grad():
+        fused = model(x, g)
+        h = model.first(model.enc(x) if model.enc is not None else x)
+        plain = model.rest(model.glob(h, g))
+    for a, b in zip(fused.tensors(), plain.tensors()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

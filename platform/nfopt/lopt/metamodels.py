@@ -120,7 +120,22 @@ class NFNMetaModel(nn.Module):
 
     def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
         terms = self.glob.terms(glob, len(x)) if self.glob is not None else None  # into the first layer's bias
-        return self.rest(self.first(self.enc(x) if self.enc is not None else x, terms))
+        mods = list(self.rest)
+        # an NP layer followed by a ReLU runs as one (the activation in the layer's native store)
+        fuse = bool(mods) and _is_relu(mods[0])
+        h = self.first(self.enc(x) if self.enc is not None else x, terms, relu=fuse)
+        i = int(fuse)
+        while i < len(mods):
+            m = mods[i]
+            if isinstance(m, SharedNPLinear) and i + 1 < len(mods) and _is_relu(mods[i + 1]):
+                h, i = m(h, relu=True), i + 2
+            else:
+                h, i = m(h), i + 1
+        return h
+
+
+def _is_relu(m: nn.Module) -> bool:
+    return isinstance(m, NFActivation) and m.fn is torch.relu
 
 
 class NFTMetaModel(nn.Module):

@@ -152,7 +152,7 @@ def _mix(plan: Plan, z: Tensor, P, Q, Z: Tensor, beta: Tensor):
     return zt, vt, kappa, ups, rho
 
 
-def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
+def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu: bool = False):
     z, P = _pool(plan, xs, bs, native)
     zt, vt, kappa, ups, rho = _mix(plan, z, P, Q, Z, beta)
     hs, us = [], []
@@ -169,22 +169,27 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
-            h = _entry_mix(native, x, A[i], col, row)  # (B, G, m_r, m_c)
+            h = _entry_mix(native, x, A[i], col, row, relu)  # (B, G, m_r, m_c)
         elif row is not None:
             h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
         else:
             h = col[..., None].contiguous()
+        if relu and A[i] is None:
+            h = torch.relu(h)
         hs.append(h)
         u = vt[i][:, :, None]  # (B, Gb, 1)
-        us.append((u + ups[i]).contiguous() if ups[i] is not None else u.contiguous())  # u first: see above
+        u = (u + ups[i]).contiguous() if ups[i] is not None else u.contiguous()  # u first: see above
+        us.append(torch.relu(u) if relu else u)
     return hs, us, z, P
 
 
-def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None):
+def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu: bool = False):
     """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
-    same layout with ``c_out`` channels. Plain torch ops, differentiable to any order, unless
-    ``native`` kernels are passed (for inference only)."""
-    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native)
+    same layout with ``c_out`` channels (``relu``: passed through a ReLU). Plain torch ops,
+    differentiable to any order, unless ``native`` kernels are passed (for inference only)."""
+    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native, relu and native is not None)
+    if relu and native is None:
+        hs, us = [torch.relu(h) for h in hs], [torch.relu(u) for u in us]
     return hs, us
 
 
@@ -323,17 +328,19 @@ def _mix_native(native, x: Tensor) -> bool:
     return native is not None and x.dtype == torch.float32 and x.shape[3] >= 16
 
 
-def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
+def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor, relu: bool = False) -> Tensor:
     """The per-entry term with its broadcasts, ``w x[b, :, r, c] + col[b, :, r] + row[b, :, c]``:
     ``(B, F, m_r, m_c) -> (B, G, m_r, m_c)`` for ``w: (G, F)``, ``col: (B, G, m_r)``, ``row: (B, G, m_c)``.
     One native pass over x and the output where it applies (``_mix_native``), else a
     broadcast-filled output and one batched GEMM accumulating into it (four passes: fill, then
-    the GEMM's read, read, write)."""
+    the GEMM's read, read, write). ``relu``: the ReLU that follows, in the native pass as the
+    output is stored, else in place on the fresh output (no autograd: ``native`` is inference)."""
     bsz, f, mr, mc = x.shape
     if _mix_native(native, x):
-        return native.entry_mix(x, w, col, row)
+        return native.entry_mix(x, w, col, row, relu)
     h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
-    return _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
+    h = _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
+    return h.relu_() if relu else h
 
 
 def _entry_mix_grad(native, dh: Tensor, wt: Tensor, col: Tensor, row: Tensor, x: Tensor, dw: Tensor | None):

@@ -34,10 +34,13 @@ def fused_backward(enabled: bool):
         _FUSED = old
 
 
-def apply_plan(plan: _core.Plan, x: WeightSpaceFeatures, A, Q, Z, beta, adjust=None) -> WeightSpaceFeatures:
+def apply_plan(
+    plan: _core.Plan, x: WeightSpaceFeatures, A, Q, Z, beta, adjust=None, relu: bool = False
+) -> WeightSpaceFeatures:
     """Run the equivariant linear map of ``plan`` with the given parameter matrices on ``x``:
     fold to the kernels' layout, the fused-backward path when autograd needs it (plain ops
-    otherwise, and under ``torch.func``), unfold. ``adjust(xs, bs)`` may edit folded inputs."""
+    otherwise, and under ``torch.func``), unfold. ``adjust(xs, bs)`` may edit folded inputs.
+    ``relu``: the output passed through a ReLU (in the native mix's store where it runs)."""
     perm, spec, c = plan.perm, plan.spec, plan.c_out
     xs = [fold_weight(w, not perm[i + 1], not perm[i]) for i, w in enumerate(x.weights)]
     bs = [fold_bias(b, not perm[i + 1]) for i, b in enumerate(x.biases)]
@@ -53,11 +56,13 @@ def apply_plan(plan: _core.Plan, x: WeightSpaceFeatures, A, Q, Z, beta, adjust=N
     if fused:
         out = _core.FusedEquivariantLinear.apply(plan, len(xs), *xs, *bs, *A, *Q, Z, beta)
         hs, us = out[: len(xs)], out[len(xs) :]
+        if relu:
+            hs, us = [torch.relu(h) for h in hs], [torch.relu(u) for u in us]
     else:
         # plain ops; the one-pass native pooling only where no autograd/torch.func will see it
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *bs, *params))
         native = None if needs_grad or functorch_active(*xs, *params) else _core._native_for(xs)
-        hs, us = _core.forward(plan, xs, bs, A, Q, Z, beta, native=native)
+        hs, us = _core.forward(plan, xs, bs, A, Q, Z, beta, native=native, relu=relu)
     n = spec.neuron_sizes
     ws = [unfold_weight(h, spec.weight_shapes[i], c, not perm[i + 1], not perm[i]) for i, h in enumerate(hs)]
     bs_out = [unfold_bias(u, n[i + 1], c, not perm[i + 1]) for i, u in enumerate(us)]

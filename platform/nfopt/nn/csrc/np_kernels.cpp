@@ -286,7 +286,7 @@ inline void storev(float* p, vf v, bool stream) {
 // accumulators in registers; x, out rows are N apart, row rows C apart, A rows F apart.
 template <int GB>
 inline void mix_tile(const float* x, int64_t N, int64_t F, const float* A, const float* col, const float* row,
-                     int64_t C, float* out, bool stream, bool prefetch) {
+                     int64_t C, float* out, bool stream, bool prefetch, bool relu) {
   vf acc[GB];
 #pragma GCC unroll 16
   for (int g = 0; g < GB; ++g) acc[g] = loadv(row + g * C) + col[g];
@@ -296,15 +296,19 @@ inline void mix_tile(const float* x, int64_t N, int64_t F, const float* A, const
 #pragma GCC unroll 16
     for (int g = 0; g < GB; ++g) acc[g] += A[g * F + f] * xv;
   }
+  if (relu) {  // the activation that follows, applied in registers (no pass over the output)
+#pragma GCC unroll 16
+    for (int g = 0; g < GB; ++g) acc[g] = acc[g] > 0.0f ? acc[g] : 0.0f;
+  }
 #pragma GCC unroll 16
   for (int g = 0; g < GB; ++g) storev(out + g * N, acc[g], stream);
 }
 
 template <int GB>
 inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const float* A, const float* col,
-                      const float* row, float* out, bool stream, bool prefetch) {
+                      const float* row, float* out, bool stream, bool prefetch, bool relu) {
   int64_t j = 0;
-  for (; j + kW <= C; j += kW) mix_tile<GB>(x + j, N, F, A, col, row + j, C, out + j, stream, prefetch);
+  for (; j + kW <= C; j += kW) mix_tile<GB>(x + j, N, F, A, col, row + j, C, out + j, stream, prefetch, relu);
   const int64_t rem = C - j;
   if (rem == 0) return;
   // column tail: the last rem < kW columns through the same vector tile, on zero-padded copies
@@ -314,7 +318,7 @@ inline void mix_block(const float* x, int64_t N, int64_t F, int64_t C, const flo
   float rbuf[GB * kW] = {}, obuf[GB * kW];
   for (int64_t f = 0; f < F; ++f) std::memcpy(xbuf.data() + f * kW, x + f * N + j, rem * sizeof(float));
   for (int g = 0; g < GB; ++g) std::memcpy(rbuf + g * kW, row + g * C + j, rem * sizeof(float));
-  mix_tile<GB>(xbuf.data(), kW, F, A, col, rbuf, kW, obuf, false, false);
+  mix_tile<GB>(xbuf.data(), kW, F, A, col, rbuf, kW, obuf, false, false, relu);
   for (int g = 0; g < GB; ++g) std::memcpy(out + g * N + j, obuf + g * kW, rem * sizeof(float));
 }
 
@@ -401,9 +405,10 @@ inline void outer_row(const float* x, int64_t K, const float* y, int64_t H, int6
 // out[b, g, r, c] = sum_f A[g, f] x[b, f, r, c] + col[b, g, r] + row[b, g, c]; with y (B, H, R, C)
 // also dW[f, h] = sum_{b, r, c} x[b, f, r, c] y[b, h, r, c] from the same read of x (its rows are
 // in the caches after the mix): with x an output gradient, A the transposed weight and y the
-// layer's input, an NP backward's input adjoint and weight gradient in one pass.
+// layer's input, an NP backward's input adjoint and weight gradient in one pass. relu: out clamped
+// at 0 as it is stored (the activation after an inference layer).
 std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A_, const at::Tensor& col_,
-                                       const at::Tensor& row_, const at::Tensor* y_) {
+                                       const at::Tensor& row_, const at::Tensor* y_, bool relu) {
   TORCH_CHECK(x_.dim() == 4 && x_.scalar_type() == at::kFloat, "entry_mix expects float32 x (B, F, R, C)");
   auto x = x_.contiguous();
   const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3), N = R * C;
@@ -453,7 +458,7 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
           constexpr int GB = decltype(gb)::value;
           for (; g + GB <= G; g += GB)
             mix_block<GB>(xr, N, F, C, ap + g * F, colv.data() + g, rp + (b * G + g) * C,
-                          op + (b * G + g) * N + r * C, stream, g == 0);
+                          op + (b * G + g) * N + r * C, stream, g == 0, relu);
         };
         if constexpr (kMaxGB >= 16) run(std::integral_constant<int, 16>{});
         run(std::integral_constant<int, 8>{});
@@ -484,13 +489,14 @@ std::vector<at::Tensor> entry_mix_impl(const at::Tensor& x_, const at::Tensor& A
   return {out, dW};
 }
 
-at::Tensor entry_mix(const at::Tensor& x, const at::Tensor& A, const at::Tensor& col, const at::Tensor& row) {
-  return entry_mix_impl(x, A, col, row, nullptr)[0];
+at::Tensor entry_mix(const at::Tensor& x, const at::Tensor& A, const at::Tensor& col, const at::Tensor& row,
+                     bool relu) {
+  return entry_mix_impl(x, A, col, row, nullptr, relu)[0];
 }
 
 std::vector<at::Tensor> entry_mix_grad(const at::Tensor& x, const at::Tensor& A, const at::Tensor& col,
                                        const at::Tensor& row, const at::Tensor& y) {
-  return entry_mix_impl(x, A, col, row, &y);
+  return entry_mix_impl(x, A, col, row, &y, false);
 }
 
 }  // namespace
@@ -499,7 +505,7 @@ TORCH_LIBRARY(nfopt_native, m) {
   m.def("pool_sums(Tensor x) -> Tensor[]");
   m.def("pool_sums_dot(Tensor x, Tensor w) -> Tensor[]");
   m.def("entry_mlp(Tensor x, Tensor w1, Tensor c1, Tensor[] weights, Tensor[] biases) -> Tensor");
-  m.def("entry_mix(Tensor x, Tensor A, Tensor col, Tensor row) -> Tensor");
+  m.def("entry_mix(Tensor x, Tensor A, Tensor col, Tensor row, bool relu=False) -> Tensor");
   m.def("entry_mix_grad(Tensor x, Tensor A, Tensor col, Tensor row, Tensor y) -> Tensor[]");
 }
 
