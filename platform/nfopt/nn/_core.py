@@ -334,13 +334,15 @@ def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor, relu: boo
     One native pass over x and the output where it applies (``_mix_native``), else a
     broadcast-filled output and one batched GEMM accumulating into it (four passes: fill, then
     the GEMM's read, read, write). ``relu``: the ReLU that follows, in the native pass as the
-    output is stored, else in place on the fresh output (no autograd: ``native`` is inference)."""
+    output is stored, else on the fresh output (in place when ``native``: inference only)."""
     bsz, f, mr, mc = x.shape
     if _mix_native(native, x):
         return native.entry_mix(x, w, col, row, relu)
     h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
     h = _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
-    return h.relu_() if relu else h
+    if relu:
+        h = h.relu_() if native is not None else torch.relu(h)
+    return h
 
 
 def _entry_mix_grad(native, dh: Tensor, wt: Tensor, col: Tensor, row: Tensor, x: Tensor, dw: Tensor | None):
