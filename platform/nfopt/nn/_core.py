@@ -187,9 +187,7 @@ def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu
     """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
     same layout with ``c_out`` channels (``relu``: passed through a ReLU). Plain torch ops,
     differentiable to any order, unless ``native`` kernels are passed (for inference only)."""
-    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native, relu and native is not None)
-    if relu and native is None:
-        hs, us = [torch.relu(h) for h in hs], [torch.relu(u) for u in us]
+    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native, relu)
     return hs, us
 
 
