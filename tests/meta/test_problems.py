@@ -3,10 +3,11 @@
 import pytest
 import torch
 from pydantic import ValidationError
+from torch.utils import _pytree as pytree
 
 from nfopt.jobs import EstimatorSpec
 from nfopt.lopt import FeatureConfig, LearnedUpdateRule
-from nfopt.meta import TaskProblem, TruncatedBackprop
+from nfopt.meta import TaskProblem, TruncatedBackprop, problems
 from nfopt.meta.problems import rematerialized
 from nfopt.tasks import TaskFamily
 
@@ -55,41 +56,47 @@ def test_remat_is_for_truncated_backprop_only():
         EstimatorSpec(kind="tbptt", compile=True)
 
 
-def test_compiled_forward_only_unrolls_equal_eager_ones_across_tasks_of_one_plan():
-    """The compiled step (one graph per plan; widths, scales and loss scale are inputs) gives the
-    eager unroll's losses and parameters, on two tasks of one plan, one of them reparameterised."""
+def test_compiled_forward_only_unrolls_equal_eager_ones_across_tasks_of_one_plan(monkeypatch):
+    """The compiled steps (one ``while_loop`` graph per plan; widths, scales and loss scale are
+    inputs) give the eager unroll's losses, counts and parameters, on two tasks of one plan, one of
+    them reparameterised; an unroll longer than a chunk takes several calls (the last one partly
+    filled) and the ``tail`` meta-loss spans chunks."""
+    monkeypatch.setattr(problems, "_CHUNK", 2)
     torch.manual_seed(0)
     rule = LearnedUpdateRule("mlp", meta_model={"hidden": 8})
     theta = {k: v.detach() + 0.05 * torch.randn_like(v) for k, v in rule.named_parameters()}
     fam = TaskFamily.load("digits_mlp")
-    eager = TaskProblem(fam, rule, population=2, offsets=False)
-    fused = TaskProblem(fam, rule, population=2, offsets=False, compile=True)
+    eager = TaskProblem(fam, rule, population=2, offsets=False, meta_loss="tail")
+    fused = TaskProblem(fam, rule, population=2, offsets=False, meta_loss="tail", compile=True)
     seeds = [s for s in range(40) if fam.sample(s).network_spec.num_layers == 2 and fam.sample(s).activation == "relu"][
         :2
     ]  # one plan, two widths
     for prob in (eager, fused):  # reparameterise the second task's population
         task, pop = prob._task(seeds[1])
         prob._cache[seeds[1]] = (task, pop.reparameterize({"1.weight": 3.0}, loss_scale=0.5))
-    for seed in seeds:
+    for seed, steps in zip(seeds, (3, 15)):  # chunks of 2, the last of 1; a tail of 3 steps over two chunks
         with torch.no_grad():
-            a_loss, a, _ = eager.unroll(theta, eager.init_state(seed), 3)
-            b_loss, b, _ = fused.unroll(theta, fused.init_state(seed), 3)
+            a_loss, a, a_info = eager.unroll(theta, eager.init_state(seed), steps)
+            b_loss, b, b_info = fused.unroll(theta, fused.init_state(seed), steps)
         torch.testing.assert_close(b_loss, a_loss, rtol=1e-5, atol=1e-6)
+        assert b_info == a_info and b["step"] == a["step"] == steps
         for x, y in zip(b["params"].tensors(), a["params"].tensors()):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+        for x, y in zip(pytree.tree_leaves(b["rule"]), pytree.tree_leaves(a["rule"])):
             torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
     assert len(fused._compiled) == 1
 
 
 def test_compiled_problems_of_one_process_keep_their_own_constants():
-    """Two compiled problems that differ only in a constant of the step (the meta-loss: mean vs
-    log of the normalised losses), with same-shaped tensors, in one process: each computes its
+    """Two compiled problems that differ only in a constant of the step (the meta-loss: the last
+    normalised loss vs the mean log of them), with same-shaped tensors, in one process: each computes its
     own meta-loss (compiled steps guard on tensors only; a shared graph would pass both)."""
     torch.manual_seed(0)
     rule = LearnedUpdateRule("mlp", meta_model={"hidden": 8})
     theta = {k: v.detach() for k, v in rule.named_parameters()}
     fam = TaskFamily.load("digits_mlp")
     seed = next(s for s in range(40) if fam.sample(s).network_spec.num_layers == 2)
-    for meta_loss in ("mean", "log"):
+    for meta_loss in ("final", "log"):
         eager = TaskProblem(fam, rule, population=2, offsets=False, meta_loss=meta_loss)
         fused = TaskProblem(fam, rule, population=2, offsets=False, meta_loss=meta_loss, compile=True)
         with torch.no_grad():

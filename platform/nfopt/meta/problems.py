@@ -10,7 +10,6 @@ calls from one state see the same data (common random numbers for antithetic est
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from dataclasses import dataclass
@@ -95,28 +94,57 @@ def _track(loss: Tensor, loss0: Tensor, clip_loss: float, logs: bool) -> tuple[T
     return (torch.log(norm.clamp_min(1e-6)) if logs else norm).mean(), bad.sum()
 
 
-def _fused_step(
+#: Inner steps one compiled call runs at most (a ``while_loop`` over the chunk; longer unrolls
+#: take several calls). Fixed, so one graph serves every unroll length.
+_CHUNK = 16
+
+
+def _fused_chunk(
     rule: LearnedUpdateRule,
     plan: MLPPlan,
     clip_loss: float,
     logs: bool,
+    state_spec: pytree.TreeSpec,
     theta: Theta,
-    params,
-    rstate: dict,
-    x,
-    y,
-    idx,
-    scales,
-    loss_scale,
-    loss0,
+    x: Tensor,
+    y: Tensor,
+    idx: Tensor,
+    first: Tensor,
+    end: Tensor,
+    scales: dict[str, Tensor],
+    loss_scale: Tensor,
+    loss0: Tensor,
+    tail_from: Tensor,
+    acc: tuple[Tensor, Tensor, Tensor, Tensor],
+    leaves: list[Tensor],
 ):
-    """One forward-only inner step of a plain-MLP population on the minibatches ``x[idx],
-    y[idx]`` (``idx: (P, batch)``, gathered inside the graph): minibatch losses ``(P,)``, the
-    rule's update of the parameters (features ``(P, 1, ...)``) and its state, and the step's
-    bookkeeping (:func:`_track`), all in one graph. Compiled per plan."""
-    loss, grads = mlp_loss_and_grad(plan, plan.params(params), x[idx], y[idx], scales, loss_scale)
-    params, rstate = rule.update(theta, rstate, params, plan.features(grads), loss)
-    return (*_track(loss, loss0, clip_loss, logs), params, rstate)
+    """Forward-only inner steps ``first .. end - 1`` of an unroll of a plain-MLP population, in one
+    graph: a ``while_loop`` whose body is one step (minibatch losses ``(P,)`` on ``x[idx[i -
+    first]], y[...]`` (``idx: (_CHUNK, P, batch)``, gathered inside), their gradients, the rule's
+    update of the parameters and its state, and the step's bookkeeping (:func:`_track`)).
+    ``leaves``: the flattened ``(params, rule state)`` (``state_spec``); ``acc``: the unroll's
+    running sums ``(total, tail, last, bad)``: the meta-loss terms summed, summed from step
+    ``tail_from`` on, the last one, and the blown-up members counted. Returns the step index
+    reached, ``acc`` and ``leaves``. Compiled per plan (:meth:`TaskProblem._compiled_chunk`): one
+    call per chunk instead of per step (dynamo's guards, the graph's Python wrapper and the unroll's
+    own Python ran ~0.3 ms per compiled step, a fifth of a quickstart-size step here)."""
+
+    def cond(i, *carry):
+        return i < end
+
+    def body(i, total, tail, last, bad, *state):
+        params, rstate = pytree.tree_unflatten(list(state), state_spec)
+        rows = idx.index_select(0, (i - first).reshape(1)).squeeze(0)  # (P, batch)
+        loss, grads = mlp_loss_and_grad(plan, plan.params(params), x[rows], y[rows], scales, loss_scale)
+        params, rstate = rule.update(theta, rstate, params, plan.features(grads), loss)
+        term, blown = _track(loss, loss0, clip_loss, logs)
+        tail = tail + torch.where(i >= tail_from, term, torch.zeros_like(term))
+        ins = {id(t) for t in state}  # a loop's outputs may not alias its inputs: copy passed-through state
+        out = [t.clone() if id(t) in ins else t for t in pytree.tree_leaves((params, rstate))]
+        return (i + 1, total + term, tail, term, bad + blown, *out)
+
+    # the loop's carried inputs may alias neither each other nor the body's other inputs
+    return torch.while_loop(cond, body, (first.clone(), *(a.clone() for a in acc), *leaves))
 
 
 class InnerProblem(Protocol):
@@ -184,11 +212,14 @@ class TaskProblem:
     steps, not ``steps`` x ``(P, ~40, ...)``; about one extra forward per step. The gradient is
     the same up to float rounding.
 
-    ``compile=True`` (for the forward-only estimators: ES, PES, whole-run ES): each inner step of
-    a plain-MLP population (inner gradient and the rule's update) runs as one ``torch.compile``
+    ``compile=True`` (for the forward-only estimators: ES, PES, whole-run ES): the inner steps of
+    a plain-MLP population (inner gradient and the rule's update) run as one ``torch.compile``
     graph per architecture plan (:class:`~nfopt.tasks.batched.MLPPlan`: depth, activations,
-    loss; widths, batch sizes, reparameterisation and loss scales are inputs, not constants),
-    compiled on first use (tens of seconds each on a CPU core). Other steps stay eager.
+    loss; widths, batch sizes, reparameterisation and loss scales are inputs, not constants): a
+    ``while_loop`` over up to ``_CHUNK`` (16) steps per call, so a PES truncation of 10 steps is
+    one call (:func:`_fused_chunk`). Compiled on first use in each process: tens of seconds per
+    plan on a CPU core, and not cached across processes (torch 2.13's graph cache skips
+    ``while_loop`` graphs). Other steps stay eager.
     """
 
     def __init__(
@@ -273,61 +304,81 @@ class TaskProblem:
         """Whether the meta-loss averages log normalised losses (``log``/``tail``) or the losses."""
         return self.meta_loss in ("log", "tail")
 
-    def _fused(self, pop, theta: Theta):
-        """The compiled step for ``pop``'s plan and its tensor inputs: a scale for every
-        parameter (1 where not reparameterised) and the loss scale."""
-        plan = pop.plan
-        if plan not in self._compiled:
+    def _compiled_chunk(self, plan: MLPPlan, state_spec: pytree.TreeSpec):
+        """The compiled :func:`_fused_chunk` for a plan (and the layout of its state)."""
+        key = (plan, state_spec)
+        if key not in self._compiled:
             # Guards on tensors only: every input that varies between calls is a tensor, and the
             # rule, plan and bookkeeping constants are fixed per compiled function.
-            self._compiled[plan] = compile_bound(
-                _fused_step, self.rule, plan, self.clip_loss, self._log_losses, device=self.device
+            self._compiled[key] = compile_bound(
+                _fused_chunk, self.rule, plan, self.clip_loss, self._log_losses, state_spec, device=self.device
             )
+        return self._compiled[key]
+
+    def _unroll_compiled(self, task, pop, theta: Theta, state: dict, steps: int):
+        """:meth:`unroll`'s steps through :func:`_fused_chunk`, ``_CHUNK`` steps per call:
+        ``(meta-loss, params, rule state, blown-up members counted)``. The same minibatches as the
+        eager steps (drawn here, ``(_CHUNK, P, batch)`` per call)."""
+        x_train, y_train = self._train_data(task)
+        leaves, state_spec = pytree.tree_flatten((state["params"], state["rule"]))
+        fused = self._compiled_chunk(pop.plan, state_spec)
         one = next(iter(theta.values())).new_ones(())
         scales = {k: one * pop.scales.get(k, 1.0) for k in pop.params}
-        return self._compiled[plan], (scales, one * pop.loss_scale)
+        step_at = torch.zeros((), dtype=torch.long, device=self.device)  # no two inputs may share storage
+        tail_from = torch.tensor(steps - max(1, steps // 5), device=self.device)
+        acc = (one.new_zeros(()), one.new_zeros(()), one.new_zeros(()), torch.zeros_like(step_at))
+        for c0 in range(0, steps, _CHUNK):
+            n = min(_CHUNK, steps - c0)
+            idx = torch.zeros(_CHUNK, pop.size, task.batch_size, dtype=torch.long)
+            for k in range(n):
+                gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + c0 + k))
+                idx[k] = pop.batch_indices(len(x_train), task.batch_size, gen)
+            end = step_at + n
+            args = (x_train, y_train, idx.to(self.device), step_at, end, scales, one * pop.loss_scale)
+            out = fused(theta, *args, state["loss0"], tail_from, acc, leaves)
+            step_at, acc, leaves = out[0], tuple(out[1:5]), list(out[5:])
+        params, rstate = pytree.tree_unflatten(leaves, state_spec)
+        total, tail, last, bad = acc
+        meta = {"final": last, "tail": tail / max(1, steps // 5)}.get(self.meta_loss, total / steps)
+        return meta, params, rstate, bad
 
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
         task, pop = self._task(state["seed"])
-        x_train, y_train = self._train_data(task)
         theta = {k: v.to(self.device) for k, v in theta.items()}
-        params, rstate = state["params"], state["rule"]
-        losses = []
-        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
-        logs = self._log_losses
-        fused = fused_inputs = None
         if self.compile and pop.plan is not None and not torch.is_grad_enabled():
-            fused, fused_inputs = self._fused(pop, theta)
-        with (
-            torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT)
-            if fused is not None
-            else contextlib.nullcontext()
-        ):
-            for k in range(steps):
-                gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
-                if fused is not None:
-                    idx = pop.batch_indices(len(x_train), task.batch_size, gen).to(self.device)
-                    args = (x_train, y_train, idx, *fused_inputs, state["loss0"])
-                    term, bad, params, rstate = fused(theta, params, rstate, *args)
-                else:
-                    xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
-                    if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
-                        step = functools.partial(self._step, pop)
-                        loss, params, rstate = rematerialized(step, theta, params, rstate, xb, yb)
-                    else:
-                        loss, params, rstate = self._step(pop, theta, params, rstate, xb, yb)
-                    term, bad = _track(loss, state["loss0"], self.clip_loss, logs)
-                nonfinite = nonfinite + bad  # blown-up members reset the task
-                losses.append(term)
-        if self.meta_loss == "final":
-            meta = losses[-1]
-        elif self.meta_loss == "tail":
-            meta = torch.stack(losses[-max(1, steps // 5) :]).mean()
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                meta, params, rstate, nonfinite = self._unroll_compiled(task, pop, theta, state, steps)
         else:
-            meta = torch.stack(losses).mean()
+            meta, params, rstate, nonfinite = self._unroll_eager(task, pop, theta, state, steps)
         step = state["step"] + steps
         finite = torch.stack([torch.isfinite(t).all() for t in params.tensors()]).all()
         nonfinite, finite = torch.stack([nonfinite, finite.long()]).tolist()  # the unroll's one host sync
         new = {**state, "params": params, "rule": rstate, "step": step}
         done = nonfinite > 0 or not finite or step + state["start"] >= state["horizon"]
         return meta, new, {"done": done, "nonfinite": nonfinite, "inner_steps": steps * self.population}
+
+    def _unroll_eager(self, task, pop, theta: Theta, state: dict, steps: int):
+        """:meth:`unroll`'s steps one by one (differentiable in ``theta``); returns as
+        :meth:`_unroll_compiled`."""
+        x_train, y_train = self._train_data(task)
+        params, rstate = state["params"], state["rule"]
+        losses = []
+        nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
+        for k in range(steps):
+            gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
+            xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
+            if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
+                step = functools.partial(self._step, pop)
+                loss, params, rstate = rematerialized(step, theta, params, rstate, xb, yb)
+            else:
+                loss, params, rstate = self._step(pop, theta, params, rstate, xb, yb)
+            term, bad = _track(loss, state["loss0"], self.clip_loss, self._log_losses)
+            nonfinite = nonfinite + bad  # blown-up members reset the task
+            losses.append(term)
+        if self.meta_loss == "final":
+            meta = losses[-1]
+        elif self.meta_loss == "tail":
+            meta = torch.stack(losses[-max(1, steps // 5) :]).mean()
+        else:
+            meta = torch.stack(losses).mean()
+        return meta, params, rstate, nonfinite

@@ -80,11 +80,24 @@ _CONSTANTS: dict[tuple, _NPConstants] = {}
 
 
 def _constants(spec: NetworkSpec, c: int, dtype: torch.dtype, device: torch.device) -> _NPConstants:
-    """Cached per (architecture, channels, dtype, device): they depend on nothing learnable."""
+    """Cached per (architecture, channels, dtype, device): they depend on nothing learnable.
+    Traced code builds them as graph ops, uncached: a cached tensor would be a constant of the
+    graph and filling the cache a side effect, and neither is allowed inside a ``while_loop`` body
+    (the compiled multi-step unroll of :mod:`nfopt.meta.problems`)."""
+    if torch.compiler.is_compiling():
+        return _build_constants(spec, c, dtype, device)
     key = (spec.weight_shapes, c, dtype, device)
     hit = _CONSTANTS.get(key)
     if hit is not None:
         return hit
+    out = _build_constants(spec, c, dtype, device)
+    if len(_CONSTANTS) >= 256:  # many architectures (a task mixture): start over
+        _CONSTANTS.clear()
+    _CONSTANTS[key] = out
+    return out
+
+
+def _build_constants(spec: NetworkSpec, c: int, dtype: torch.dtype, device: torch.device) -> _NPConstants:
     L, ks = spec.num_layers, spec.kernel_sizes
     kw = {"dtype": dtype, "device": device}
     eye = torch.eye(c, **kw)
@@ -116,11 +129,7 @@ def _constants(spec: NetworkSpec, c: int, dtype: torch.dtype, device: torch.devi
     s[3 * c : 4 * c, boff[0] : boff[0] + c] += eye
     s[4 * c : 5 * c, offs[L - 1] : offs[L]] += mean_k(ks[-1])
     s[5 * c : 6 * c, boff[-1] : boff[-1] + c] += eye
-    out = _NPConstants(tuple(torch.eye(k, **kw) for k in ks), tuple(project), s)
-    if len(_CONSTANTS) >= 256:  # many architectures (a task mixture): start over
-        _CONSTANTS.clear()
-    _CONSTANTS[key] = out
-    return out
+    return _NPConstants(tuple(torch.eye(k, **kw) for k in ks), tuple(project), s)
 
 
 # Materialised per-layer matrices of SharedNPLinear, per module and architecture, for calls that
