@@ -4,12 +4,13 @@ The problem is the JAX peer's: ``digits_mlp``'s draw 0 (a 64-50-10 ReLU MLP, hor
 as a one-task family so both sides train the same networks. Each worker owns the same shard
 (``--tasks`` tasks of ``--population`` networks, PES with ``--unroll`` inner steps per
 truncation), so 2 workers do twice the work per outer step. All pools live side by side and are
-measured in alternating rounds (the order flips every round), so a noisy period of the machine
-hits all of them: the NFN-NP rule with 1 and 2 workers, the per-parameter MLP rule with 1 worker
-(with ``--compile`` also both rules with the compiled inner step, ``estimator.compile``), and the
-JAX reference (``bench/anchors/jax_pes.py``: the same problem, population, unroll and PES, a
-per-parameter MLP learned optimizer under one ``jax.jit``, pinned to one CPU: XLA's own thread
-pools otherwise took 1.77 cores of 2) in this process. The
+measured in interleaved rounds (one outer step of each in turn, the order flipping every step),
+so a noisy period of the machine hits all of them: the NFN-NP rule with 1 and 2 workers, the
+per-parameter MLP rule with 1 worker (with ``--compile`` also both rules with the compiled inner
+step, ``estimator.compile``), and the JAX reference (``bench/anchors/jax_pes.py``: the same
+problem, population, unroll and PES, a per-parameter MLP learned optimizer under one
+``jax.jit``, pinned to one CPU: XLA's own thread pools otherwise took 1.77 cores of 2) in this
+process. The
 scaling efficiency is the median over rounds of ``(inner/s with 2) / (2 x inner/s with 1)``, the
 overhead the median share of an outer step spent outside the workers' compute (publishing θ,
 gathering estimates, the learner's update), ``vs_jax`` the median over rounds of nfopt's
@@ -93,11 +94,28 @@ def make(workers: int, args, kind: str = "nfn_np", compile: bool = False):
     return Learner({k: v.detach() for k, v in rule.named_parameters()}, pool, 3e-4), pool
 
 
-def measure(learner, steps: int) -> dict:
-    t0 = time.perf_counter()
-    ms = [learner.step() for _ in range(steps)]
-    wall = time.perf_counter() - t0
-    return {"inner_per_s": sum(m["inner_steps"] for m in ms) / wall, "overheads": [m["overhead"] for m in ms]}
+def interleaved_round(cases: list[str], pools: dict, jax_pes, steps: int) -> tuple[dict, list, float]:
+    """One measurement round: ``steps`` outer steps of every case, taken in turn (one step of each,
+    the order flipping every step), so a noisy period of the machine hits every case alike.
+    Returns inner steps/s per case, the nfopt learners' overhead shares, and the JAX process's
+    CPU time over wall time while its steps ran (the check that its figure is per core)."""
+    wall = dict.fromkeys(cases, 0.0)
+    inner = dict.fromkeys(cases, 0)
+    overheads, jax_cpu = [], 0.0
+    for s in range(steps):
+        for c in cases if s % 2 == 0 else cases[::-1]:
+            t0, c0 = time.perf_counter(), time.process_time()
+            if c == "jax":
+                jax_pes.step()
+                jax_cpu += time.process_time() - c0
+                inner[c] += jax_pes.inner_steps_per_outer_step
+            else:
+                m = pools[c][0].step()
+                inner[c] += m["inner_steps"]
+                overheads.append(m["overhead"])
+            wall[c] += time.perf_counter() - t0
+    cores = jax_cpu / wall["jax"] if "jax" in wall else float("nan")
+    return {c: inner[c] / wall[c] for c in cases}, overheads, cores
 
 
 def main() -> None:
@@ -137,16 +155,10 @@ def main() -> None:
     jax_cores = []
     ratios, vs_jax, nfn_vs_jax, overheads = [], [], [], []
     for r in range(args.rounds):
-        order = cases if r % 2 == 0 else cases[::-1]  # alternate, so a slow period hits all
-        res = {}
-        for c in order:
-            if c == "jax":
-                res[c] = jax_pes.measure(args.steps)
-                jax_cores.append(jax_pes.cores_used)
-            else:
-                m = measure(pools[c][0], args.steps)
-                res[c] = m["inner_per_s"]
-                overheads += m["overheads"]
+        res, ovh, cores = interleaved_round(cases if r % 2 == 0 else cases[::-1], pools, jax_pes, args.steps)
+        overheads += ovh
+        if jax_pes is not None:
+            jax_cores.append(cores)
         for c in cases:
             per_s[c].append(res[c])
         ratios.append(res["nfn_2"] / (2 * res["nfn_1"]))

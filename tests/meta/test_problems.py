@@ -103,3 +103,32 @@ def test_compiled_problems_of_one_process_keep_their_own_constants():
             want, _, _ = eager.unroll(theta, eager.init_state(seed), 2)
             got, _, _ = fused.unroll(theta, fused.init_state(seed), 2)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_plan_whose_compiled_unroll_fails_warns_once_and_runs_eagerly(monkeypatch):
+    """A compile failure (say a meta-model dynamo cannot trace inside a ``while_loop``) is not a
+    crash: the problem warns, runs that plan's steps eagerly (the same losses as an eager
+    problem) and does not try to compile it again."""
+    calls = []
+
+    def failing(self, plan, spec):
+        def fn(*args):
+            calls.append(plan)
+            raise torch._dynamo.exc.TorchDynamoException("cannot trace this body")
+
+        return fn
+
+    monkeypatch.setattr(TaskProblem, "_compiled_chunk", failing)
+    rule = LearnedUpdateRule("mlp", meta_model={"hidden": 8})
+    theta = {k: v.detach() for k, v in rule.named_parameters()}
+    fam = TaskFamily.load("digits_mlp")
+    eager = TaskProblem(fam, rule, population=2, offsets=False)
+    fused = TaskProblem(fam, rule, population=2, offsets=False, compile=True)
+    with torch.no_grad():
+        want, _, _ = eager.unroll(theta, eager.init_state(0), 2)
+        with pytest.warns(RuntimeWarning, match="compiled unroll failed.*cannot trace this body.*eagerly"):
+            got, _, _ = fused.unroll(theta, fused.init_state(0), 2)
+        again, _, _ = fused.unroll(theta, fused.init_state(0), 2)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(again, want)
+    assert len(calls) == 1

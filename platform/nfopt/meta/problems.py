@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -219,7 +220,8 @@ class TaskProblem:
     ``while_loop`` over up to ``_CHUNK`` (16) steps per call, so a PES truncation of 10 steps is
     one call (:func:`_fused_chunk`). Compiled on first use in each process: tens of seconds per
     plan on a CPU core, and not cached across processes (torch 2.13's graph cache skips
-    ``while_loop`` graphs). Other steps stay eager.
+    ``while_loop`` graphs). A plan whose graph fails to compile warns once and runs eagerly. Other
+    steps stay eager.
     """
 
     def __init__(
@@ -241,7 +243,8 @@ class TaskProblem:
         self.family, self.rule, self.population = family, rule, population
         self.meta_loss, self.horizon, self.horizon_range = meta_loss, horizon, horizon_range
         self.clip_loss, self.offsets, self.remat, self.compile = clip_loss, offsets, remat, compile
-        self._compiled: dict[MLPPlan, Any] = {}
+        self._compiled: dict[tuple, Any] = {}
+        self._eager_plans: set[MLPPlan] = set()  # plans whose compiled unroll failed (warned once)
         self.device = torch.device(device)
         self.rule.to(self.device)  # buffers; θ arrives with every unroll
         self._cache: dict[int, Any] = {}
@@ -345,11 +348,21 @@ class TaskProblem:
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
         task, pop = self._task(state["seed"])
         theta = {k: v.to(self.device) for k, v in theta.items()}
-        if self.compile and pop.plan is not None and not torch.is_grad_enabled():
-            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                meta, params, rstate, nonfinite = self._unroll_compiled(task, pop, theta, state, steps)
-        else:
-            meta, params, rstate, nonfinite = self._unroll_eager(task, pop, theta, state, steps)
+        out = None
+        if self.compile and pop.plan is not None and not torch.is_grad_enabled() and pop.plan not in self._eager_plans:
+            try:
+                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                    out = self._unroll_compiled(task, pop, theta, state, steps)
+            except torch._dynamo.exc.TorchDynamoException as err:  # nothing changed: its inputs are not mutated
+                self._eager_plans.add(pop.plan)
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                warnings.warn(
+                    f"compile=True: the compiled unroll failed for plan {pop.plan} ({type(err).__name__}: {first}); "
+                    "this problem runs that plan's steps eagerly (the same function, slower)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        meta, params, rstate, nonfinite = out or self._unroll_eager(task, pop, theta, state, steps)
         step = state["step"] + steps
         finite = torch.stack([torch.isfinite(t).all() for t in params.tensors()]).all()
         nonfinite, finite = torch.stack([nonfinite, finite.long()]).tolist()  # the unroll's one host sync

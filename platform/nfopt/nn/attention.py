@@ -199,7 +199,9 @@ def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tu
         # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T), by one gather;
         # unbind, not indexing: indexing's backward would zero-fill a (3, ...) gradient per use
         x = _gather_tokens(native, qw, qb, level, 3)
-        q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
+        # reshape: a view of the contiguous gather, except where a trace gives the concatenation
+        # other strides (inside a compiled ``while_loop`` body)
+        q, k, v = x.reshape(3, bh, d * n[level], -1).unbind(0)
         outs.append(_attend_feature_major(q, k, v, dropout_p).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
     att_w = [_weight_from_tokens(native, outs[i + 1][None], outs[i][None]) for i in range(L)]
     return att_w, [outs[i + 1][..., n[i]] for i in range(L)]
