@@ -362,7 +362,9 @@ class TaskProblem:
                     RuntimeWarning,
                     stacklevel=2,
                 )
-        meta, params, rstate, nonfinite = out or self._unroll_eager(task, pop, theta, state, steps)
+        if out is None:
+            out = self._unroll_eager(task, pop, theta, state, steps)
+        meta, params, rstate, nonfinite = out
         step = state["step"] + steps
         finite = torch.stack([torch.isfinite(t).all() for t in params.tensors()]).all()
         nonfinite, finite = torch.stack([nonfinite, finite.long()]).tolist()  # the unroll's one host sync
