@@ -135,19 +135,14 @@ def update_momenta(mom: WeightSpaceFeatures, grads: WeightSpaceFeatures, decays:
     )
 
 
-def _traced_vector(entries: list[Tensor]) -> Tensor:
-    """0-dim tensors stacked into a vector, for traced code: a vector of Python numbers becomes a
-    tensor constant of the graph, which inductor (torch 2.13) does not carry into a ``while_loop``
-    body (the compiled multi-step unroll, :mod:`nfopt.meta.problems`): the body's C++ names a
-    constant it never declared. Scalar ops on a traced tensor fuse into the kernel instead."""
-    return torch.stack(entries)
-
-
 def time_features(step: Tensor, cfg: FeatureConfig, batch_size: int, dtype: torch.dtype) -> Tensor:
     """``tanh(t / s)`` of the steps done ``t`` (0-dim) over the timescales: ``(B, T)``."""
     t = step.to(dtype)
-    if torch.compiler.is_compiling():  # no tensor constant in the graph (see :func:`_traced_vector`)
-        return torch.tanh(_traced_vector([t / s for s in cfg.timescales])).expand(batch_size, -1)
+    if torch.compiler.is_compiling():
+        # scalar ops, not a tensor of the timescales: that would be a constant of the graph, which
+        # inductor (torch 2.13) does not carry into a ``while_loop`` body (the compiled unroll of
+        # :mod:`nfopt.meta.problems`: the body's C++ names a constant it never declared)
+        return torch.tanh(torch.stack([t / s for s in cfg.timescales])).expand(batch_size, -1)
     ts = torch.as_tensor(cfg.timescales, dtype=dtype, device=step.device)
     return torch.tanh(t / ts).expand(batch_size, -1)
 

@@ -120,15 +120,16 @@ class NFNMetaModel(nn.Module):
 
     def forward(self, x: WeightSpaceFeatures, glob: torch.Tensor | PerTensor | None = None) -> WeightSpaceFeatures:
         terms = self.glob.terms(glob, len(x)) if self.glob is not None else None  # into the first layer's bias
-        mods = list(self.rest)
-        # an NP layer followed by a ReLU runs as one (the activation in the layer's native store)
-        fuse = bool(mods) and _is_relu(mods[0])
-        h = self.first(self.enc(x) if self.enc is not None else x, terms, relu=fuse)
-        i = int(fuse)
+        mods = [self.first, *self.rest]
+        h = self.enc(x) if self.enc is not None else x
+        i = 0
         while i < len(mods):
             m = mods[i]
-            if isinstance(m, SharedNPLinear) and i + 1 < len(mods) and _is_relu(mods[i + 1]):
-                h, i = m(h, relu=True), i + 2
+            if isinstance(m, SharedNPLinear):
+                # an NP layer followed by a ReLU runs as one (the activation in the layer's native store)
+                relu = i + 1 < len(mods) and _is_relu(mods[i + 1])
+                h = m(h, terms if i == 0 else None, relu=relu)
+                i += 2 if relu else 1
             else:
                 h, i = m(h), i + 1
         return h
