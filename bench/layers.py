@@ -1,7 +1,8 @@
 """Benchmark: nfopt NP/HNP/attention layers against the reference ``nfn`` package, side by side.
 
 Stack: 3 equivariant linear layers, channels 1 -> 16 -> 16 -> 16, ReLU between, batch 32,
-forward + backward of ``loss = sum of mean squares of the outputs``. Configs: NP 64-32-32-10,
+forward + backward of ``loss = sum of mean squares of the outputs``; nfopt's layers take the ReLU
+after them fused (``relu=True``: the same function, no pass of its own), nfn's apply it after. Configs: NP 64-32-32-10,
 HNP 64-32-32-10, NP 784-128-128-10; and one weight-space attention layer (NFT; 16 channels,
 4 heads, 16-channel inputs) against the reference ``NPAttention`` on 64-32-32-10. Timings are
 medians of interleaved runs in one process; peak memory is the resident-set high-water mark of
@@ -85,14 +86,15 @@ def build(impl: str, kind: str, widths: tuple[int, ...]):
             layers = torch.nn.ModuleList([WeightSpaceAttention(spec, ATTN_CHANNELS, ATTN_HEADS)])
         else:
             cls = NPLinear if kind == "np" else HNPLinear
-            layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1]) for i in range(3))
+            # the ReLU between layers fused into the layer before it (the same function)
+            layers = torch.nn.ModuleList(cls(spec, CHANNELS[i], CHANNELS[i + 1], relu=i < 2) for i in range(3))
         x = WeightSpaceFeatures(ws, bs)
 
     def step() -> None:
         h = x
         for k, layer in enumerate(layers):
             h = layer(h)
-            if k < len(layers) - 1:
+            if k < len(layers) - 1 and not getattr(layer, "relu", False):
                 h = h.map(torch.relu)
         loss = sum(t.square().mean() for t in (*h.weights, *h.biases))
         loss.backward()
@@ -143,27 +145,14 @@ def _addmm_flops(_self, m1, m2, *_, out_shape=None, **__) -> int:
     return 2 * m1[0] * m1[1] * m2[1]
 
 
-def _entry_mix_flops(x, a, *_, out_shape=None, **__) -> int:  # nfopt's native A x + col + row
-    return 2 * x[0] * a[0] * x[1] * x[2] * x[3]
-
-
-def _entry_mix_grad_flops(x, a, _col, _row, y, *_, out_shape=None, **__) -> int:  # the mix and dW
-    return _entry_mix_flops(x, a) + 2 * x[0] * x[1] * y[1] * x[2] * x[3]
-
-
 def step_flops(step) -> int:
     """Matmul/conv FLOPs of one ``step()`` (forward and backward). torch's counter skips the
     in-place ``baddbmm_``/``addmm_`` (it read 0.49 GFLOP for the large NP step, whose per-entry
-    products alone are ~8) and custom ops: nfopt's native ``entry_mix`` and ``entry_mix_grad`` are
-    counted too."""
+    products alone are ~8): counted here. Under the counter (a dispatch mode) nfopt's layers run
+    their plain-op path, the same products as the native kernels."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nfopt.nn import _native
-
     inplace = {torch.ops.aten.baddbmm_: _baddbmm_flops, torch.ops.aten.addmm_: _addmm_flops}
-    if _native.available():
-        inplace[torch.ops.nfopt_native.entry_mix] = _entry_mix_flops
-        inplace[torch.ops.nfopt_native.entry_mix_grad] = _entry_mix_grad_flops
     with FlopCounterMode(display=False, custom_mapping=inplace) as fc:
         step()
     return fc.get_total_flops()

@@ -13,6 +13,7 @@ from tests.strategies import channels, specs
 @given(specs(), channels, channels)
 def test_np_equivariant_to_all_permutations(spec, c_in, c_out):
     assert_equivariant(NPLinear(spec, c_in, c_out), spec, hidden_only=False)
+    assert_equivariant(NPLinear(spec, c_in, c_out, relu=True), spec, hidden_only=False)
 
 
 @given(specs(), channels, channels)
@@ -23,6 +24,7 @@ def test_np_io_embed_equivariant_to_hidden_only(spec, c_in, c_out):
 @given(specs(depth=(2, 5), width=(1, 8)), channels, channels)
 def test_hnp_equivariant_to_hidden_permutations(spec, c_in, c_out):
     assert_equivariant(HNPLinear(spec, c_in, c_out), spec, hidden_only=True)
+    assert_equivariant(HNPLinear(spec, c_in, c_out, relu=True), spec, hidden_only=True)
 
 
 @pytest.mark.parametrize("layer", ["hnp", "np_io"])
@@ -67,6 +69,43 @@ def test_fused_backward_matches_autograd(spec, make):
         plain = grads()
     for a, b in zip(fused, plain):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "spec, dtype",
+    [
+        (NetworkSpec.mlp([3, 4, 2]), torch.float64),
+        (NetworkSpec(((4, 2, 3, 3), (3, 4))), torch.float64),
+        (NetworkSpec.mlp([20, 17, 18, 5]), torch.float32),  # rows of >= 16 floats: the native mix
+    ],
+)
+@pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
+def test_fused_relu_equals_layer_then_relu(spec, dtype, cls):
+    """``relu=True`` computes the layer followed by a ReLU: outputs and every gradient, on the
+    fused backward, the plain path and without autograd."""
+    torch.manual_seed(0)
+    fused_layer = cls(spec, 2, 3, relu=True).to(dtype)
+    layer = cls(spec, 2, 3).to(dtype)
+    layer.load_state_dict(fused_layer.state_dict())
+    x = random_features(spec, 3, 2).map(lambda t: t.to(dtype).requires_grad_())
+    weights = [torch.randn_like(t) for t in layer(x).tensors()]
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4, "atol": 1e-5}
+
+    def run(module, post):
+        y = post(module(x))
+        loss = sum((w * t).sum() + t.square().sum() for w, t in zip(weights, y.tensors()))
+        return [*y.tensors(), *torch.autograd.grad(loss, [*x.tensors(), *module.parameters()])]
+
+    want = run(layer, lambda y: y.map(torch.relu))
+    for fused in (True, False):
+        with fused_backward(fused):
+            got = run(fused_layer, lambda y: y)
+        for a, b in zip(got, want, strict=True):
+            assert torch.allclose(a, b, **tol)
+        assert all((t >= 0).all() for t in got[: 2 * spec.num_layers])
+    with torch.no_grad():
+        for a, b in zip(fused_layer(x).tensors(), layer(x).map(torch.relu).tensors()):
+            assert torch.allclose(a, b, **tol)
 
 
 def test_gradcheck_and_double_backward_on_plain_path():

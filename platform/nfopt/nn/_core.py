@@ -35,11 +35,13 @@ per-entry tensors (the backward of a linear equivariant map is again one).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import torch
 from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from nfopt.nn import _native
 from nfopt.nn._mix import functorch_active, outer_sum
@@ -96,6 +98,12 @@ class Plan:
         object.__setattr__(self, "_p_parts", p_parts)
         object.__setattr__(self, "_z_parts", z_parts)
         object.__setattr__(self, "dz", sum(z_parts[0]))
+        # the plan as the native layer ops take it (csrc/np_layer.cpp): flags, then every
+        # permutable level's part sizes in order (outputs, inputs), the global sizes
+        levels = [lv for lv in range(L + 1) if self.perm[lv]]
+        flat = tuple([s for lv in levels for s in p_parts[out][lv]] for out in (True, False))
+        native = ([int(p) for p in self.perm], flat[0], list(z_parts[1]), flat[1], list(z_parts[0]))
+        object.__setattr__(self, "native_args", native)
 
     def z_in_parts(self) -> list[int]:
         return list(self._z_parts[0])
@@ -112,17 +120,10 @@ def _mean(x: Tensor, dim: int) -> Tensor:
     return x.sum(dim) * (1.0 / n) if torch.is_grad_enabled() else x.mean(dim)
 
 
-def _pool(plan: Plan, xs, bs, native=None):
+def _pool(plan: Plan, xs, bs):
     """Pooled features ``(z, P)`` of folded inputs (shapes in the module docstring)."""
-    r, c = [], []
-    for x in xs:
-        if native is not None and x.shape[2] > 1 and x.shape[3] > 1:
-            rows, cols = native.pool_sums(x)  # one pass over x
-            r.append(rows * (1.0 / x.shape[2]))
-            c.append(cols * (1.0 / x.shape[3]))
-        else:
-            r.append(_mean(x, 2))  # (B, F, m_c)
-            c.append(_mean(x, 3))  # (B, F, m_r)
+    r = [_mean(x, 2) for x in xs]  # (B, F, m_c)
+    c = [_mean(x, 3) for x in xs]  # (B, F, m_r)
     g = [_mean(ci, 2) for ci in c]  # (B, F)
     bm = [_mean(b, 2) for b in bs]  # (B, Fb)
     z = torch.cat(g + bm, dim=-1)  # (B, Dz)
@@ -152,8 +153,8 @@ def _mix(plan: Plan, z: Tensor, P, Q, Z: Tensor, beta: Tensor):
     return zt, vt, kappa, ups, rho
 
 
-def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu: bool = False):
-    z, P = _pool(plan, xs, bs, native)
+def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, relu: bool = False):
+    z, P = _pool(plan, xs, bs)
     zt, vt, kappa, ups, rho = _mix(plan, z, P, Q, Z, beta)
     hs, us = [], []
     for i, x in enumerate(xs):
@@ -169,43 +170,60 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, rel
         else:
             row, col = None, zt[i][:, :, None]  # (B, G, 1)
         if A[i] is not None:
-            h = _entry_mix(native, x, A[i], col, row, relu)  # (B, G, m_r, m_c)
+            h = _entry_mix(x, A[i], col, row)  # (B, G, m_r, m_c)
         elif row is not None:
             h = row[:, :, None] + col[..., None] if col is not None else row[:, :, None].contiguous()
         else:
             h = col[..., None].contiguous()
-        if relu and A[i] is None:
-            h = torch.relu(h)
-        hs.append(h)
+        hs.append(torch.relu(h) if relu else h)
         u = vt[i][:, :, None]  # (B, Gb, 1)
         u = (u + ups[i]).contiguous() if ups[i] is not None else u.contiguous()  # u first: see above
         us.append(torch.relu(u) if relu else u)
     return hs, us, z, P
 
 
+def _forward_native(native, plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, relu: bool):
+    """:func:`_forward` as one native op (``csrc/np_layer.cpp``, the same ops in C++ with the
+    fused kernels for the big passes): ``(hs, us, z, P)``."""
+    perm, parts_out, z_out = plan.native_args[:3]
+    res = native.np_forward(xs, bs, A, Q, Z, beta, perm, parts_out, z_out, relu)
+    n = len(xs)
+    it = iter(res[2 * n + 1 :])
+    return res[:n], res[n : 2 * n], res[2 * n], [next(it) if p else None for p in plan.perm]
+
+
 def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu: bool = False):
     """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
     same layout with ``c_out`` channels (``relu``: passed through a ReLU). Plain torch ops,
     differentiable to any order, unless ``native`` kernels are passed (for inference only)."""
-    hs, us, _, _ = _forward(plan, xs, bs, A, Q, Z, beta, native, relu)
+    run = _forward if native is None else functools.partial(_forward_native, native)
+    hs, us, _, _ = run(plan, xs, bs, A, Q, Z, beta, relu=relu)
     return hs, us
 
 
 class FusedEquivariantLinear(torch.autograd.Function):
     """``forward`` with a hand-written backward. Call as
-    ``apply(plan, L, *xs, *bs, *A, *Q, Z, beta)`` where absent ``A``/``Q`` entries are ``None``."""
+    ``apply(plan, L, relu, *xs, *bs, *A, *Q, Z, beta)`` where absent ``A``/``Q`` entries are
+    ``None``; ``relu``: the outputs passed through a ReLU, applied as they are stored (in the
+    native mix's registers where it runs) and masked into the output gradients in the backward,
+    so the activation costs no pass of its own. Both directions run as one native op each where
+    the kernels apply (:func:`_native_for`), else as the plain ops below."""
 
     @staticmethod
-    def forward(ctx, plan: Plan, n: int, *args):
+    def forward(ctx, plan: Plan, n: int, relu: bool, *args):
         xs, bs = args[:n], args[n : 2 * n]
         A, Q = args[2 * n : 3 * n], args[3 * n : 4 * n + 1]
         Z, beta = args[-2], args[-1]
         native = _native_for(xs)
-        hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta, native)
-        ctx.plan, ctx.n, ctx.native, ctx.beta_ndim = plan, n, native, beta.ndim
+        if native is not None:
+            hs, us, z, P = _forward_native(native, plan, xs, bs, A, Q, Z, beta, relu)
+        else:
+            hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta, relu)
+        ctx.plan, ctx.n, ctx.native, ctx.beta_ndim, ctx.relu = plan, n, native, beta.ndim, relu
         ctx.z, ctx.P = z, P
         ctx.present = (tuple(a is not None for a in A), tuple(q is not None for q in Q))
-        ctx.save_for_backward(*xs, *[a for a in A if a is not None], *[q for q in Q if q is not None], Z)
+        outs = (*hs, *us) if relu else ()  # the ReLU's mask: where an output is positive
+        ctx.save_for_backward(*xs, *[a for a in A if a is not None], *[q for q in Q if q is not None], Z, *outs)
         return (*hs, *us)
 
     @staticmethod
@@ -219,23 +237,31 @@ class FusedEquivariantLinear(torch.autograd.Function):
         Q = [rest.pop(0) if p else None for p in q_present]
         Z = rest.pop(0)
         z, P = ctx.z, ctx.P
-        dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
-        L = plan.L
+        # inputs needing no gradient (e.g. the data into a stack's first layer): skip their adjoints
+        need_x = ctx.needs_input_grad[3 : 3 + n]
+        need_b = ctx.needs_input_grad[3 + n : 3 + 2 * n]
         # under torch.func (e.g. a vmapped jacobian) the native ops have no batching rule
-        native = None if functorch_active(*grads) else ctx.native
+        if ctx.native is not None and not functorch_active(*grads):  # csrc/np_layer.cpp
+            perm, parts_in, z_in = plan.native_args[0], *plan.native_args[3:]
+            flags = [int(v) for v in need_x], [int(v) for v in need_b], ctx.beta_ndim == 2
+            saved_p = [p for p in P if p is not None]
+            res = ctx.native.np_backward(
+                grads[:n], grads[n:], xs, A, Q, Z, z, saved_p, rest, perm, parts_in, z_in, *flags
+            )
+            # only the gradients that exist, in order
+            it, present = iter(res), (*need_x, *need_b, *a_present, *q_present, True, True)
+            return (None, None, None, *(next(it) if p else None for p in present))
+        dhs, dus = [g.contiguous() for g in grads[:n]], grads[n:]
+        if ctx.relu:  # the ReLU's backward: gradients through positive outputs only
+            dhs = [torch.ops.aten.threshold_backward(g, h, 0) for g, h in zip(dhs, rest[:n])]
+            dus = [torch.ops.aten.threshold_backward(g, u, 0) for g, u in zip(dus, rest[n:])]
+        L = plan.L
 
         # 1. reductions of the output gradients (the adjoints of the broadcasts)
-        s_col, s_row, d_ups, dzt, dvt, dA = [None] * L, [None] * L, [None] * L, [], [], [None] * L
+        s_col, s_row, d_ups, dzt, dvt = [None] * L, [None] * L, [None] * L, [], []
         for i, dh in enumerate(dhs):
-            if native is not None and A[i] is not None:  # one pass over dh
-                if xs[i].shape[1] == 1:  # a one-feature input (the data into a stack): its dA too
-                    s_row[i], s_col[i], dots = native.pool_sums_dot(dh, xs[i])
-                    dA[i] = dots.sum(0)[:, None]  # (G, 1)
-                else:
-                    s_row[i], s_col[i] = native.pool_sums(dh)
-            else:
-                s_col[i] = _sum(dh, 3) if plan.perm[i + 1] else None  # (B, G, n_i)
-                s_row[i] = _sum(dh, 2) if plan.perm[i] else None  # (B, G, n_{i-1})
+            s_col[i] = _sum(dh, 3) if plan.perm[i + 1] else None  # (B, G, n_i)
+            s_row[i] = _sum(dh, 2) if plan.perm[i] else None  # (B, G, n_{i-1})
             if plan.perm[i + 1]:
                 d_ups[i] = dus[i]
             s = s_row[i] if s_row[i] is not None else s_col[i]
@@ -246,9 +272,6 @@ class FusedEquivariantLinear(torch.autograd.Function):
         dglob = torch.cat(dzt + dvt, dim=-1)  # (B, ΣG)
         dZ = z.t() @ dglob
         dbeta = dglob.sum(0) if ctx.beta_ndim == 1 else dglob  # (ΣG,) or per batch element (B, ΣG)
-        # inputs needing no gradient (e.g. the data into a stack's first layer): skip their adjoints
-        need_x = ctx.needs_input_grad[2 : 2 + n]
-        need_b = ctx.needs_input_grad[2 + n : 2 + 2 * n]
         need_in = any(need_x) or any(need_b)
         if need_in:
             dz = (dglob @ Z.t()).split(plan.z_in_parts(), dim=-1)
@@ -272,21 +295,19 @@ class FusedEquivariantLinear(torch.autograd.Function):
                 dr[level] = dp[-1]
 
         # 4. input gradients: per-entry adjoint plus broadcast adjoints of the means
-        dxs, dbs = [], []
+        dxs, dbs, dA = [], [], [None] * L
         for i, x in enumerate(xs):
             bsz, f, mr, mc = x.shape
+            if A[i] is not None:
+                dA[i] = _weight_grad(dhs[i], x)  # (G, F)
             if not need_x[i]:  # e.g. the first layer's input: skip the big pass
-                if A[i] is not None and dA[i] is None:
-                    dA[i] = _weight_grad(dhs[i], x)
                 dxs.append(None)
             else:
                 dct = dg[i][:, :, None] * (1.0 / (mr * mc))  # (B, F, 1): the global mean, via c_i
                 if dc[i] is not None:
                     dct = torch.add(dct, dc[i], alpha=1.0 / mc).contiguous()  # (B, F, m_r)
-                if A[i] is not None:  # (B, F, m_r, m_c) and, unless known, (G, F)
-                    dx, dA[i] = _entry_mix_grad(
-                        native, dhs[i], A[i].t(), dct.expand(bsz, f, mr), dr[i] * (1.0 / mr), x, dA[i]
-                    )
+                if A[i] is not None:  # (B, F, m_r, m_c)
+                    dx = _entry_mix(dhs[i], A[i].t(), dct.expand(bsz, f, mr), dr[i] * (1.0 / mr))
                 else:
                     dx = dct[..., None]
                     if dr[i] is not None:
@@ -300,14 +321,21 @@ class FusedEquivariantLinear(torch.autograd.Function):
             if db_direct[i] is not None:
                 db = db + db_direct[i]
             dbs.append(db.expand(bsz, db.shape[1], mr).contiguous())
-        return (None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
+        return (None, None, None, *dxs, *dbs, *dA, *dQ, dZ, dbeta)
 
 
 def _native_for(xs):
-    """The fused CPU kernels when they apply to these inputs, else ``None``."""
+    """The fused CPU kernels when they apply to these inputs, else ``None``: not under
+    ``torch.compile`` (the plain ops, which it fuses itself) nor under a Python dispatch mode
+    (e.g. a FLOP counter or fake tensors, which should see every op)."""
     x = xs[0]
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
-        return None  # torch.compile: the plain ops, which it fuses itself
+    if (
+        x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or torch.compiler.is_compiling()
+        or _get_current_dispatch_mode() is not None
+    ):
+        return None
     return _native.ops()
 
 
@@ -318,44 +346,13 @@ def _fmul(w: Tensor, x: Tensor) -> Tensor:
     return (w @ x.reshape(x.shape[0], -1)).view(w.shape[0], *x.shape[1:])
 
 
-def _mix_native(native, x: Tensor) -> bool:
-    """Whether the native per-entry mix takes ``x: (B, F, m_r, m_c)``: float32, rows of at least
-    16 floats. Shorter rows are mostly column tail, padded row by row, and the batched GEMM wins
-    (m_c = 10 on AVX2: kernel 163 us, GEMM 124); from 24 floats the kernel took 37-79% of the
-    GEMM's time (m_c = 24, 40, 50)."""
-    return native is not None and x.dtype == torch.float32 and x.shape[3] >= 16
-
-
-def _entry_mix(native, x: Tensor, w: Tensor, col: Tensor, row: Tensor, relu: bool = False) -> Tensor:
+def _entry_mix(x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
     """The per-entry term with its broadcasts, ``w x[b, :, r, c] + col[b, :, r] + row[b, :, c]``:
-    ``(B, F, m_r, m_c) -> (B, G, m_r, m_c)`` for ``w: (G, F)``, ``col: (B, G, m_r)``, ``row: (B, G, m_c)``.
-    One native pass over x and the output where it applies (``_mix_native``), else a
-    broadcast-filled output and one batched GEMM accumulating into it (four passes: fill, then
-    the GEMM's read, read, write). ``relu``: the ReLU that follows, in the native pass as the
-    output is stored, else on the fresh output (in place when ``native``: inference only)."""
+    ``(B, F, m_r, m_c) -> (B, G, m_r, m_c)`` for ``w: (G, F)``, ``col: (B, G, m_r)``, ``row: (B, G, m_c)``:
+    a broadcast-filled output and one batched GEMM accumulating into it."""
     bsz, f, mr, mc = x.shape
-    if _mix_native(native, x):
-        return native.entry_mix(x, w, col, row, relu)
     h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
-    h = _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
-    if relu:
-        h = h.relu_() if native is not None else torch.relu(h)
-    return h
-
-
-def _entry_mix_grad(native, dh: Tensor, wt: Tensor, col: Tensor, row: Tensor, x: Tensor, dw: Tensor | None):
-    """An NP backward's input adjoint ``_entry_mix(dh, wt, col, row)`` and weight gradient
-    ``dw = sum_b dh[b] x[b]^T: (G, F)`` (unless given) for ``dh: (B, G, m_r, m_c)``, ``wt: (F, G)``,
-    ``x: (B, F, m_r, m_c)``: one native pass over ``dh`` for both where the native mix applies
-    and ``G F <= 4096`` (measured 37-39 vs 54-57 ms for the mix and a batched GEMM on a (32, 16,
-    128, 784) pair, 2.98 vs 3.20 ms at G = F = 64; past that the product's lane partials leave the
-    caches: 4.06 vs 3.39 ms at G = F = 144, 12.2 vs 8.8 at 256)."""
-    if dw is None and _mix_native(native, dh) and dh.shape[1] * x.shape[1] <= 4096:
-        dx, dw = native.entry_mix_grad(dh, wt, col, row, x)
-        return dx, dw
-    if dw is None:
-        dw = _weight_grad(dh, x)
-    return _entry_mix(native, dh, wt, col, row), dw
+    return _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
 
 
 def _weight_grad(dh: Tensor, x: Tensor) -> Tensor:

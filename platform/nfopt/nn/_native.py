@@ -25,7 +25,7 @@ import torch
 __all__ = ["available", "ops"]
 
 _log = logging.getLogger(__name__)
-_SOURCES = ("np_kernels.cpp", "lopt_kernels.cpp", "nft_kernels.cpp")
+_SOURCES = ("np_kernels.cpp", "np_layer.cpp", "lopt_kernels.cpp", "nft_kernels.cpp")
 _SRCS = tuple(Path(__file__).with_name("csrc") / name for name in _SOURCES)
 _state: dict = {"tried": False, "ops": None, "error": None}
 # -ffp-contract=fast: FMAs (GCC emits none under -std=c++17); part of the build key

@@ -54,10 +54,8 @@ def apply_plan(
         and any(t.requires_grad for t in (*xs, *bs, *params))
     )
     if fused:
-        out = _core.FusedEquivariantLinear.apply(plan, len(xs), *xs, *bs, *A, *Q, Z, beta)
+        out = _core.FusedEquivariantLinear.apply(plan, len(xs), relu, *xs, *bs, *A, *Q, Z, beta)
         hs, us = out[: len(xs)], out[len(xs) :]
-        if relu:
-            hs, us = [torch.relu(h) for h in hs], [torch.relu(u) for u in us]
     else:
         # plain ops; the one-pass native pooling only where no autograd/torch.func will see it
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *bs, *params))
@@ -79,11 +77,12 @@ class _EquivariantLinear(nn.Module):
         out_channels: int,
         permutable: tuple[bool, ...],
         max_params: int | None,
+        relu: bool = False,
     ) -> None:
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"in_channels={in_channels}, out_channels={out_channels}: both must be >= 1")
-        self.spec, self.in_channels, self.out_channels = spec, in_channels, out_channels
+        self.spec, self.in_channels, self.out_channels, self.relu = spec, in_channels, out_channels, relu
         plan = _core.Plan(spec, permutable, in_channels, out_channels)
         self.plan = plan
         L = spec.num_layers
@@ -131,13 +130,14 @@ class _EquivariantLinear(nn.Module):
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         self._check(x)
-        return apply_plan(self.plan, x, *self._params(), adjust=self._adjust_inputs)
+        return apply_plan(self.plan, x, *self._params(), adjust=self._adjust_inputs, relu=self.relu)
 
     def _adjust_inputs(self, xs, bs):
         return xs, bs
 
     def extra_repr(self) -> str:
-        return f"{self.spec}, in_channels={self.in_channels}, out_channels={self.out_channels}"
+        relu = ", relu=True" if self.relu else ""
+        return f"{self.spec}, in_channels={self.in_channels}, out_channels={self.out_channels}{relu}"
 
 
 class NPLinear(_EquivariantLinear):
@@ -157,6 +157,10 @@ class NPLinear(_EquivariantLinear):
     where bars are means over the indicated axes (``:``) or over all entries. This is exactly the
     function class of the NP layer (terms missing at the first and last layer are dropped).
 
+    ``relu=True``: the output passed through a ReLU, the same function as the layer followed by
+    :class:`NFActivation` but fused into the layer's passes (applied as the output is stored and
+    masked into the output gradient in the backward: no pass over the output of its own).
+
     With ``io_embed=True`` learned embeddings of the input and output neurons (shapes
     ``(F_1, n_0)``, ``(F_L, n_L)``, ``(C_in, n_L)``) are added to the first/last weights and the
     last bias before the map, which makes it equivariant to hidden permutations only.
@@ -164,9 +168,11 @@ class NPLinear(_EquivariantLinear):
 
     symmetry: Symmetry = "np"  # see nfopt.nn.symmetry
 
-    def __init__(self, spec: NetworkSpec, in_channels: int, out_channels: int, io_embed: bool = False) -> None:
+    def __init__(
+        self, spec: NetworkSpec, in_channels: int, out_channels: int, io_embed: bool = False, relu: bool = False
+    ) -> None:
         L = spec.num_layers
-        super().__init__(spec, in_channels, out_channels, (True,) * (L + 1), max_params=None)
+        super().__init__(spec, in_channels, out_channels, (True,) * (L + 1), max_params=None, relu=relu)
         self.io_embed = io_embed
         if io_embed:
             self.symmetry = "hnp"  # input/output neurons are told apart by their embeddings
@@ -201,13 +207,19 @@ class HNPLinear(_EquivariantLinear):
 
     Parameter count grows as ``(n_0 k_1 C)^2 + (n_L k_L C)^2``; construction fails with a clear
     error above ``max_params`` (default 50M). For wide inputs use ``NPLinear(io_embed=True)``.
+    ``relu=True``: a fused ReLU on the output, as in :class:`NPLinear`.
     """
 
     symmetry: Symmetry = "hnp"  # see nfopt.nn.symmetry
 
     def __init__(
-        self, spec: NetworkSpec, in_channels: int, out_channels: int, max_params: int | None = 50_000_000
+        self,
+        spec: NetworkSpec,
+        in_channels: int,
+        out_channels: int,
+        max_params: int | None = 50_000_000,
+        relu: bool = False,
     ) -> None:
         L = spec.num_layers
         permutable = (False, *([True] * (L - 1)), False)
-        super().__init__(spec, in_channels, out_channels, permutable, max_params)
+        super().__init__(spec, in_channels, out_channels, permutable, max_params, relu)

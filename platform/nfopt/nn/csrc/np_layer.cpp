@@ -1,0 +1,349 @@
+// An NP/HNP layer's forward and hand-written backward in C++ (see nfopt/nn/_core.py: `_forward`
+// and `FusedEquivariantLinear.backward`, of which these are op-for-op ports on the native path).
+// The big per-entry passes were already native kernels (np_kernels.cpp); what this file removes
+// is the ~150 small tensor ops per layer issued from Python (pooled means, concatenations of
+// transposed parts, the small GEMMs, splits, broadcast sums), each of which cost several times
+// its ATen dispatch in the interpreter: ~1 ms per layer forward and backward on a 3-layer stack.
+//
+// The plan (which neuron layers are permutable, the sizes of the pooled parts) comes in as flat
+// integer lists; the Python side keeps the plain-op path for torch.func, double backward and
+// torch.compile, and tests the two for equality.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+using OptList = c10::List<std::optional<Tensor>>;
+
+std::vector<Tensor> pool_sums(const Tensor& x) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("nfopt_native::pool_sums", "")
+                       .typed<std::vector<Tensor>(const Tensor&)>();
+  return op.call(x);
+}
+
+std::vector<Tensor> pool_sums_dot(const Tensor& x, const Tensor& w) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("nfopt_native::pool_sums_dot", "")
+                       .typed<std::vector<Tensor>(const Tensor&, const Tensor&)>();
+  return op.call(x, w);
+}
+
+Tensor entry_mix(const Tensor& x, const Tensor& A, const Tensor& col, const Tensor& row, bool relu) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("nfopt_native::entry_mix", "")
+                       .typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool)>();
+  return op.call(x, A, col, row, relu);
+}
+
+std::vector<Tensor> entry_mix_grad(const Tensor& x, const Tensor& A, const Tensor& col, const Tensor& row,
+                                   const Tensor& y) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("nfopt_native::entry_mix_grad", "")
+          .typed<std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&)>();
+  return op.call(x, A, col, row, y);
+}
+
+std::optional<Tensor> opt(const OptList& list, int64_t i) { return list.get(i); }
+
+// _core._mean without autograd: a squeeze for one element, else the mean
+Tensor mean_dim(const Tensor& x, int64_t dim) { return x.size(dim) == 1 ? x.squeeze(dim) : x.mean(dim); }
+
+Tensor sum_dim(const Tensor& x, int64_t dim) { return x.size(dim) == 1 ? x.squeeze(dim) : x.sum(dim); }
+
+// _core._fmul: (G, F) x (F, B, N) -> (G, B, N), one GEMM over the B N columns
+Tensor fmul(const Tensor& w, const Tensor& x) {
+  return w.mm(x.reshape({x.size(0), -1})).view({w.size(0), x.size(1), x.size(2)});
+}
+
+// _core._mix_native: the native per-entry mix takes float32 rows of >= 16 floats
+bool mix_native(const Tensor& x) { return x.scalar_type() == at::kFloat && x.size(3) >= 16; }
+
+// _core._entry_mix: w x + col + row per entry, (B, F, R, C) -> (B, G, R, C)
+Tensor mix(const Tensor& x, const Tensor& w, const Tensor& col, const Tensor& row, bool relu) {
+  if (mix_native(x)) return entry_mix(x, w, col, row, relu);
+  const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
+  Tensor h = at::add(col.unsqueeze(-1), row.unsqueeze(2));
+  h.view({B, -1, R * C}).baddbmm_(w.expand({B, w.size(0), w.size(1)}), x.reshape({B, F, R * C}));
+  if (relu) h.relu_();
+  return h;
+}
+
+// _mix.outer_sum: sum_b a[b] b[b]^T, (B, O, N) x (B, D, N) -> (O, D)
+Tensor outer_sum(const Tensor& a, const Tensor& b) {
+  const int64_t B = a.size(0), O = a.size(1), N = a.size(2), D = b.size(1);
+  if (N >= 2048 && std::min(O, D) == 1) {
+    Tensor acc = a[0].mm(b[0].t());
+    for (int64_t k = 1; k < B; ++k) acc.addmm_(a[k], b[k].t());
+    return acc;
+  }
+  if (O * D <= 4 * N * (O + D)) return at::bmm(a, b.transpose(1, 2)).sum(0);
+  return a.transpose(0, 1).reshape({O, B * N}).mm(b.transpose(0, 1).reshape({D, B * N}).t());
+}
+
+Tensor weight_grad(const Tensor& dh, const Tensor& x) {
+  const int64_t B = x.size(0), F = x.size(1), N = x.size(2) * x.size(3);
+  return outer_sum(dh.reshape({B, -1, N}), x.reshape({B, F, N}));
+}
+
+// Output parts of P_level: [kappa, upsilon] of the incoming layer, [rho] of the outgoing one
+int64_t n_parts(int64_t level, int64_t L) { return (level >= 1 ? 2 : 0) + (level < L ? 1 : 0); }
+
+// The plan's lists against each other: L weights, L biases, L A's, L + 1 flags and Q's, each
+// permutable level's part sizes, 2L global sizes.
+void check_plan(const char* op, int64_t L, size_t n_bias, const OptList& A, const OptList& Q, at::IntArrayRef perm,
+                at::IntArrayRef parts, at::IntArrayRef z_parts) {
+  int64_t n = 0;
+  for (int64_t level = 0; level < static_cast<int64_t>(perm.size()); ++level)
+    if (perm[level]) n += n_parts(level, L);
+  TORCH_CHECK(L >= 1 && static_cast<int64_t>(n_bias) == L && static_cast<int64_t>(A.size()) == L &&
+                  static_cast<int64_t>(Q.size()) == L + 1 && static_cast<int64_t>(perm.size()) == L + 1 &&
+                  static_cast<int64_t>(parts.size()) == n && static_cast<int64_t>(z_parts.size()) == 2 * L,
+              op, ": the plan's lists do not match ", L, " layers");
+  for (int64_t level = 0; level <= L; ++level)
+    TORCH_CHECK(Q.get(level).has_value() == (perm[level] != 0), op, ": Q[", level, "] present iff level permutable");
+}
+
+// Returns [*hs, *us, z, *P] (P: one per permutable neuron layer, in order). `parts_out` holds the
+// output part sizes of every permutable level in order, `z_out` the 2L global output sizes.
+std::vector<Tensor> np_forward(at::TensorList xs, at::TensorList bs, const OptList& A, const OptList& Q,
+                               const Tensor& Z, const Tensor& beta, at::IntArrayRef perm, at::IntArrayRef parts_out,
+                               at::IntArrayRef z_out, bool relu) {
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_plan("np_forward", L, bs.size(), A, Q, perm, parts_out, z_out);
+  // pooled features
+  std::vector<Tensor> r(L), c(L), zp;
+  zp.reserve(2 * L);
+  for (int64_t i = 0; i < L; ++i) {
+    const Tensor& x = xs[i];
+    if (x.size(2) > 1 && x.size(3) > 1) {
+      auto s = pool_sums(x);  // one pass over x
+      r[i] = s[0].mul(1.0 / x.size(2));
+      c[i] = s[1].mul(1.0 / x.size(3));
+    } else {
+      r[i] = mean_dim(x, 2);  // (B, F, m_c)
+      c[i] = mean_dim(x, 3);  // (B, F, m_r)
+    }
+  }
+  for (int64_t i = 0; i < L; ++i) zp.push_back(mean_dim(c[i], 2));  // (B, F)
+  for (int64_t i = 0; i < L; ++i) zp.push_back(mean_dim(bs[i], 2));  // (B, Fb)
+  Tensor z = at::cat(zp, -1);                                         // (B, Dz)
+  std::vector<Tensor> P(L + 1);
+  for (int64_t level = 0; level <= L; ++level) {
+    if (!perm[level]) continue;
+    std::vector<Tensor> parts;
+    if (level >= 1) {
+      parts.push_back(c[level - 1].transpose(0, 1));
+      parts.push_back(bs[level - 1].transpose(0, 1));
+    }
+    if (level < L) parts.push_back(r[level].transpose(0, 1));
+    P[level] = at::cat(parts);  // (D_level, B, n_level)
+  }
+  // the small matmuls: per-neuron terms and the global ones
+  auto glob = at::addmm(beta, z, Z).split_with_sizes(z_out, -1);
+  std::vector<Tensor> kappa(L), ups(L), rho(L);
+  int64_t k = 0;
+  for (int64_t level = 0; level <= L; ++level) {
+    if (!perm[level]) continue;
+    const int64_t np = n_parts(level, L);
+    auto outs = fmul(*opt(Q, level), P[level]).split_with_sizes(parts_out.slice(k, np));
+    k += np;
+    if (level >= 1) {
+      kappa[level - 1] = outs[0].transpose(0, 1);
+      ups[level - 1] = outs[1].transpose(0, 1);
+    }
+    if (level < L) rho[level] = outs[np - 1].transpose(0, 1);
+  }
+  std::vector<Tensor> ret;
+  ret.reserve(3 * L + 2);
+  for (int64_t i = 0; i < L; ++i) {  // the weights' outputs (see _core._forward for the layouts)
+    const Tensor zt = glob[i].unsqueeze(-1);  // (B, G, 1)
+    Tensor row, col;
+    if (rho[i].defined()) {
+      row = at::add(zt, rho[i]).contiguous();  // (B, G, m_c)
+      if (kappa[i].defined()) col = kappa[i].contiguous();
+    } else if (kappa[i].defined()) {
+      col = at::add(zt, kappa[i]).contiguous();  // (B, G, m_r)
+    } else {
+      col = zt;
+    }
+    const auto a = opt(A, i);
+    Tensor h;
+    if (a.has_value()) {
+      h = mix(xs[i], *a, col, row, relu);
+    } else if (row.defined()) {
+      h = col.defined() ? at::add(row.unsqueeze(2), col.unsqueeze(-1)) : row.unsqueeze(2).contiguous();
+    } else {
+      h = col.unsqueeze(-1).contiguous();
+    }
+    if (relu && !a.has_value()) h = at::relu(h);
+    ret.push_back(h);
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    const Tensor vt = glob[L + i].unsqueeze(-1);  // (B, Gb, 1)
+    Tensor u = ups[i].defined() ? at::add(vt, ups[i]).contiguous() : vt.contiguous();
+    ret.push_back(relu ? at::relu(u) : u);
+  }
+  ret.push_back(z);
+  for (int64_t level = 0; level <= L; ++level)
+    if (perm[level]) ret.push_back(P[level]);
+  return ret;
+}
+
+// Returns [*dxs, *dbs, *dA, *dQ, dZ, dbeta], each list holding only the gradients that exist
+// (inputs in need_x / need_b, present A and Q).
+// `outs`: the layer's outputs when it applied a ReLU (its mask), else empty; `parts_in` the input
+// part sizes of every permutable level's P in order, `z_in` the 2L global input sizes.
+std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::TensorList xs, const OptList& A,
+                                const OptList& Q, const Tensor& Z, const Tensor& z, at::TensorList Pp,
+                                at::TensorList outs, at::IntArrayRef perm, at::IntArrayRef parts_in,
+                                at::IntArrayRef z_in, at::IntArrayRef need_x, at::IntArrayRef need_b,
+                                bool beta_per_batch) {
+  const int64_t L = static_cast<int64_t>(xs.size());
+  check_plan("np_backward", L, dus_.size(), A, Q, perm, parts_in, z_in);
+  int64_t levels = 0;
+  for (int64_t p : perm) levels += p != 0;
+  TORCH_CHECK(static_cast<int64_t>(dhs_.size()) == L && static_cast<int64_t>(Pp.size()) == levels &&
+                  static_cast<int64_t>(need_x.size()) == L && static_cast<int64_t>(need_b.size()) == L &&
+                  (outs.empty() || static_cast<int64_t>(outs.size()) == 2 * L),
+              "np_backward: list lengths do not match the plan");
+  std::vector<Tensor> dhs(L), dus(L);
+  for (int64_t i = 0; i < L; ++i) {
+    dhs[i] = dhs_[i].contiguous();
+    dus[i] = dus_[i];
+    if (!outs.empty()) {  // the ReLU's backward: gradients through positive outputs only
+      dhs[i] = at::threshold_backward(dhs[i], outs[i], 0);
+      dus[i] = at::threshold_backward(dus[i], outs[L + i], 0);
+    }
+  }
+  std::vector<Tensor> P(L + 1);
+  {
+    int64_t k = 0;
+    for (int64_t level = 0; level <= L; ++level)
+      if (perm[level]) P[level] = Pp[k++];
+  }
+  // 1. reductions of the output gradients (the adjoints of the broadcasts)
+  std::vector<Tensor> s_col(L), s_row(L), d_ups(L), dzt(L), dvt(L), dA(L);
+  for (int64_t i = 0; i < L; ++i) {
+    const Tensor& dh = dhs[i];
+    if (opt(A, i).has_value()) {  // one pass over dh
+      if (xs[i].size(1) == 1) {   // a one-feature input: its dA too
+        auto s = pool_sums_dot(dh, xs[i]);
+        s_row[i] = s[0];
+        s_col[i] = s[1];
+        dA[i] = s[2].sum(0).unsqueeze(1);  // (G, 1)
+      } else {
+        auto s = pool_sums(dh);
+        s_row[i] = s[0];
+        s_col[i] = s[1];
+      }
+    } else {
+      if (perm[i + 1]) s_col[i] = sum_dim(dh, 3);  // (B, G, n_i)
+      if (perm[i]) s_row[i] = sum_dim(dh, 2);      // (B, G, n_{i-1})
+    }
+    if (perm[i + 1]) d_ups[i] = dus[i];
+    const Tensor& s = s_row[i].defined() ? s_row[i] : s_col[i];
+    dzt[i] = s.defined() ? s.sum(2) : dh.reshape({dh.size(0), -1});
+    dvt[i] = dus[i].sum(2);
+  }
+  // 2. global terms
+  std::vector<Tensor> dg_parts(dzt);
+  dg_parts.insert(dg_parts.end(), dvt.begin(), dvt.end());
+  const Tensor dglob = at::cat(dg_parts, -1);  // (B, sum G)
+  const Tensor dZ = z.t().mm(dglob);
+  const Tensor dbeta = beta_per_batch ? dglob : dglob.sum(0);
+  bool need_in = false;
+  for (int64_t i = 0; i < L; ++i) need_in = need_in || need_x[i] || need_b[i];
+  std::vector<Tensor> dz;
+  if (need_in) dz = dglob.mm(Z.t()).split_with_sizes(z_in, -1);
+  // 3. per-neuron terms
+  std::vector<Tensor> dc(L), db_direct(L), dr(L), dQ(L + 1);
+  int64_t k = 0;
+  for (int64_t level = 0; level <= L; ++level) {
+    if (!perm[level]) continue;
+    const int64_t np = n_parts(level, L);
+    std::vector<Tensor> douts;
+    if (level >= 1) {
+      douts.push_back(s_col[level - 1].transpose(0, 1));
+      douts.push_back(d_ups[level - 1].transpose(0, 1));
+    }
+    if (level < L) douts.push_back(s_row[level].transpose(0, 1));
+    const Tensor dout = at::cat(douts);  // (sum out parts, B, n_level)
+    const Tensor& p = P[level];
+    dQ[level] = dout.reshape({dout.size(0), -1}).mm(p.reshape({p.size(0), -1}).t());
+    if (need_in) {
+      auto dp = fmul(opt(Q, level)->t(), dout).split_with_sizes(parts_in.slice(k, np));
+      if (level >= 1) {
+        dc[level - 1] = dp[0].transpose(0, 1);
+        db_direct[level - 1] = dp[1].transpose(0, 1);
+      }
+      if (level < L) dr[level] = dp[np - 1].transpose(0, 1);
+    }
+    k += np;
+  }
+  // 4. input gradients: per-entry adjoint plus broadcast adjoints of the means
+  std::vector<Tensor> dxs(L), dbs(L);
+  for (int64_t i = 0; i < L; ++i) {
+    const Tensor& x = xs[i];
+    const int64_t bsz = x.size(0), f = x.size(1), mr = x.size(2), mc = x.size(3);
+    const auto a = opt(A, i);
+    if (!need_x[i]) {  // e.g. the first layer's input: skip the big pass
+      if (a.has_value() && !dA[i].defined()) dA[i] = weight_grad(dhs[i], x);
+    } else {
+      Tensor dct = dz[i].unsqueeze(-1).mul(1.0 / (mr * mc));  // (B, F, 1): the global mean, via c_i
+      if (dc[i].defined()) dct = at::add(dct, dc[i], 1.0 / mc).contiguous();  // (B, F, m_r)
+      if (a.has_value()) {  // (B, F, m_r, m_c) and, unless known, (G, F)
+        const Tensor wt = a->t(), col = dct.expand({bsz, f, mr}), row = dr[i].mul(1.0 / mr);
+        const Tensor& dh = dhs[i];
+        if (!dA[i].defined() && mix_native(dh) && dh.size(1) * f <= 4096) {
+          auto res = entry_mix_grad(dh, wt, col, row, x);
+          dxs[i] = res[0];
+          dA[i] = res[1];
+        } else {
+          if (!dA[i].defined()) dA[i] = weight_grad(dh, x);
+          dxs[i] = mix(dh, wt, col, row, false);
+        }
+      } else {
+        Tensor dx = dct.unsqueeze(-1);
+        if (dr[i].defined()) dx = at::add(dx, dr[i].unsqueeze(2), 1.0 / mr);
+        dxs[i] = dx.expand({bsz, f, mr, mc}).contiguous();
+      }
+    }
+    if (!need_b[i]) continue;
+    Tensor db = dz[L + i].unsqueeze(-1).mul(1.0 / mr);
+    if (db_direct[i].defined()) db = db + db_direct[i];
+    dbs[i] = db.expand({bsz, db.size(1), mr}).contiguous();
+  }
+  // only the gradients that exist (a Tensor[] holds no None): the caller knows which
+  std::vector<Tensor> ret;
+  ret.reserve(4 * L + 3);
+  for (const auto* part : {&dxs, &dbs, &dA, &dQ})
+    for (const Tensor& t : *part)
+      if (t.defined()) ret.push_back(t);
+  ret.push_back(dZ);
+  ret.push_back(dbeta);
+  return ret;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nfopt_native, m) {
+  m.def(
+      "np_forward(Tensor[] xs, Tensor[] bs, Tensor?[] A, Tensor?[] Q, Tensor Z, Tensor beta, int[] perm, "
+      "int[] parts_out, int[] z_out, bool relu) -> Tensor[]");
+  m.def(
+      "np_backward(Tensor[] dhs, Tensor[] dus, Tensor[] xs, Tensor?[] A, Tensor?[] Q, Tensor Z, Tensor z, "
+      "Tensor[] P, Tensor[] outs, int[] perm, int[] parts_in, int[] z_in, int[] need_x, int[] need_b, "
+      "bool beta_per_batch) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
+  m.impl("np_forward", np_forward);
+  m.impl("np_backward", np_backward);
+}
