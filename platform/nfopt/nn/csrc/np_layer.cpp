@@ -9,30 +9,19 @@
 // integer lists; the Python side keeps the plain-op path for torch.func, double backward and
 // torch.compile, and tests the two for equality.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <utility>
 #include <vector>
 
 namespace {
 
 using at::Tensor;
 using OptList = c10::List<std::optional<Tensor>>;
-
-std::vector<Tensor> pool_sums(const Tensor& x) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("nfopt_native::pool_sums", "")
-                       .typed<std::vector<Tensor>(const Tensor&)>();
-  return op.call(x);
-}
-
-std::vector<Tensor> pool_sums_dot(const Tensor& x, const Tensor& w) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("nfopt_native::pool_sums_dot", "")
-                       .typed<std::vector<Tensor>(const Tensor&, const Tensor&)>();
-  return op.call(x, w);
-}
 
 Tensor entry_mix(const Tensor& x, const Tensor& A, const Tensor& col, const Tensor& row, bool relu) {
   static auto op = c10::Dispatcher::singleton()
@@ -51,11 +40,6 @@ std::vector<Tensor> entry_mix_grad(const Tensor& x, const Tensor& A, const Tenso
 }
 
 std::optional<Tensor> opt(const OptList& list, int64_t i) { return list.get(i); }
-
-// _core._mean without autograd: a squeeze for one element, else the mean
-Tensor mean_dim(const Tensor& x, int64_t dim) { return x.size(dim) == 1 ? x.squeeze(dim) : x.mean(dim); }
-
-Tensor sum_dim(const Tensor& x, int64_t dim) { return x.size(dim) == 1 ? x.squeeze(dim) : x.sum(dim); }
 
 // _core._fmul: (G, F) x (F, B, N) -> (G, B, N), one GEMM over the B N columns
 Tensor fmul(const Tensor& w, const Tensor& x) {
@@ -110,6 +94,125 @@ void check_plan(const char* op, int64_t L, size_t n_bias, const OptList& A, cons
     TORCH_CHECK(Q.get(level).has_value() == (perm[level] != 0), op, ": Q[", level, "] present iff level permutable");
 }
 
+// A layer's pooled features in the layouts its small GEMMs take, in one pass over each input and
+// with every small output written in place (the per-part means, concatenations and transposing
+// copies were ~35 small ops per layer): z (B, Dz) = [the totals of x_1..x_L (F_i each), of
+// b_1..b_L (Fb_i each)] and for each permutable neuron layer l, P_l (D_l, B, n_l) = [the column
+// sums of x_l-1 (F), b_l-1 itself (Fb), the row sums of x_l (F)] (absent parts dropped). `mean`:
+// every sum divided by its count (the forward's pooled means; the bias part stays as it is),
+// else plain sums (the backward's reductions of output gradients, with x the weights' and b the
+// biases' gradients). x_i (B, F, m_r, m_c), b_i (B, Fb, m_r), any float dtype, all alike.
+// With `dot_with[i]` (B, 1, m_r, m_c) defined, also dots[i] (B, F) = sum_{r,c} x_i y in the same
+// pass: the weight gradient of a one-feature input y (the data into a stack).
+struct Pooled {
+  Tensor z;
+  std::vector<Tensor> P, dots;
+};
+
+Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, bool mean,
+                 const std::vector<Tensor>& dot_with = {}) {
+  const int64_t L = static_cast<int64_t>(xs_.size());
+  std::vector<Tensor> xs, bs;
+  for (int64_t i = 0; i < L; ++i) {
+    xs.push_back(xs_[i].contiguous());
+    bs.push_back(bs_[i].contiguous());
+    TORCH_CHECK(xs[i].dim() == 4 && bs[i].dim() == 3 && xs[i].size(0) == xs[0].size(0) &&
+                    bs[i].size(0) == xs[0].size(0) && bs[i].size(2) == xs[i].size(2) &&
+                    xs[i].scalar_type() == xs[0].scalar_type() && bs[i].scalar_type() == xs[0].scalar_type(),
+                "np layer: inputs must be x (B, F, m_r, m_c) and b (B, Fb, m_r) of one dtype, layer ", i);
+  }
+  const int64_t B = xs[0].size(0);
+  std::vector<int64_t> zx(L), zb(L);  // offsets of each tensor's totals in z
+  int64_t dz = 0;
+  for (int64_t i = 0; i < L; ++i) zx[i] = std::exchange(dz, dz + xs[i].size(1));
+  for (int64_t i = 0; i < L; ++i) zb[i] = std::exchange(dz, dz + bs[i].size(1));
+  Tensor z = at::empty({B, dz}, xs[0].options());
+  std::vector<Tensor> P(L + 1), dots(L), ys(L);
+  for (int64_t i = 0; i < static_cast<int64_t>(dot_with.size()); ++i) {
+    if (!dot_with[i].defined()) continue;
+    ys[i] = dot_with[i].contiguous().to(xs[0].scalar_type());
+    TORCH_CHECK(ys[i].numel() == B * xs[i].size(2) * xs[i].size(3), "np layer: dot input must be (B, 1, m_r, m_c)");
+    dots[i] = at::empty({B, xs[i].size(1)}, xs[0].options());
+  }
+  for (int64_t level = 0; level <= L; ++level) {
+    if (!perm[level]) continue;
+    const int64_t d = (level >= 1 ? xs[level - 1].size(1) + bs[level - 1].size(1) : 0) +
+                      (level < L ? xs[level].size(1) : 0);
+    const int64_t n = level >= 1 ? xs[level - 1].size(2) : xs[0].size(3);
+    P[level] = at::empty({d, B, n}, xs[0].options());
+  }
+  AT_DISPATCH_FLOATING_TYPES(xs[0].scalar_type(), "nfopt_np_pool", [&] {
+    scalar_t* zp = z.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < L; ++i) {
+      const int64_t F = xs[i].size(1), R = xs[i].size(2), C = xs[i].size(3), Fb = bs[i].size(1);
+      const scalar_t* xp = xs[i].data_ptr<scalar_t>();
+      const scalar_t* bp = bs[i].data_ptr<scalar_t>();
+      const scalar_t* yp = ys[i].defined() ? ys[i].data_ptr<scalar_t>() : nullptr;
+      scalar_t* dp = ys[i].defined() ? dots[i].data_ptr<scalar_t>() : nullptr;
+      // column sums of x_i -> P_{i+1}'s first part; row sums -> P_i's last part
+      scalar_t* pc = perm[i + 1] ? P[i + 1].data_ptr<scalar_t>() : nullptr;
+      scalar_t* pr = perm[i] ? P[i].data_ptr<scalar_t>() + (P[i].size(0) - F) * B * C : nullptr;
+      const scalar_t sc = mean ? scalar_t(1) / C : scalar_t(1), sr = mean ? scalar_t(1) / R : scalar_t(1);
+      const scalar_t st = mean ? scalar_t(1) / (R * C) : scalar_t(1);
+      at::parallel_for(0, B * F, std::max<int64_t>(1, 32768 / (R * C)), [&](int64_t begin, int64_t end) {
+        std::vector<scalar_t> rows(C);
+        for (int64_t bf = begin; bf < end; ++bf) {
+          const int64_t b = bf / F, f = bf % F;
+          const scalar_t* xb = xp + bf * R * C;
+          std::fill(rows.begin(), rows.end(), scalar_t(0));
+          scalar_t* rb = rows.data();
+          scalar_t total = 0, dot = 0;
+          if (C == 1 && yp == nullptr) {  // a column (a folded output layer): vectorised down it
+            scalar_t* dst = pc != nullptr ? pc + (f * B + b) * R : nullptr;
+_Pragma("omp simd reduction(+ : total)")
+            for (int64_t r = 0; r < R; ++r) {
+              total += xb[r];
+              if (dst != nullptr) dst[r] = xb[r] * sc;
+            }
+            rb[0] = total;
+          }
+          for (int64_t r = 0; r < (C == 1 && yp == nullptr ? 0 : R); ++r) {
+            const scalar_t* xr = xb + r * C;
+            scalar_t s = 0;
+            if (yp != nullptr) {
+              const scalar_t* yr = yp + (b * R + r) * C;
+_Pragma("omp simd reduction(+ : s, dot)")
+              for (int64_t c = 0; c < C; ++c) {
+                s += xr[c];
+                dot += xr[c] * yr[c];
+                rb[c] += xr[c];
+              }
+            } else {
+_Pragma("omp simd reduction(+ : s)")
+              for (int64_t c = 0; c < C; ++c) {
+                s += xr[c];
+                rb[c] += xr[c];
+              }
+            }
+            total += s;
+            if (pc != nullptr) pc[(f * B + b) * R + r] = s * sc;
+          }
+          if (pr != nullptr)
+            for (int64_t c = 0; c < C; ++c) pr[(f * B + b) * C + c] = rb[c] * sr;
+          zp[b * dz + zx[i] + f] = total * st;
+          if (dp != nullptr) dp[bf] = dot;
+        }
+      });
+      // b_i -> P_{i+1}'s middle part as it is, its totals -> z
+      scalar_t* pb = perm[i + 1] ? P[i + 1].data_ptr<scalar_t>() + F * B * R : nullptr;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t f = 0; f < Fb; ++f) {
+          const scalar_t* src = bp + (b * Fb + f) * R;
+          scalar_t total = 0;
+          for (int64_t r = 0; r < R; ++r) total += src[r];
+          if (pb != nullptr) std::copy(src, src + R, pb + (f * B + b) * R);
+          zp[b * dz + zb[i] + f] = total * sr;
+        }
+    }
+  });
+  return {z, P, dots};
+}
+
 // Returns [*hs, *us, z, *P] (P: one per permutable neuron layer, in order). `parts_out` holds the
 // output part sizes of every permutable level in order, `z_out` the 2L global output sizes.
 std::vector<Tensor> np_forward(at::TensorList xs, at::TensorList bs, const OptList& A, const OptList& Q,
@@ -117,34 +220,9 @@ std::vector<Tensor> np_forward(at::TensorList xs, at::TensorList bs, const OptLi
                                at::IntArrayRef z_out, bool relu) {
   const int64_t L = static_cast<int64_t>(xs.size());
   check_plan("np_forward", L, bs.size(), A, Q, perm, parts_out, z_out);
-  // pooled features
-  std::vector<Tensor> r(L), c(L), zp;
-  zp.reserve(2 * L);
-  for (int64_t i = 0; i < L; ++i) {
-    const Tensor& x = xs[i];
-    if (x.size(2) > 1 && x.size(3) > 1) {
-      auto s = pool_sums(x);  // one pass over x
-      r[i] = s[0].mul(1.0 / x.size(2));
-      c[i] = s[1].mul(1.0 / x.size(3));
-    } else {
-      r[i] = mean_dim(x, 2);  // (B, F, m_c)
-      c[i] = mean_dim(x, 3);  // (B, F, m_r)
-    }
-  }
-  for (int64_t i = 0; i < L; ++i) zp.push_back(mean_dim(c[i], 2));  // (B, F)
-  for (int64_t i = 0; i < L; ++i) zp.push_back(mean_dim(bs[i], 2));  // (B, Fb)
-  Tensor z = at::cat(zp, -1);                                         // (B, Dz)
-  std::vector<Tensor> P(L + 1);
-  for (int64_t level = 0; level <= L; ++level) {
-    if (!perm[level]) continue;
-    std::vector<Tensor> parts;
-    if (level >= 1) {
-      parts.push_back(c[level - 1].transpose(0, 1));
-      parts.push_back(bs[level - 1].transpose(0, 1));
-    }
-    if (level < L) parts.push_back(r[level].transpose(0, 1));
-    P[level] = at::cat(parts);  // (D_level, B, n_level)
-  }
+  auto pooled = pool_into(xs, bs, perm, true);  // pooled means
+  const Tensor& z = pooled.z;
+  const std::vector<Tensor>& P = pooled.P;
   // the small matmuls: per-neuron terms and the global ones
   auto glob = at::addmm(beta, z, Z).split_with_sizes(z_out, -1);
   std::vector<Tensor> kappa(L), ups(L), rho(L);
@@ -228,34 +306,17 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
     for (int64_t level = 0; level <= L; ++level)
       if (perm[level]) P[level] = Pp[k++];
   }
-  // 1. reductions of the output gradients (the adjoints of the broadcasts)
-  std::vector<Tensor> s_col(L), s_row(L), d_ups(L), dzt(L), dvt(L), dA(L);
-  for (int64_t i = 0; i < L; ++i) {
-    const Tensor& dh = dhs[i];
-    if (opt(A, i).has_value()) {  // one pass over dh
-      if (xs[i].size(1) == 1) {   // a one-feature input: its dA too
-        auto s = pool_sums_dot(dh, xs[i]);
-        s_row[i] = s[0];
-        s_col[i] = s[1];
-        dA[i] = s[2].sum(0).unsqueeze(1);  // (G, 1)
-      } else {
-        auto s = pool_sums(dh);
-        s_row[i] = s[0];
-        s_col[i] = s[1];
-      }
-    } else {
-      if (perm[i + 1]) s_col[i] = sum_dim(dh, 3);  // (B, G, n_i)
-      if (perm[i]) s_row[i] = sum_dim(dh, 2);      // (B, G, n_{i-1})
-    }
-    if (perm[i + 1]) d_ups[i] = dus[i];
-    const Tensor& s = s_row[i].defined() ? s_row[i] : s_col[i];
-    dzt[i] = s.defined() ? s.sum(2) : dh.reshape({dh.size(0), -1});
-    dvt[i] = dus[i].sum(2);
-  }
+  // 1. reductions of the output gradients (the adjoints of the broadcasts): dglob (B, sum G) the
+  // totals of every output's gradient, dout_l (sum out parts, B, n_l) the sums that meet at each
+  // permutable neuron layer, and for a one-feature input (the data into a stack) its dA too
+  std::vector<Tensor> dA(L), dot_with(L);
+  for (int64_t i = 0; i < L; ++i)
+    if (opt(A, i).has_value() && xs[i].size(1) == 1) dot_with[i] = xs[i];
+  auto pooled = pool_into(dhs, dus, perm, false, dot_with);
+  for (int64_t i = 0; i < L; ++i)
+    if (dot_with[i].defined()) dA[i] = pooled.dots[i].sum(0).unsqueeze(1);  // (G, 1)
+  const Tensor& dglob = pooled.z;
   // 2. global terms
-  std::vector<Tensor> dg_parts(dzt);
-  dg_parts.insert(dg_parts.end(), dvt.begin(), dvt.end());
-  const Tensor dglob = at::cat(dg_parts, -1);  // (B, sum G)
   const Tensor dZ = z.t().mm(dglob);
   const Tensor dbeta = beta_per_batch ? dglob : dglob.sum(0);
   bool need_in = false;
@@ -268,13 +329,7 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
   for (int64_t level = 0; level <= L; ++level) {
     if (!perm[level]) continue;
     const int64_t np = n_parts(level, L);
-    std::vector<Tensor> douts;
-    if (level >= 1) {
-      douts.push_back(s_col[level - 1].transpose(0, 1));
-      douts.push_back(d_ups[level - 1].transpose(0, 1));
-    }
-    if (level < L) douts.push_back(s_row[level].transpose(0, 1));
-    const Tensor dout = at::cat(douts);  // (sum out parts, B, n_level)
+    const Tensor& dout = pooled.P[level];  // (sum out parts, B, n_level)
     const Tensor& p = P[level];
     dQ[level] = dout.reshape({dout.size(0), -1}).mm(p.reshape({p.size(0), -1}).t());
     if (need_in) {
