@@ -115,6 +115,41 @@ def test_entry_mix_grad_matches_torch(b, f, g, h, r, c):
 
 
 @needs_compiler
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 9), min_size=2, max_size=5),
+    data=st.data(),
+    mean=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
+def test_np_pool_matches_torch(sizes, data, mean, dtype):
+    """A layer's pooled features (csrc/np_layer.cpp) in the layouts of nfopt.nn._core: z the
+    totals (means) of every weight and bias, P_l the column sums of W_l-1, b_l-1 and the row sums
+    of W_l at each permutable neuron layer; fixed layers folded to size 1 (columns of one entry)."""
+    L = len(sizes) - 1
+    perm = data.draw(st.lists(st.booleans(), min_size=L + 1, max_size=L + 1))
+    feats = data.draw(st.lists(st.integers(1, 4), min_size=2 * L, max_size=2 * L))
+    bsz = data.draw(st.integers(1, 3))
+    m = [n if p else 1 for n, p in zip(sizes, perm)]
+    xs = [torch.randn(bsz, feats[i], m[i + 1], m[i], dtype=dtype) for i in range(L)]
+    bs = [torch.randn(bsz, feats[L + i], m[i + 1], dtype=dtype) for i in range(L)]
+    z, *P = _native.ops().np_pool(xs, bs, [int(p) for p in perm], mean)
+
+    def red(t, dims):
+        return t.mean(dims) if mean else t.sum(dims)
+
+    want_z = torch.cat([red(x, (2, 3)) for x in xs] + [red(b, 2) for b in bs], dim=-1)
+    want_p = []
+    for level in range(L + 1):
+        if perm[level]:
+            parts = [red(xs[level - 1], 3), bs[level - 1]] if level >= 1 else []
+            parts += [red(xs[level], 2)] if level < L else []
+            want_p.append(torch.cat([p.transpose(0, 1) for p in parts]))
+    assert torch.allclose(z, want_z, rtol=1e-5, atol=1e-5)
+    assert len(P) == len(want_p) and all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(P, want_p))
+
+
+@needs_compiler
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)

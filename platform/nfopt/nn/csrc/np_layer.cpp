@@ -154,6 +154,28 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
       scalar_t* pr = perm[i] ? P[i].data_ptr<scalar_t>() + (P[i].size(0) - F) * B * C : nullptr;
       const scalar_t sc = mean ? scalar_t(1) / C : scalar_t(1), sr = mean ? scalar_t(1) / R : scalar_t(1);
       const scalar_t st = mean ? scalar_t(1) / (R * C) : scalar_t(1);
+      if (C == 1 && yp == nullptr) {  // columns (a folded input layer): one tight loop per column
+        at::parallel_for(0, B, std::max<int64_t>(1, 32768 / (F * R)), [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t f = 0; f < F; ++f) {
+              const scalar_t* xb = xp + (b * F + f) * R;
+              scalar_t total = 0;
+              if (pc != nullptr) {
+                scalar_t* dst = pc + (f * B + b) * R;
+_Pragma("omp simd reduction(+ : total)")
+                for (int64_t r = 0; r < R; ++r) {
+                  total += xb[r];
+                  dst[r] = xb[r] * sc;
+                }
+              } else {
+_Pragma("omp simd reduction(+ : total)")
+                for (int64_t r = 0; r < R; ++r) total += xb[r];
+              }
+              if (pr != nullptr) pr[f * B + b] = total * sr;
+              zp[b * dz + zx[i] + f] = total * st;
+            }
+        });
+      } else
       at::parallel_for(0, B * F, std::max<int64_t>(1, 32768 / (R * C)), [&](int64_t begin, int64_t end) {
         std::vector<scalar_t> rows(C);
         for (int64_t bf = begin; bf < end; ++bf) {
@@ -162,16 +184,7 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
           std::fill(rows.begin(), rows.end(), scalar_t(0));
           scalar_t* rb = rows.data();
           scalar_t total = 0, dot = 0;
-          if (C == 1 && yp == nullptr) {  // a column (a folded output layer): vectorised down it
-            scalar_t* dst = pc != nullptr ? pc + (f * B + b) * R : nullptr;
-_Pragma("omp simd reduction(+ : total)")
-            for (int64_t r = 0; r < R; ++r) {
-              total += xb[r];
-              if (dst != nullptr) dst[r] = xb[r] * sc;
-            }
-            rb[0] = total;
-          }
-          for (int64_t r = 0; r < (C == 1 && yp == nullptr ? 0 : R); ++r) {
+          for (int64_t r = 0; r < R; ++r) {
             const scalar_t* xr = xb + r * C;
             scalar_t s = 0;
             if (yp != nullptr) {
@@ -211,6 +224,17 @@ _Pragma("omp simd reduction(+ : s)")
     }
   });
   return {z, P, dots};
+}
+
+// pool_into as an op, for tests: [z, *P of the permutable levels]
+std::vector<Tensor> np_pool(at::TensorList xs, at::TensorList bs, at::IntArrayRef perm, bool mean) {
+  TORCH_CHECK(bs.size() == xs.size() && perm.size() == xs.size() + 1 && !xs.empty(),
+              "np_pool: L weights, L biases and L + 1 permutable flags");
+  auto pooled = pool_into(xs, bs, perm, mean);
+  std::vector<Tensor> ret{pooled.z};
+  for (const Tensor& p : pooled.P)
+    if (p.defined()) ret.push_back(p);
+  return ret;
 }
 
 // Returns [*hs, *us, z, *P] (P: one per permutable neuron layer, in order). `parts_out` holds the
@@ -389,6 +413,7 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nfopt_native, m) {
+  m.def("np_pool(Tensor[] xs, Tensor[] bs, int[] perm, bool mean) -> Tensor[]");
   m.def(
       "np_forward(Tensor[] xs, Tensor[] bs, Tensor?[] A, Tensor?[] Q, Tensor Z, Tensor beta, int[] perm, "
       "int[] parts_out, int[] z_out, bool relu) -> Tensor[]");
@@ -399,6 +424,7 @@ TORCH_LIBRARY_FRAGMENT(nfopt_native, m) {
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
+  m.impl("np_pool", np_pool);
   m.impl("np_forward", np_forward);
   m.impl("np_backward", np_backward);
 }
