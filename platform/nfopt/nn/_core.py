@@ -27,10 +27,14 @@ which, with every layer permutable, is exactly the NP layer (per-entry, row, col
 neighbouring-layer and global-mean terms) and, with layers 0 and L fixed, the HNP layer.
 
 Two numerically identical implementations: :func:`forward` in plain differentiable torch ops
-(used for inference, under ``torch.func`` transforms and for double backward), and
-:class:`FusedEquivariantLinear`, a custom autograd function with a hand-written backward that
+(used under ``torch.func`` transforms, ``torch.compile``, dispatch modes and for double backward),
+and :class:`FusedEquivariantLinear`, a custom autograd function with a hand-written backward that
 saves only the layer input and small pooled tensors and makes the fewest passes over the big
-per-entry tensors (the backward of a linear equivariant map is again one).
+per-entry tensors (the backward of a linear equivariant map is again one). Where the native
+kernels apply (CPU float32/64, :func:`_native_for`), inference and both directions of the
+autograd function run as one C++ op each (``csrc/np_layer.cpp``: the same steps, with the
+pooling written straight into ``z`` / ``P`` and the per-entry passes fused), tested equal to the
+plain ops.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Optional fused CPU kernels: ``csrc/np_kernels.cpp``, one-pass row/column sums and per-entry
 mixes for NP/HNP layers and a tiled per-entry MLP for the per-parameter learned optimizer
 (``entry_mlp``, usable inside ``torch.compile`` graphs: it has a fake implementation for
-tracing); ``csrc/lopt_kernels.cpp``, the learned update rule's features and bounded step
-(:mod:`nfopt.lopt.kernels`); ``csrc/nft_kernels.cpp``, weight-space attention's token gathers
-with blocked transposes and the per-entry channel LayerNorm. One library, ``torch.ops.nfopt_native``.
+tracing); ``csrc/np_layer.cpp``, an NP/HNP layer's whole forward and backward on those kernels
+(``np_forward``, ``np_backward``, ``np_pool``); ``csrc/lopt_kernels.cpp``, the learned update
+rule's features and bounded step (:mod:`nfopt.lopt.kernels`); ``csrc/nft_kernels.cpp``,
+weight-space attention's token gathers with blocked transposes and the per-entry channel
+LayerNorm. One library, ``torch.ops.nfopt_native``.
 
 Compiled on first use with the machine's C++ compiler (``torch.utils.cpp_extension``, ninja)
 into ``$NFOPT_BUILD_DIR`` (default ``~/.cache/nfopt/native``), keyed by the source and flags, the torch
