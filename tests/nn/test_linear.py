@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 
 from nfopt import NetworkSpec, WeightSpaceFeatures
-from nfopt.nn import HNPLinear, NPLinear, fused_backward
+from nfopt.nn import HNPLinear, NFActivation, NPLinear, fuse_relu, fused_backward
 from nfopt.testing import EquivarianceError, assert_equivariant, random_features
 from tests.strategies import channels, specs
 
@@ -106,6 +106,29 @@ def test_fused_relu_equals_layer_then_relu(spec, dtype, cls):
     with torch.no_grad():
         for a, b in zip(fused_layer(x).tensors(), layer(x).map(torch.relu).tensors()):
             assert torch.allclose(a, b, **tol)
+
+
+def test_fuse_relu_folds_the_relu_after_each_layer_and_keeps_state_dict():
+    spec = NetworkSpec.mlp([5, 4, 3])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        NPLinear(spec, 1, 3),
+        NFActivation(),
+        HNPLinear(spec, 3, 3),
+        NFActivation(torch.nn.ReLU()),
+        NPLinear(spec, 3, 2),
+        NFActivation(torch.tanh),  # not a ReLU: stays
+        NPLinear(spec, 2, 2, relu=True),
+        NFActivation(),  # after an already fused layer: stays (a second ReLU, no change)
+    ).double()
+    x = random_features(spec, 2, 1)
+    want, keys = model(x).tensors(), list(model.state_dict())
+    assert fuse_relu(model) == 2
+    assert model[0].relu and model[2].relu and not model[4].relu
+    assert isinstance(model[1], torch.nn.Identity) and isinstance(model[5], NFActivation)
+    assert list(model.state_dict()) == keys
+    for a, b in zip(model(x).tensors(), want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
 
 
 def test_gradcheck_and_double_backward_on_plain_path():

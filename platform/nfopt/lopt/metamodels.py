@@ -53,7 +53,7 @@ class PerParamMLP(nn.Module):
         """The same function through the fused per-entry kernel (:func:`nfopt.nn.fused.entry_mlp`,
         inference on CPU), one call per tensor; ``None`` where it does not apply."""
         acts = self.rest[0::2]
-        if not all(a.fn is torch.relu for a in acts) or not fused.applies(x.weights[0], self.first.weight_map.weight):
+        if not all(a.is_relu for a in acts) or not fused.applies(x.weights[0], self.first.weight_map.weight):
             return None  # before the global terms: training θ (gradients) takes the layers every step
         n, lins = len(x), self.rest[1::2]
         if self.glob is not None:
@@ -127,16 +127,12 @@ class NFNMetaModel(nn.Module):
             m = mods[i]
             if isinstance(m, SharedNPLinear):
                 # an NP layer followed by a ReLU runs as one (the activation in the layer's native store)
-                relu = i + 1 < len(mods) and _is_relu(mods[i + 1])
+                relu = i + 1 < len(mods) and isinstance(mods[i + 1], NFActivation) and mods[i + 1].is_relu
                 h = m(h, terms if i == 0 else None, relu=relu)
                 i += 2 if relu else 1
             else:
                 h, i = m(h), i + 1
         return h
-
-
-def _is_relu(m: nn.Module) -> bool:
-    return isinstance(m, NFActivation) and m.fn is torch.relu
 
 
 class NFTMetaModel(nn.Module):

@@ -1,6 +1,7 @@
 """Neural-functional layers over weight space.
 
-Equivariant: :class:`NPLinear` (all neuron permutations), :class:`HNPLinear` (hidden only),
+Equivariant: :class:`NPLinear` (all neuron permutations), :class:`HNPLinear` (hidden only);
+:func:`fuse_relu` folds the ReLU after each into it,
 per-entry :class:`Pointwise`, :class:`NFActivation`, :class:`NFDropout`,
 :class:`ChannelLayerNorm`, :class:`ChannelBatchNorm`, :class:`LearnedScale`. Invariant:
 :class:`NPPool`, :class:`HNPPool`.
@@ -18,7 +19,7 @@ from nfopt.nn.attention import WeightSpaceAttention, attention_fp32
 from nfopt.nn.dws import ChannelBatchNorm, DWSClassifier, DWSNet
 from nfopt.nn.encoding import FourierIOEncoding, LearnedIOEmbedding
 from nfopt.nn.inr2array import GaussianFourierFeatures, Inr2ArrayAutoencoder, Inr2ArrayDecoder, Inr2ArrayEncoder
-from nfopt.nn.linear import HNPLinear, NPLinear, fused_backward
+from nfopt.nn.linear import HNPLinear, NPLinear, fuse_relu, fused_backward
 from nfopt.nn.nft import EquivariantHead, InvariantHead, NFTBlock, NFTEncoder, build_nft
 from nfopt.nn.pointwise import ChannelLayerNorm, LearnedScale, NFActivation, NFDropout, Pointwise
 from nfopt.nn.pool import HNPPool, NPPool
@@ -64,6 +65,7 @@ __all__ = [
     "WeightSpaceAttention",
     "attention_fp32",
     "build_nft",
+    "fuse_relu",
     "fused_backward",
     "layer_roles",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 
@@ -11,10 +12,11 @@ from torch import nn
 from nfopt.nn import _core
 from nfopt.nn._layout import fold_bias, fold_weight, unfold_bias, unfold_weight
 from nfopt.nn._mix import functorch_active
+from nfopt.nn.pointwise import NFActivation
 from nfopt.nn.symmetry import Symmetry
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
-__all__ = ["HNPLinear", "NPLinear", "apply_plan", "fused_backward"]
+__all__ = ["HNPLinear", "NPLinear", "apply_plan", "fuse_relu", "fused_backward"]
 
 _FUSED = True
 
@@ -223,3 +225,22 @@ class HNPLinear(_EquivariantLinear):
         L = spec.num_layers
         permutable = (False, *([True] * (L - 1)), False)
         super().__init__(spec, in_channels, out_channels, permutable, max_params, relu)
+
+
+def fuse_relu(module: nn.Module) -> int:
+    """Fuse the ReLU after every NP/HNP layer into the layer, in place, throughout ``module``:
+    wherever an ``nn.Sequential`` holds an :class:`NPLinear` / :class:`HNPLinear` directly
+    followed by an :class:`NFActivation` of ``torch.relu`` (or ``F.relu``, ``nn.ReLU``), the layer
+    takes ``relu=True`` and the activation becomes ``nn.Identity`` (the same function; neither
+    holds parameters, so ``state_dict`` keys and saved models are unchanged). Returns how many
+    were fused."""
+    fused = 0
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for first, second in itertools.pairwise(list(seq._modules)):
+            layer, act = seq._modules[first], seq._modules[second]
+            is_relu = isinstance(act, NFActivation) and act.is_relu
+            if isinstance(layer, _EquivariantLinear) and not layer.relu and is_relu:
+                layer.relu = True
+                seq._modules[second] = nn.Identity()
+                fused += 1
+    return fused

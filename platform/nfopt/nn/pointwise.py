@@ -56,6 +56,12 @@ class NFActivation(nn.Module):
         super().__init__()
         self.fn = fn
 
+    @property
+    def is_relu(self) -> bool:
+        """Whether the function is a ReLU (``torch.relu``, ``F.relu`` or an ``nn.ReLU``): the
+        activation NP/HNP layers can fuse (``relu=True``, :func:`nfopt.nn.fuse_relu`)."""
+        return self.fn is torch.relu or self.fn is nn.functional.relu or isinstance(self.fn, nn.ReLU)
+
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         return x.map(self.fn)
 

@@ -25,6 +25,7 @@ from nfopt.nn import (
     NFActivation,
     NPLinear,
     NPPool,
+    fuse_relu,
 )
 from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -75,6 +76,7 @@ class NFNClassifier(nn.Module):
             mods += [NPLinear(spec, c, channels), NFActivation()]
             c = channels
         self.body, self.pool = nn.Sequential(*mods), NPPool(spec)
+        fuse_relu(self.body)  # the ReLUs ride in the layers' passes (same function, same state_dict)
         self.head = nn.Sequential(
             nn.Linear(self.pool.out_features(c), 256), nn.ReLU(), nn.Dropout(dropout), nn.Linear(256, classes)
         )

@@ -16,7 +16,16 @@ from nfopt.data.image import clahe
 from nfopt.inr import grid_coords, render
 from nfopt.inrs.spec import InrEditSpec
 from nfopt.inrs.store import load_inrs
-from nfopt.nn import DWSNet, FourierIOEncoding, GaussianFourierFeatures, HNPLinear, NFActivation, NPLinear, build_nft
+from nfopt.nn import (
+    DWSNet,
+    FourierIOEncoding,
+    GaussianFourierFeatures,
+    HNPLinear,
+    NFActivation,
+    NPLinear,
+    build_nft,
+    fuse_relu,
+)
 from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
 
@@ -81,6 +90,7 @@ class Editor(nn.Module):
                 c = channels
             mods.append(layer(spec, c, 1))
             self.delta = nn.Sequential(*mods)
+            fuse_relu(self.delta)  # the ReLUs ride in the layers' passes (same function, same state_dict)
         elif kind == "nft":
             self.delta = build_nft(
                 spec, c, channels=channels, num_blocks=max(1, layers - 1), num_heads=4, out_channels=1

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nfopt.data import Dataset, load_dataset
-from nfopt.nn import HNPLinear, NFActivation, NPLinear
+from nfopt.nn import HNPLinear, NFActivation, NPLinear, fuse_relu
 from nfopt.recipes.experiments import claim_experiment, finish_experiment
 from nfopt.specs import child_seed
 from nfopt.weightspace import NetworkSpec, WeightSpaceFeatures
@@ -186,6 +186,7 @@ class MaskPredictor(torch.nn.Module):
             c = channels
         mods.append(layer(c, 1))
         self.net = torch.nn.Sequential(*mods)
+        fuse_relu(self.net)  # the ReLUs ride in the layers' passes (same function, same state_dict)
 
     def forward(self, x: WeightSpaceFeatures) -> WeightSpaceFeatures:
         return self.net(x)

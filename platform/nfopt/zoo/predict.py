@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nfopt.nn import HNPLinear, HNPPool, NFActivation, NPLinear, NPPool, build_nft
+from nfopt.nn import HNPLinear, HNPPool, NFActivation, NPLinear, NPPool, build_nft, fuse_relu
 from nfopt.weightspace import NetworkSpec, Permutation, WeightSpaceFeatures
 
 __all__ = [
@@ -72,6 +72,7 @@ class NFNPredictor(nn.Module):
             mods += [layer(spec, c, channels), NFActivation()]
             c = channels
         self.body = nn.Sequential(*mods)
+        fuse_relu(self.body)  # the ReLUs ride in the layers' passes (same function, same state_dict)
         self.pool = NPPool(spec) if kind == "np" else HNPPool(spec)
         self.head = nn.Sequential(nn.Linear(self.pool.out_features(channels), hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
