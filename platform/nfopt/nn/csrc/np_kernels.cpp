@@ -1,8 +1,8 @@
 // Fused CPU kernels for NP/HNP layers (see nfopt/nn/_core.py) and per-entry MLPs (see
 // nfopt/lopt/metamodels.py).
 //
-// Layout: X (B, F, R, C) contiguous, channels-first. pool_sums returns the row sums and the
-// column sums of every (R, C) matrix in one read of X, where PyTorch needs two reductions.
+// Layout: X (B, F, R, C) contiguous, channels-first (a layer's pooled row and column sums, one
+// read of X, are in np_layer.cpp beside the rest of the layer).
 // entry_mlp runs a small ReLU MLP on every entry's channel vector of X (B, F, N), tile by tile
 // of two vectors' worth of entries, so its hidden activations never leave L1 (PyTorch writes
 // each (B, H, N) hidden tensor to memory and reads it back for the bias, the ReLU and the next
@@ -49,68 +49,6 @@ constexpr int kMaxGB = 8;
 constexpr int kKB = 4;
 constexpr int kHB = 2;
 #endif
-
-// rows[b,f,c] = sum_r X[b,f,r,c];  cols[b,f,r] = sum_c X[b,f,r,c]   (one read of X), and with
-// Dot also dots[b,f] = sum_{r,c} X[b,f,r,c] w[b,r,c] in the same read: an NP backward's
-// output-gradient sums and the weight gradient of a one-feature input (w = that input).
-template <bool Dot>
-std::vector<at::Tensor> pool_sums_impl(const at::Tensor& x_, const at::Tensor& w_) {
-  TORCH_CHECK(x_.dim() == 4, "pool_sums expects x (B, F, R, C)");
-  auto x = x_.contiguous();
-  const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
-  at::Tensor w;
-  if (Dot) {
-    TORCH_CHECK(w_.numel() == B * R * C, "pool_sums_dot expects w (B, 1, R, C)");
-    w = w_.contiguous().to(x.scalar_type());
-  }
-  auto rows = at::zeros({B, F, C}, x.options());
-  auto cols = at::empty({B, F, R}, x.options());
-  auto dots = Dot ? at::empty({B, F}, x.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "nfopt_pool_sums", [&] {
-    const scalar_t* xp = x.data_ptr<scalar_t>();
-    const scalar_t* wp = Dot ? w.data_ptr<scalar_t>() : nullptr;
-    scalar_t* rp = rows.data_ptr<scalar_t>();
-    scalar_t* cp = cols.data_ptr<scalar_t>();
-    scalar_t* dp = Dot ? dots.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B * F, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bf = begin; bf < end; ++bf) {
-        const scalar_t* xb = xp + bf * R * C;
-        const scalar_t* wb = Dot ? wp + (bf / F) * R * C : nullptr;
-        scalar_t* rb = rp + bf * C;
-        scalar_t d = 0;
-        for (int64_t r = 0; r < R; ++r) {
-          const scalar_t* xr = xb + r * C;
-          scalar_t s = 0;
-          if constexpr (Dot) {
-            const scalar_t* wr = wb + r * C;
-_Pragma("omp simd reduction(+ : s, d)")
-            for (int64_t c = 0; c < C; ++c) {
-              s += xr[c];
-              d += xr[c] * wr[c];
-              rb[c] += xr[c];
-            }
-          } else {
-_Pragma("omp simd reduction(+ : s)")
-            for (int64_t c = 0; c < C; ++c) {
-              s += xr[c];
-              rb[c] += xr[c];
-            }
-          }
-          cp[bf * R + r] = s;
-        }
-        if (Dot) dp[bf] = d;
-      }
-    });
-  });
-  if (Dot) return {rows, cols, dots};
-  return {rows, cols};
-}
-
-std::vector<at::Tensor> pool_sums(const at::Tensor& x) { return pool_sums_impl<false>(x, at::Tensor()); }
-
-std::vector<at::Tensor> pool_sums_dot(const at::Tensor& x, const at::Tensor& w) {
-  return pool_sums_impl<true>(x, w);
-}
 
 // entry_mlp tiles: kLanes entries (two vectors) x kBlock output channels of accumulators. The
 // quickstart rule's six tensors: AVX-512 32 x 8 563 us vs 703 with 16 lanes, 600 with 48; AVX2
@@ -502,16 +440,12 @@ std::vector<at::Tensor> entry_mix_grad(const at::Tensor& x, const at::Tensor& A,
 }  // namespace
 
 TORCH_LIBRARY(nfopt_native, m) {
-  m.def("pool_sums(Tensor x) -> Tensor[]");
-  m.def("pool_sums_dot(Tensor x, Tensor w) -> Tensor[]");
   m.def("entry_mlp(Tensor x, Tensor w1, Tensor c1, Tensor[] weights, Tensor[] biases) -> Tensor");
   m.def("entry_mix(Tensor x, Tensor A, Tensor col, Tensor row, bool relu=False) -> Tensor");
   m.def("entry_mix_grad(Tensor x, Tensor A, Tensor col, Tensor row, Tensor y) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
-  m.impl("pool_sums", pool_sums);
-  m.impl("pool_sums_dot", pool_sums_dot);
   m.impl("entry_mlp", entry_mlp);
   m.impl("entry_mix", entry_mix);
   m.impl("entry_mix_grad", entry_mix_grad);
