@@ -130,6 +130,20 @@ def test_np_pool_matches_torch(sizes, data, mean, dtype):
 
 
 @needs_compiler
+def test_np_layer_ops_refuse_inconsistent_plans():
+    """Malformed calls to the layer ops raise (never write out of bounds)."""
+    ops, x, b = _native.ops(), torch.randn(2, 3, 4, 5), torch.randn(2, 3, 4)
+    with pytest.raises(RuntimeError, match="columns"):  # layer 1's width seen differently by W_1 and W_2
+        ops.np_pool([x, torch.randn(2, 3, 6, 7)], [b, torch.randn(2, 3, 6)], [1, 1, 1], True)
+    with pytest.raises(RuntimeError, match="plan"):  # too few part sizes for the permutable levels
+        ops.np_forward([x], [b], [None], [None, None], torch.randn(6, 6), torch.randn(6), [1, 1], [1], [3, 3], False)
+    with pytest.raises(RuntimeError, match="Q"):  # a permutable level without its Q
+        ops.np_forward([x], [b], [None], [None, None], torch.randn(6, 6), torch.randn(6), [1, 0], [3], [3, 3], False)
+    with pytest.raises(RuntimeError, match="x \\(B, F"):
+        ops.np_pool([torch.randn(2, 3, 4)], [b], [1, 1], True)
+
+
+@needs_compiler
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)

@@ -125,6 +125,9 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
                 "np layer: inputs must be x (B, F, m_r, m_c) and b (B, Fb, m_r) of one dtype, layer ", i);
   }
   const int64_t B = xs[0].size(0);
+  for (int64_t level = 1; level < L; ++level)  // a permutable layer's size, seen from both sides
+    TORCH_CHECK(!perm[level] || xs[level].size(3) == xs[level - 1].size(2), "np layer: weight ", level,
+                " has ", xs[level].size(3), " columns, weight ", level - 1, " has ", xs[level - 1].size(2), " rows");
   std::vector<int64_t> zx(L), zb(L);  // offsets of each tensor's totals in z
   int64_t dz = 0;
   for (int64_t i = 0; i < L; ++i) zx[i] = std::exchange(dz, dz + xs[i].size(1));
