@@ -59,7 +59,7 @@ def apply_plan(
         out = _core.FusedEquivariantLinear.apply(plan, len(xs), relu, *xs, *bs, *A, *Q, Z, beta)
         hs, us = out[: len(xs)], out[len(xs) :]
     else:
-        # plain ops; the one-pass native pooling only where no autograd/torch.func will see it
+        # plain ops, or the native layer op (csrc/np_layer.cpp) where no autograd/torch.func sees it
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (*xs, *bs, *params))
         native = None if needs_grad or functorch_active(*xs, *params) else _core._native_for(xs)
         hs, us = _core.forward(plan, xs, bs, A, Q, Z, beta, native=native, relu=relu)
