@@ -2,12 +2,13 @@
 
 Stack: 3 equivariant linear layers, channels 1 -> 16 -> 16 -> 16, ReLU between, batch 32,
 forward + backward of ``loss = sum of mean squares of the outputs``; nfopt's layers take the ReLU
-after them fused (``relu=True``: the same function, no pass of its own), nfn's apply it after. Configs: NP 64-32-32-10,
-HNP 64-32-32-10, NP 784-128-128-10; and one weight-space attention layer (NFT; 16 channels,
-4 heads, 16-channel inputs) against the reference ``NPAttention`` on 64-32-32-10. Timings are
-medians of interleaved runs in one process; peak memory is the resident-set high-water mark of
-one step in a fresh subprocess per side (above the process's resident set just before the step;
-nfopt's native kernels are loaded before it, a one-time cost of the process, ~75 MiB of imports).
+after them fused (``relu=True``: the same function, no pass of its own), nfn's apply it after.
+Configs: NP 64-32-32-10, HNP 64-32-32-10, NP 784-128-128-10; and one weight-space attention layer
+(NFT; 16 channels, 4 heads, 16-channel inputs) against the reference ``NPAttention`` on
+64-32-32-10. Timings are medians of interleaved runs in one process (the order flipping every
+round); peak memory is the resident-set high-water mark of one step in a fresh subprocess per
+side (above the process's resident set just before the step; nfopt's native kernels are loaded
+before it, a one-time cost of the process, ~75 MiB of imports).
 
 Allocator: both sides run under the same glibc settings. By default the script re-executes
 itself with ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` (keeps large blocks instead of
@@ -235,10 +236,13 @@ def main() -> None:
             steps[impl]()
         times, probes = {"nfn": [], "nfopt": []}, []
         gemm_probe()
-        for _ in range(repeats):
-            for impl, step in steps.items():
+        order = list(steps)
+        for r in range(repeats):
+            # the order flips every round: each side follows the other's step (whose memory
+            # traffic evicts the caches) as often as the GEMM probe
+            for impl in order if r % 2 == 0 else order[::-1]:
                 t0 = time.perf_counter()
-                step()
+                steps[impl]()
                 times[impl].append(time.perf_counter() - t0)
             probes.append(gemm_probe())
         flops = step_flops(steps["nfopt"])
