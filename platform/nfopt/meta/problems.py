@@ -95,6 +95,17 @@ def _track(loss: Tensor, loss0: Tensor, clip_loss: float, logs: bool) -> tuple[T
     return (torch.log(norm.clamp_min(1e-6)) if logs else norm).mean(), bad.sum()
 
 
+def _step_generator(state: dict, k: int) -> torch.Generator:
+    """The random draws of inner step ``state["step"] + k`` of the task ``state["seed"]``: the same
+    on every path (compiled or eager unroll), so calls from one state see the same data."""
+    return torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
+
+
+def _tail_steps(steps: int) -> int:
+    """How many of an unroll's last steps the ``tail`` meta-loss averages."""
+    return max(1, steps // 5)
+
+
 #: Inner steps one compiled call runs at most (a ``while_loop`` over the chunk; longer unrolls
 #: take several calls). Fixed, so one graph serves every unroll length.
 _CHUNK = 16
@@ -181,7 +192,7 @@ class QuadraticProblem:
         for k in range(steps):
             g = a * x
             if self.noise:
-                gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
+                gen = _step_generator(state, k)
                 g = g + self.noise * torch.randn(self.dim, generator=gen, dtype=x.dtype)
             x = x - lr * g
             total = total + 0.5 * (a * x * x).sum()
@@ -328,13 +339,13 @@ class TaskProblem:
         one = next(iter(theta.values())).new_ones(())
         scales = {k: one * pop.scales.get(k, 1.0) for k in pop.params}
         step_at = torch.zeros((), dtype=torch.long, device=self.device)  # no two inputs may share storage
-        tail_from = torch.tensor(steps - max(1, steps // 5), device=self.device)
+        tail_from = torch.tensor(steps - _tail_steps(steps), device=self.device)
         acc = (one.new_zeros(()), one.new_zeros(()), one.new_zeros(()), torch.zeros_like(step_at))
         for c0 in range(0, steps, _CHUNK):
             n = min(_CHUNK, steps - c0)
             idx = torch.zeros(_CHUNK, pop.size, task.batch_size, dtype=torch.long)
             for k in range(n):
-                gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + c0 + k))
+                gen = _step_generator(state, c0 + k)
                 idx[k] = pop.batch_indices(len(x_train), task.batch_size, gen)
             end = step_at + n
             args = (x_train, y_train, idx.to(self.device), step_at, end, scales, one * pop.loss_scale)
@@ -342,7 +353,7 @@ class TaskProblem:
             step_at, acc, leaves = out[0], tuple(out[1:5]), list(out[5:])
         params, rstate = pytree.tree_unflatten(leaves, state_spec)
         total, tail, last, bad = acc
-        meta = {"final": last, "tail": tail / max(1, steps // 5)}.get(self.meta_loss, total / steps)
+        meta = {"final": last, "tail": tail / _tail_steps(steps)}.get(self.meta_loss, total / steps)
         return meta, params, rstate, bad
 
     def unroll(self, theta: Theta, state: dict, steps: int) -> tuple[Tensor, dict, dict]:
@@ -380,7 +391,7 @@ class TaskProblem:
         losses = []
         nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
         for k in range(steps):
-            gen = torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
+            gen = _step_generator(state, k)
             xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
             if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
                 step = functools.partial(self._step, pop)
@@ -393,7 +404,7 @@ class TaskProblem:
         if self.meta_loss == "final":
             meta = losses[-1]
         elif self.meta_loss == "tail":
-            meta = torch.stack(losses[-max(1, steps // 5) :]).mean()
+            meta = torch.stack(losses[-_tail_steps(steps) :]).mean()
         else:
             meta = torch.stack(losses).mean()
         return meta, params, rstate, nonfinite

@@ -39,7 +39,6 @@ plain ops.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -186,9 +185,11 @@ def _forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, relu: bool = Fal
     return hs, us, z, P
 
 
-def _forward_native(native, plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, relu: bool):
-    """:func:`_forward` as one native op (``csrc/np_layer.cpp``, the same ops in C++ with the
-    fused kernels for the big passes): ``(hs, us, z, P)``."""
+def _forward_with(native, plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, relu: bool):
+    """:func:`_forward`, as one native op where ``native`` kernels are given (``csrc/np_layer.cpp``,
+    the same ops in C++ with the fused kernels for the big passes): ``(hs, us, z, P)``."""
+    if native is None:
+        return _forward(plan, xs, bs, A, Q, Z, beta, relu)
     perm, parts_out, z_out = plan.native_args[:3]
     res = native.np_forward(xs, bs, A, Q, Z, beta, perm, parts_out, z_out, relu)
     n = len(xs)
@@ -200,8 +201,7 @@ def forward(plan: Plan, xs, bs, A, Q, Z: Tensor, beta: Tensor, native=None, relu
     """Folded inputs ``xs[i]: (B, F_i, m_i, m_{i-1})``, ``bs[i]: (B, Fb_i, m_i)`` -> outputs in the
     same layout with ``c_out`` channels (``relu``: passed through a ReLU). Plain torch ops,
     differentiable to any order, unless ``native`` kernels are passed (for inference only)."""
-    run = _forward if native is None else functools.partial(_forward_native, native)
-    hs, us, _, _ = run(plan, xs, bs, A, Q, Z, beta, relu=relu)
+    hs, us, _, _ = _forward_with(native, plan, xs, bs, A, Q, Z, beta, relu)
     return hs, us
 
 
@@ -219,10 +219,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
         A, Q = args[2 * n : 3 * n], args[3 * n : 4 * n + 1]
         Z, beta = args[-2], args[-1]
         native = _native_for(xs)
-        if native is not None:
-            hs, us, z, P = _forward_native(native, plan, xs, bs, A, Q, Z, beta, relu)
-        else:
-            hs, us, z, P = _forward(plan, xs, bs, A, Q, Z, beta, relu)
+        hs, us, z, P = _forward_with(native, plan, xs, bs, A, Q, Z, beta, relu)
         ctx.plan, ctx.n, ctx.native, ctx.beta_ndim, ctx.relu = plan, n, native, beta.ndim, relu
         ctx.z, ctx.P = z, P
         ctx.present = (tuple(a is not None for a in A), tuple(q is not None for q in Q))
