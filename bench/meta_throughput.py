@@ -104,16 +104,17 @@ def interleaved_round(cases: list[str], pools: dict, jax_pes, steps: int) -> tup
     overheads, jax_cpu = [], 0.0
     for s in range(steps):
         for c in cases if s % 2 == 0 else cases[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
             if c == "jax":
-                jax_pes.step()
-                jax_cpu += time.process_time() - c0
+                dt, cpu = jax_pes.timed_step()
+                jax_cpu += cpu
                 inner[c] += jax_pes.inner_steps_per_outer_step
             else:
+                t0 = time.perf_counter()
                 m = pools[c][0].step()
+                dt = time.perf_counter() - t0
                 inner[c] += m["inner_steps"]
                 overheads.append(m["overhead"])
-            wall[c] += time.perf_counter() - t0
+            wall[c] += dt
     cores = jax_cpu / wall["jax"] if "jax" in wall else float("nan")
     return {c: inner[c] / wall[c] for c in cases}, overheads, cores
 
