@@ -144,6 +144,37 @@ def test_np_layer_ops_refuse_inconsistent_plans():
 
 
 @needs_compiler
+def test_token_attention_ops_run_here_and_refuse_malformed_calls():
+    """The fused token attention is what float32 attention takes here (the BLAS that PyTorch
+    links was found); malformed calls raise (never read or write out of bounds)."""
+    from nfopt.nn.attention import _fused_tokens
+
+    ops = _native.ops()
+    qw, qb = [torch.randn(2, 6, 3, 4), torch.randn(2, 6, 5, 3)], [torch.randn(2, 6, 3), torch.randn(2, 6, 5)]
+    assert ops.token_attention_available() and _fused_tokens(ops, qw)
+    assert not _fused_tokens(ops, [t.double() for t in qw])  # float32 only: float64 keeps the gathers
+    out = ops.token_attention_forward(qw, qb, 2, True)
+    assert [tuple(t.shape) for t in out] == [(2, 2, 3, 4), (2, 2, 5, 3), (2, 2, 3), (2, 2, 5)] + [
+        (4, 3, 3),
+        (4, 10, 10),
+        (4, 4, 4),
+    ]
+    with pytest.raises(RuntimeError, match="qw\\[1\\]"):  # layer 1's width seen differently by W_1 and W_2
+        ops.token_attention_forward([qw[0], torch.randn(2, 6, 5, 2)], qb, 2, False)
+    with pytest.raises(RuntimeError, match="multiple of the heads"):
+        ops.token_attention_forward(qw, qb, 4, False)
+    with pytest.raises(RuntimeError, match="float32"):
+        ops.token_attention_forward([t.double() for t in qw], [t.double() for t in qb], 2, False)
+    d_w, d_b = out[:2], out[2:4]
+    with pytest.raises(RuntimeError, match="probs\\[1\\]"):
+        ops.token_attention_backward(qw, qb, [out[4], out[4], out[6]], d_w, d_b, torch.zeros(2, 4, 6), 2)
+    with pytest.raises(RuntimeError, match="output gradient 1"):
+        ops.token_attention_backward(qw, qb, out[4:], [d_w[0], d_w[0]], d_b, torch.zeros(2, 4, 6), 2)
+    with pytest.raises(RuntimeError, match="d_means"):
+        ops.token_attention_backward(qw, qb, out[4:], d_w, d_b, torch.zeros(2, 4), 2)
+
+
+@needs_compiler
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)

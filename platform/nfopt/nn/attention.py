@@ -194,6 +194,9 @@ def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tu
     native = None
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) and not functorch_active(*tensors):
         native = _core._native_for(qw)
+    if not dropout_p and _fused_tokens(native, qw):
+        out = native.token_attention_forward(list(qw), list(qb), H, False)
+        return out[:L], out[L:]
     outs = []
     for level in range(L + 1):
         # feature-major token matrices of q, k and v at once, (3, B, C, n_l, T), by one gather;
@@ -205,6 +208,12 @@ def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tu
         outs.append(_attend_feature_major(q, k, v, dropout_p).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
     att_w = [_weight_from_tokens(native, outs[i + 1][None], outs[i][None]) for i in range(L)]
     return att_w, [outs[i + 1][..., n[i]] for i in range(L)]
+
+
+def _fused_tokens(native, qw) -> bool:
+    """Whether the fused token attention (``token_attention_forward``/``_backward``: float32, the
+    BLAS that PyTorch links found at run time) runs these inputs."""
+    return native is not None and qw[0].dtype == torch.float32 and native.token_attention_available()
 
 
 def _gather_tokens(native, ws: list, bs: list, level: int, groups: int) -> Tensor:
@@ -245,6 +254,12 @@ class _TokenAttention(torch.autograd.Function):
         d, bh = c // H, bsz * H
         n = [qw[0].shape[3]] + [w.shape[2] for w in qw]
         native = _core._native_for(qw)
+        ctx.fused = _fused_tokens(native, qw)
+        if ctx.fused:  # one op per direction, (batch, head) at a time in L2 (nft_kernels.cpp)
+            out = native.token_attention_forward(list(qw), list(qb), H, True)
+            ctx.save_for_backward(*tensors, *out[2 * L :])
+            ctx.dims, ctx.native = (H, L, tuple(n)), native
+            return (*out[: 2 * L], _means(qw, qb))
         saved, outs = [], []
         for level in range(L + 1):
             x = _gather_tokens(native, qw, qb, level, 3)  # (3, B, C, n_l, T)
@@ -265,6 +280,10 @@ class _TokenAttention(torch.autograd.Function):
         (H, L, n), native = ctx.dims, ctx.native
         saved = ctx.saved_tensors
         d_w, d_b, d_means = grads[:L], grads[L : 2 * L], grads[-1]  # (unused outputs' grads arrive as zeros)
+        if ctx.fused:
+            qw, qb, probs = saved[:L], saved[L : 2 * L], saved[2 * L :]
+            out = native.token_attention_backward(list(qw), list(qb), list(probs), list(d_w), list(d_b), d_means, H)
+            return (None, None, *out)
         bsz, c = saved[0].shape[1], saved[0].shape[2]
         bh, d = bsz * H, c // H
         dqw, dqb, prev = [], [], None  # prev: the last level's (3, B, C, n_l, T) token gradients

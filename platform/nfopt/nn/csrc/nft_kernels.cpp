@@ -23,6 +23,9 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
+
+#include <dlfcn.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
@@ -263,16 +266,350 @@ _Pragma("omp simd")
   return y;
 }
 
+
+// ---- token attention ------------------------------------------------------------------------
+// The per neuron layer attention of WeightSpaceAttention, one (batch element, head) at a time:
+// its q, k, v tokens gathered from the projected weights into buffers that stay in L2, the two
+// products and the softmax there, the output scattered straight into the attended weights (and
+// in the backward the same for the token gradients into the inputs' gradients). Per level, MKL's
+// batched GEMM over all (b, h) streamed every operand from memory (a level's q, k, v are 19 MB
+// on (32, 48, 32, 64) weights) and the gathers and scatters were passes of their own.
+//   token_attention_forward(qw, qb, H, save) -> [att_w..., att_b..., probs...]
+//   token_attention_backward(qw, qb, probs, d_w, d_b, d_means, H) -> [dqw..., dqb...]
+// qw[i]: (B, 3C, n_{i+1}, n_i), qb[i]: (B, 3C, n_{i+1}) ([q | k | v], heads split off C);
+// att_w[i]: (B, C, n_{i+1}, n_i), att_b[i]: (B, C, n_{i+1}); probs[l]: (B H, T_l, T_l), the
+// softmax transposed (keys x queries); d_means: (B, 2L, 3C), the gradient of the per-tensor means
+// of qw and qb (see attention.py's _means), spread over the entries here.
+// Float32 only; the GEMMs go to the BLAS that PyTorch links (sgemm_, found at run time:
+// token_attention_available() says whether it was).
+
+using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                         const int*, const float*, const int*, const float*, float*, const int*);
+
+sgemm_t find_sgemm() {
+  static const sgemm_t fn = [] {
+    void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
+    void* f = h ? dlsym(h, "sgemm_") : nullptr;
+    if (!f) f = dlsym(RTLD_DEFAULT, "sgemm_");
+    return reinterpret_cast<sgemm_t>(f);
+  }();
+  return fn;
+}
+
+// row-major C (M x N, ldc) = alpha op(A) op(B) + beta C, op(A): M x K, op(B): K x N (the
+// column-major BLAS computes C^T = op(B)^T op(A)^T)
+inline void gemm_rm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
+                    int ldb, float beta, float* C, int ldc) {
+  const char a = ta ? 'T' : 'N', b = tb ? 'T' : 'N';
+  find_sgemm()(&b, &a, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
+}
+
+#if defined(__AVX2__)
+// e^x for x <= 0 (softmax after its max is subtracted), ~1 ulp: 2^n e^r with r = x - n ln 2 in
+// [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' coefficients); below -87.3 it returns ~1e-38
+inline __m256 exp_neg(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+#endif
+
+// in place over a (T x T) row-major block: a[:, q] = softmax(a[:, q]) for every column q (the
+// softmax over the keys, the rows)
+void softmax_cols(float* a, int64_t T) {
+  std::vector<float> mx(T, -INFINITY), sum(T, 0.0f);
+  for (int64_t k = 0; k < T; ++k) {
+    const float* r = a + k * T;
+    for (int64_t q = 0; q < T; ++q) mx[q] = std::max(mx[q], r[q]);
+  }
+  for (int64_t k = 0; k < T; ++k) {
+    float* r = a + k * T;
+    int64_t q = 0;
+#if defined(__AVX2__)
+    for (; q + 8 <= T; q += 8) {
+      const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(r + q), _mm256_loadu_ps(mx.data() + q)));
+      _mm256_storeu_ps(r + q, e);
+      _mm256_storeu_ps(sum.data() + q, _mm256_add_ps(_mm256_loadu_ps(sum.data() + q), e));
+    }
+#endif
+    for (; q < T; ++q) {
+      r[q] = std::exp(r[q] - mx[q]);
+      sum[q] += r[q];
+    }
+  }
+  for (int64_t q = 0; q < T; ++q) sum[q] = 1.0f / sum[q];
+  for (int64_t k = 0; k < T; ++k) {
+    float* r = a + k * T;
+#pragma omp simd
+    for (int64_t q = 0; q < T; ++q) r[q] *= sum[q];
+  }
+}
+
+// ds = scale * a * (da - sum_k a da) per column (the softmax's backward over the rows), in da
+void softmax_cols_backward(const float* a, float* da, int64_t T, float scale) {
+  std::vector<float> dot(T, 0.0f);
+  for (int64_t k = 0; k < T; ++k) {
+    const float* ar = a + k * T;
+    const float* dr = da + k * T;
+#pragma omp simd
+    for (int64_t q = 0; q < T; ++q) dot[q] += ar[q] * dr[q];
+  }
+  for (int64_t k = 0; k < T; ++k) {
+    const float* ar = a + k * T;
+    float* dr = da + k * T;
+#pragma omp simd
+    for (int64_t q = 0; q < T; ++q) dr[q] = scale * ar[q] * (dr[q] - dot[q]);
+  }
+}
+
+// Level l's geometry: n = n_l, m = n_{l-1} (the columns of W_l, then its bias: "in" tokens, when
+// l >= 1) and p = n_{l+1} (the rows of W_{l+1}: "out" tokens, when l < L); T = m + 1 + p or less.
+struct Level {
+  int64_t n, m, p, T, T0;  // T0: first "out" token
+  bool in, out;
+};
+
+Level level_of(const std::vector<int64_t>& sizes, int64_t l) {
+  const int64_t L = static_cast<int64_t>(sizes.size()) - 1;
+  Level v;
+  v.in = l >= 1;
+  v.out = l < L;
+  v.n = sizes[l];
+  v.m = v.in ? sizes[l - 1] : 0;
+  v.p = v.out ? sizes[l + 1] : 0;
+  v.T0 = v.in ? v.m + 1 : 0;
+  v.T = v.T0 + v.p;
+  return v;
+}
+
+// one head's tokens at a level: dst (d n x T) rows c n + j, from channels [c0, c0 + d) of the
+// incoming weight (B, G, n, m) + bias (B, G, n) and the outgoing weight (B, G, p, n) of batch b
+void gather_head(const Level& v, const float* wi, const float* bi, const float* wo, int64_t G, int64_t b, int64_t c0,
+                 int64_t d, float* dst) {
+  const int64_t n = v.n, T = v.T;
+  for (int64_t c = 0; c < d; ++c) {
+    float* x = dst + c * n * T;
+    const int64_t ch = b * G + c0 + c;
+    if (v.in) {
+      const float* w = wi + ch * n * v.m;
+      const float* bb = bi + ch * n;
+      for (int64_t j = 0; j < n; ++j) {
+        std::memcpy(x + j * T, w + j * v.m, v.m * sizeof(float));
+        x[j * T + v.m] = bb[j];
+      }
+    }
+    if (v.out) transpose_plane<float, false>(wo + ch * v.p * n, n, x + v.T0, T, v.p, n);
+  }
+}
+
+// the inverse: one head's token matrix src (d n x T) into channels [c0, c0 + d) of the incoming
+// weight and bias (added to the weight, written to the bias) and the outgoing weight (written);
+// add_w[c], add_b[c]: constants added where written (wo and bi)
+void scatter_head(const Level& v, const float* src, float* wi, float* bi, float* wo, int64_t G, int64_t b,
+                  int64_t c0, int64_t d, const float* add_w, const float* add_b) {
+  const int64_t n = v.n, T = v.T;
+  for (int64_t c = 0; c < d; ++c) {
+    const float* x = src + c * n * T;
+    const int64_t ch = b * G + c0 + c;
+    if (v.in) {
+      float* w = wi + ch * n * v.m;
+      float* bb = bi + ch * n;
+      const float ab = add_b ? add_b[c] : 0.0f;
+      for (int64_t j = 0; j < n; ++j) {
+        float* wr = w + j * v.m;
+        const float* xr = x + j * T;
+#pragma omp simd
+        for (int64_t t = 0; t < v.m; ++t) wr[t] += xr[t];
+        bb[j] = xr[v.m] + ab;
+      }
+    }
+    if (v.out) {
+      float* w = wo + ch * v.p * n;
+      transpose_plane<float, false>(x + v.T0, T, w, n, n, v.p);  // w[t, j] = x[j, T0 + t]
+      if (add_w && add_w[c] != 0.0f) {
+        const float a = add_w[c];
+#pragma omp simd
+        for (int64_t e = 0; e < v.p * n; ++e) w[e] += a;
+      }
+    }
+  }
+}
+
+void check_token_inputs(at::TensorList qw, at::TensorList qb, int64_t H, std::vector<int64_t>& sizes) {
+  TORCH_CHECK(!qw.empty() && qw.size() == qb.size(), "token_attention: one bias per weight");
+  TORCH_CHECK(H > 0, "token_attention: heads must be positive");
+  const int64_t B = qw[0].size(0), G = qw[0].size(1);
+  TORCH_CHECK(G % 3 == 0 && (G / 3) % H == 0, "token_attention: 3C channels with C a multiple of the heads");
+  sizes = {qw[0].size(3)};
+  for (size_t i = 0; i < qw.size(); ++i) {
+    TORCH_CHECK(qw[i].dim() == 4 && qw[i].size(0) == B && qw[i].size(1) == G && qw[i].size(3) == sizes.back(),
+                "token_attention: qw[", i, "] must be (B, 3C, n_", i + 1, ", n_", i, ")");
+    TORCH_CHECK(qb[i].dim() == 3 && qb[i].size(0) == B && qb[i].size(1) == G && qb[i].size(2) == qw[i].size(2),
+                "token_attention: qb[", i, "] must be (B, 3C, n_", i + 1, ")");
+    TORCH_CHECK(qw[i].scalar_type() == at::kFloat && qb[i].scalar_type() == at::kFloat,
+                "token_attention: float32 only");
+    sizes.push_back(qw[i].size(2));
+  }
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+bool token_attention_available() { return find_sgemm() != nullptr; }
+
+std::vector<at::Tensor> token_attention_forward(at::TensorList qw_, at::TensorList qb_, int64_t H, bool save) {
+  TORCH_CHECK(find_sgemm(), "token_attention: no sgemm_ in this PyTorch build");
+  std::vector<int64_t> sizes;
+  check_token_inputs(qw_, qb_, H, sizes);
+  const auto qw = contiguous_all(qw_), qb = contiguous_all(qb_);
+  const int64_t L = static_cast<int64_t>(qw.size()), B = qw[0].size(0), G = qw[0].size(1), C = G / 3, d = C / H;
+  std::vector<at::Tensor> att_w, att_b, probs;
+  for (int64_t i = 0; i < L; ++i) {
+    att_w.push_back(at::empty({B, C, sizes[i + 1], sizes[i]}, qw[0].options()));
+    att_b.push_back(at::empty({B, C, sizes[i + 1]}, qw[0].options()));
+  }
+  for (int64_t l = 0; l <= L; ++l) {
+    const Level v = level_of(sizes, l);
+    const int64_t E = d * v.n, T = v.T;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(E));
+    at::Tensor pr = at::empty({save ? B * H : 0, T, T}, qw[0].options());
+    const float* wi = v.in ? qw[l - 1].data_ptr<float>() : nullptr;
+    const float* bi = v.in ? qb[l - 1].data_ptr<float>() : nullptr;
+    const float* wo = v.out ? qw[l].data_ptr<float>() : nullptr;
+    float* owi = v.in ? att_w[l - 1].data_ptr<float>() : nullptr;
+    float* obi = v.in ? att_b[l - 1].data_ptr<float>() : nullptr;
+    float* owo = v.out ? att_w[l].data_ptr<float>() : nullptr;
+    float* prp = save ? pr.data_ptr<float>() : nullptr;
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> qkv(3 * E * T), a(save ? 0 : T * T), o(E * T);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, wi, bi, wo, G, b, s * C + h * d, d, qkv.data() + s * E * T);
+        const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
+        float* at = save ? prp + bh * T * T : a.data();
+        gemm_rm(true, false, T, T, E, scale, k, T, q, T, 0.0f, at, T);  // scores^T = k^T q (keys x queries)
+        softmax_cols(at, T);
+        gemm_rm(false, false, E, T, T, 1.0f, vv, T, at, T, 0.0f, o.data(), T);  // o = v a^T
+        scatter_head(v, o.data(), owi, obi, owo, C, b, h * d, d, nullptr, nullptr);
+      }
+    });
+    if (save) probs.push_back(pr);
+  }
+  std::vector<at::Tensor> out(att_w);
+  out.insert(out.end(), att_b.begin(), att_b.end());
+  out.insert(out.end(), probs.begin(), probs.end());
+  return out;
+}
+
+std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorList qb_, at::TensorList probs,
+                                                 at::TensorList d_w_, at::TensorList d_b_, const at::Tensor& d_means_,
+                                                 int64_t H) {
+  TORCH_CHECK(find_sgemm(), "token_attention: no sgemm_ in this PyTorch build");
+  std::vector<int64_t> sizes;
+  check_token_inputs(qw_, qb_, H, sizes);
+  const auto qw = contiguous_all(qw_), qb = contiguous_all(qb_);
+  const int64_t L = static_cast<int64_t>(qw.size()), B = qw[0].size(0), G = qw[0].size(1), C = G / 3, d = C / H;
+  TORCH_CHECK(static_cast<int64_t>(probs.size()) == L + 1 && static_cast<int64_t>(d_w_.size()) == L &&
+                  static_cast<int64_t>(d_b_.size()) == L,
+              "token_attention_backward: probs per level, output gradients per tensor");
+  std::vector<at::Tensor> d_w, d_b;
+  for (int64_t i = 0; i < L; ++i) {
+    d_w.push_back(d_w_[i].contiguous().to(at::kFloat));
+    d_b.push_back(d_b_[i].contiguous().to(at::kFloat));
+    TORCH_CHECK(d_w[i].dim() == 4 && d_w[i].size(0) == B && d_w[i].size(1) == C && d_w[i].size(2) == sizes[i + 1] &&
+                    d_w[i].size(3) == sizes[i] && d_b[i].numel() == B * C * sizes[i + 1],
+                "token_attention_backward: output gradient ", i, " has the wrong shape");
+  }
+  const at::Tensor d_means = d_means_.contiguous().to(at::kFloat);
+  TORCH_CHECK(d_means.numel() == B * 2 * L * G, "token_attention_backward: d_means must be (B, 2L, 3C)");
+  std::vector<at::Tensor> dqw, dqb;
+  for (int64_t i = 0; i < L; ++i) {
+    dqw.push_back(at::empty_like(qw[i]));
+    dqb.push_back(at::empty_like(qb[i]));
+  }
+  const float* dm = d_means.data_ptr<float>();
+  for (int64_t l = 0; l <= L; ++l) {
+    const Level v = level_of(sizes, l);
+    const int64_t E = d * v.n, T = v.T;
+    TORCH_CHECK(probs[l].scalar_type() == at::kFloat && probs[l].numel() == B * H * T * T,
+                "token_attention_backward: probs[", l, "] must be (B H, T, T)");
+    const at::Tensor pr = probs[l].contiguous();
+    const float scale = 1.0f / std::sqrt(static_cast<float>(E));
+    const float* wi = v.in ? qw[l - 1].data_ptr<float>() : nullptr;
+    const float* bi = v.in ? qb[l - 1].data_ptr<float>() : nullptr;
+    const float* wo = v.out ? qw[l].data_ptr<float>() : nullptr;
+    const float* gwi = v.in ? d_w[l - 1].data_ptr<float>() : nullptr;
+    const float* gbi = v.in ? d_b[l - 1].data_ptr<float>() : nullptr;
+    const float* gwo = v.out ? d_w[l].data_ptr<float>() : nullptr;
+    float* dwi = v.in ? dqw[l - 1].data_ptr<float>() : nullptr;
+    float* dbi = v.in ? dqb[l - 1].data_ptr<float>() : nullptr;
+    float* dwo = v.out ? dqw[l].data_ptr<float>() : nullptr;
+    const float* prp = pr.data_ptr<float>();
+    // the means' gradients spread over their tensors' entries: the bias (written here, at its
+    // row layer) and the outgoing weight (written here first; its columns are added at l + 1)
+    const float inv_b = v.in ? 1.0f / static_cast<float>(v.n) : 0.0f;
+    const float inv_w = v.out ? 1.0f / static_cast<float>(v.p * v.n) : 0.0f;
+    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> qkv(3 * E * T), dqkv(3 * E * T), dout(E * T), da(T * T), add_w(d), add_b(d);
+      for (int64_t bh = begin; bh < end; ++bh) {
+        const int64_t b = bh / H, h = bh % H;
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, wi, bi, wo, G, b, s * C + h * d, d, qkv.data() + s * E * T);
+        gather_head(v, gwi, gbi, gwo, C, b, h * d, d, dout.data());
+        const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
+        float *dq = dqkv.data(), *dk = dq + E * T, *dv = dk + E * T;
+        const float* at = prp + bh * T * T;
+        gemm_rm(false, true, E, T, T, 1.0f, dout.data(), T, at, T, 0.0f, dv, T);  // dv = do a_t^T
+        gemm_rm(true, false, T, T, E, 1.0f, vv, T, dout.data(), T, 0.0f, da.data(), T);  // da^T = v^T do
+        softmax_cols_backward(at, da.data(), T, scale);
+        gemm_rm(false, false, E, T, T, 1.0f, k, T, da.data(), T, 0.0f, dq, T);  // dq = k ds
+        gemm_rm(false, true, E, T, T, 1.0f, q, T, da.data(), T, 0.0f, dk, T);  // dk = q ds^T
+        for (int64_t s = 0; s < 3; ++s) {
+          const int64_t c0 = s * C + h * d;
+          for (int64_t c = 0; c < d; ++c) {
+            add_b[c] = v.in ? dm[(b * 2 * L + L + l - 1) * G + c0 + c] * inv_b : 0.0f;
+            add_w[c] = v.out ? dm[(b * 2 * L + l) * G + c0 + c] * inv_w : 0.0f;
+          }
+          scatter_head(v, dqkv.data() + s * E * T, dwi, dbi, dwo, G, b, c0, d, add_w.data(), add_b.data());
+        }
+      }
+    });
+  }
+  std::vector<at::Tensor> out(dqw);
+  out.insert(out.end(), dqb.begin(), dqb.end());
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nfopt_native, m) {
   m.def("weight_tokens(Tensor? w_in, Tensor? b_in, Tensor? w_out, int groups) -> Tensor");
   m.def("weight_from_tokens(Tensor hi, Tensor lo, Tensor? mean) -> Tensor");
   m.def("channel_norm(Tensor x, Tensor weight, Tensor bias, float eps) -> Tensor");
+  m.def("token_attention_available() -> bool", &token_attention_available);
+  m.def("token_attention_forward(Tensor[] qw, Tensor[] qb, int heads, bool save) -> Tensor[]");
+  m.def(
+      "token_attention_backward(Tensor[] qw, Tensor[] qb, Tensor[] probs, Tensor[] d_w, Tensor[] d_b, "
+      "Tensor d_means, int heads) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(nfopt_native, CPU, m) {
   m.impl("weight_tokens", weight_tokens);
   m.impl("weight_from_tokens", weight_from_tokens);
   m.impl("channel_norm", channel_norm);
+  m.impl("token_attention_forward", token_attention_forward);
+  m.impl("token_attention_backward", token_attention_backward);
 }
