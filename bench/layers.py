@@ -106,9 +106,11 @@ def build(impl: str, kind: str, widths: tuple[int, ...]):
                 h = h.map(torch.relu)
         return [*h.weights, *h.biases]
 
-    with torch.no_grad():  # the fixed output cotangents, the same on both sides (seeded, same shapes)
-        gen = torch.Generator().manual_seed(1)
-        cotangents = [torch.randn(t.shape, generator=gen) for t in forward()]
+    # the fixed output cotangents, the same on both sides (seeded; outputs have the inputs' shapes
+    # with the last layer's channels). Not from a forward pass here: its freed memory would stay
+    # in the process and hide part of the step's peak from measure_peak
+    gen, c_out = torch.Generator().manual_seed(1), ATTN_CHANNELS if kind == "attn" else CHANNELS[-1]
+    cotangents = [torch.randn(BATCH, c_out, *t.shape[2:], generator=gen) for t in (*ws, *bs)]
 
     def step(loss: bool = False) -> None:
         outs = forward()
