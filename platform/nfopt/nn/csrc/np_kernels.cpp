@@ -53,7 +53,10 @@ constexpr int kHB = 2;
 
 // entry_mlp tiles: kLanes entries (two vectors) x kBlock output channels of accumulators. The
 // quickstart rule's six tensors: AVX-512 32 x 8 563 us vs 703 with 16 lanes, 600 with 48; AVX2
-// (Zen 3) 16 x 6 538-674 us vs 16 x 5 549, 16 x 7 615, 8 x 8 864, 32 x 8 1025 (interleaved)
+// (Zen 3) 16 x 6 538-674 us vs 16 x 5 549, 16 x 7 615, 8 x 8 864, 32 x 8 1025 (interleaved). With
+// the accumulators as vector variables (dense_block_vec), the MLP rule's six tensors (4 x 9 x 3760
+// entries, 9-32-32-3, one thread): 16 x 6 575-588 us vs 16 x 5 583-719, 16 x 7 635, 8 x 8
+// 640-682, 24 x 4 726-784, 24 x 5 732-783 (the array form: 682-732)
 constexpr int kLanes = 2 * kW;
 constexpr int kBlock = kW == 16 ? 8 : 6;
 static_assert(kBlock <= 8, "dense() takes blocks of 1..8 output channels");
