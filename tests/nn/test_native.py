@@ -154,11 +154,8 @@ def test_token_attention_ops_run_here_and_refuse_malformed_calls():
     assert ops.token_attention_available() and _fused_tokens(ops, qw)
     assert not _fused_tokens(ops, [t.double() for t in qw])  # float32 only: float64 keeps the gathers
     out = ops.token_attention_forward(qw, qb, 2, True)
-    assert [tuple(t.shape) for t in out] == [(2, 2, 3, 4), (2, 2, 5, 3), (2, 2, 3), (2, 2, 5)] + [
-        (4, 3, 3),
-        (4, 10, 10),
-        (4, 4, 4),
-    ]
+    weights, biases, probs = [(2, 2, 3, 4), (2, 2, 5, 3)], [(2, 2, 3), (2, 2, 5)], [(4, 3, 3), (4, 10, 10), (4, 4, 4)]
+    assert [tuple(t.shape) for t in out] == [*weights, *biases, *probs]  # probs: (B H, T_l, T_l) per level
     with pytest.raises(RuntimeError, match="qw\\[1\\]"):  # layer 1's width seen differently by W_1 and W_2
         ops.token_attention_forward([qw[0], torch.randn(2, 6, 5, 2)], qb, 2, False)
     with pytest.raises(RuntimeError, match="multiple of the heads"):

@@ -283,23 +283,35 @@ _Pragma("omp simd")
 // Float32 only; the GEMMs go to the BLAS that PyTorch links (sgemm_, found at run time:
 // token_attention_available() says whether it was).
 
-using sgemm_t = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                         const int*, const float*, const int*, const float*, float*, const int*);
+// The integer arguments are passed as pointers to 64-bit integers: read as 32-bit (the LP64
+// interface PyTorch's wheels link) they hold the same small values on little-endian machines,
+// and an ILP64 BLAS reads them whole. A 2 x 2 product checks the call once; on a mismatch the
+// ops report themselves unavailable and attention keeps its other path.
+using sgemm_t = void (*)(const char*, const char*, const int64_t*, const int64_t*, const int64_t*, const float*,
+                         const float*, const int64_t*, const float*, const int64_t*, const float*, float*,
+                         const int64_t*);
 
 sgemm_t find_sgemm() {
-  static const sgemm_t fn = [] {
+  static const sgemm_t fn = []() -> sgemm_t {
     void* h = dlopen("libtorch_cpu.so", RTLD_LAZY | RTLD_NOLOAD);
     void* f = h ? dlsym(h, "sgemm_") : nullptr;
     if (!f) f = dlsym(RTLD_DEFAULT, "sgemm_");
-    return reinterpret_cast<sgemm_t>(f);
+    if (!f) return nullptr;
+    const auto g = reinterpret_cast<sgemm_t>(f);
+    const float a[4] = {1, 2, 3, 4}, b[4] = {5, 6, 7, 8}, one = 1, zero = 0;  // column-major 2 x 2
+    float c[4] = {0, 0, 0, 0};
+    const int64_t two = 2;
+    g("N", "N", &two, &two, &two, &one, a, &two, b, &two, &zero, c, &two);
+    const bool ok = c[0] == 23 && c[1] == 34 && c[2] == 31 && c[3] == 46;
+    return ok ? g : nullptr;
   }();
   return fn;
 }
 
 // row-major C (M x N, ldc) = alpha op(A) op(B) + beta C, op(A): M x K, op(B): K x N (the
 // column-major BLAS computes C^T = op(B)^T op(A)^T)
-inline void gemm_rm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
-                    int ldb, float beta, float* C, int ldc) {
+inline void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const char a = ta ? 'T' : 'N', b = tb ? 'T' : 'N';
   find_sgemm()(&b, &a, &N, &M, &K, &alpha, B, &ldb, A, &lda, &beta, C, &ldc);
 }
