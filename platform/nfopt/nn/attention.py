@@ -129,7 +129,9 @@ def attend_weight_space(qw: list, qb: list, num_heads: int, dropout_p: float = 0
     autograd function (:class:`_TokenAttention`) whose backward writes each layer's query, key
     and value gradients into one buffer and assembles every input's gradient in one pass, where
     autograd's own backward of the token gathers (stack, cat, transposing clones, accumulation)
-    made ~5 passes per tensor.
+    made ~5 passes per tensor. On CPU in float32 (where the native kernels are built) both
+    directions, and inference, are fused ops that take one (batch element, head) at a time with
+    its tokens in L2 (``token_attention_forward``/``_backward`` in ``csrc/nft_kernels.cpp``).
     """
     L, H = len(qw), num_heads
     bsz, c = qw[0].shape[0], qw[0].shape[1] // 3
@@ -185,7 +187,8 @@ def _tokens(ws: list, bs: list, level: int, groups: int) -> list[Tensor]:
 def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tuple[list, list]:
     """Per neuron layer attention over its tokens in plain differentiable ops: the attended
     weights ``(B, C, n_i, n_{i-1})`` (from both neuron layers of each weight) and biases. Without
-    autograd, the token gathers and the weights' sums run as native kernels where available."""
+    autograd, where the native kernels are available, the fused token attention (float32, no
+    dropout) or native token gathers and sums (float64)."""
     L, H = len(qw), num_heads
     bsz, c = qw[0].shape[0], qw[0].shape[1] // 3
     d, bh = c // H, bsz * H
@@ -244,8 +247,10 @@ def _weight_from_tokens(native, hi: Tensor, lo: Tensor, mean: Tensor | None = No
 
 
 class _TokenAttention(torch.autograd.Function):
-    """:func:`_token_attention` (no dropout) and :func:`_means` with a hand-written backward.
-    Call as ``apply(num_heads, L, *qw, *qb)``; returns ``(*att_w, *att_b, means)``."""
+    """:func:`_token_attention` (no dropout) and :func:`_means` with a hand-written backward:
+    the fused native ops in float32 (saving the inputs and each level's softmax ``(B H, T, T)``),
+    else native gathers or plain ops (saving each level's gathered tokens). Call as
+    ``apply(num_heads, L, *qw, *qb)``; returns ``(*att_w, *att_b, means)``."""
 
     @staticmethod
     def forward(ctx, num_heads: int, L: int, *tensors):

@@ -15,6 +15,9 @@
 //   channel_norm(x, w, b, eps) -> y: LayerNorm over the channels of every entry of x (B, C, ...)
 //     with affine (C,): chunks of 256 entries x C channels stay in L1 across the mean, the
 //     variance and the output (PyTorch's form makes 8 passes over the tensor).
+//   token_attention_forward / _backward: the whole per-layer token attention, one (batch element,
+//     head) at a time with its tokens in L2 (float32; see the section below). The gathers above
+//     serve float64 and the ops' tests.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
