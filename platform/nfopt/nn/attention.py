@@ -207,8 +207,8 @@ def _token_attention(qw: list, qb: list, num_heads: int, dropout_p: float) -> tu
         x = _gather_tokens(native, qw, qb, level, 3)
         # reshape: a view of the contiguous gather, except where a trace gives the concatenation
         # other strides (inside a compiled ``while_loop`` body)
-        q, k, v = x.reshape(3, bh, d * n[level], -1).unbind(0)
-        outs.append(_attend_feature_major(q, k, v, dropout_p).view(bsz, c, n[level], -1))  # (B, C, n_l, T)
+        q, k, v = x.reshape(3, bh, d * n[level], x.shape[-1]).unbind(0)
+        outs.append(_attend_feature_major(q, k, v, dropout_p).view(bsz, c, n[level], x.shape[-1]))  # (B, C, n_l, T)
     att_w = [_weight_from_tokens(native, outs[i + 1][None], outs[i][None]) for i in range(L)]
     return att_w, [outs[i + 1][..., n[i]] for i in range(L)]
 
@@ -268,9 +268,9 @@ class _TokenAttention(torch.autograd.Function):
         saved, outs = [], []
         for level in range(L + 1):
             x = _gather_tokens(native, qw, qb, level, 3)  # (3, B, C, n_l, T)
-            q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)  # (B*H, d n_l, T)
+            q, k, v = x.view(3, bh, d * n[level], x.shape[-1]).unbind(0)  # (B*H, d n_l, T)
             a_t = torch.softmax(torch.bmm(k.transpose(1, 2), q) * (q.shape[1] ** -0.5), dim=-2)  # (B*H, T_k, T_q)
-            outs.append(torch.bmm(v, a_t).view(1, bsz, c, n[level], -1))  # (1, B, C, n_l, T)
+            outs.append(torch.bmm(v, a_t).view(1, bsz, c, n[level], x.shape[-1]))  # (1, B, C, n_l, T)
             saved += [x, a_t]
         # columns of W_i at its row layer i+1, rows at its column layer i
         att_w = [_weight_from_tokens(native, outs[i + 1], outs[i]) for i in range(L)]
@@ -294,11 +294,11 @@ class _TokenAttention(torch.autograd.Function):
         dqw, dqb, prev = [], [], None  # prev: the last level's (3, B, C, n_l, T) token gradients
         for level in range(L + 1):
             x, a_t = saved[2 * level], saved[2 * level + 1]
-            q, k, v = x.view(3, bh, d * n[level], -1).unbind(0)
+            q, k, v = x.view(3, bh, d * n[level], x.shape[-1]).unbind(0)
             # the output's gradient in token layout (columns | bias | rows): (B*H, d n_l, T)
-            do = _gather_tokens(native, d_w, d_b, level, 1).view(bh, d * n[level], -1)
+            do = _gather_tokens(native, d_w, d_b, level, 1).view(bh, d * n[level], x.shape[-1])
             dx = torch.empty_like(x)
-            dq, dk, dv = dx.view(3, bh, d * n[level], -1).unbind(0)
+            dq, dk, dv = dx.view(3, bh, d * n[level], x.shape[-1]).unbind(0)
             torch.bmm(do, a_t.transpose(1, 2), out=dv)
             da = torch.bmm(v.transpose(1, 2), do)  # (B*H, T_k, T_q)
             ds = torch._softmax_backward_data(da, a_t, -2, a_t.dtype).mul_(q.shape[1] ** -0.5)
