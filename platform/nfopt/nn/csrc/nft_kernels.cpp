@@ -408,11 +408,28 @@ Level level_of(const std::vector<int64_t>& sizes, int64_t l) {
   return v;
 }
 
+// a level's three planes in a list of weights and biases (B, G, n_{i+1}, n_i) / (B, G, n_{i+1}):
+// the incoming weight and its bias (when l >= 1) and the outgoing weight (when l < L)
+template <typename P>
+struct Planes {
+  P* w_in;
+  P* b_in;
+  P* w_out;
+};
+
+Planes<float> planes(const std::vector<at::Tensor>& ws, const std::vector<at::Tensor>& bs, const Level& v,
+                     int64_t l) {
+  return {v.in ? ws[l - 1].data_ptr<float>() : nullptr, v.in ? bs[l - 1].data_ptr<float>() : nullptr,
+          v.out ? ws[l].data_ptr<float>() : nullptr};
+}
+
+Planes<const float> as_const(const Planes<float>& p) { return {p.w_in, p.b_in, p.w_out}; }
+
 // one head's tokens at a level: dst (d n x T) rows c n + j, from channels [c0, c0 + d) of the
 // incoming weight (B, G, n, m) + bias (B, G, n) and the outgoing weight (B, G, p, n) of batch b
-void gather_head(const Level& v, const float* wi, const float* bi, const float* wo, int64_t G, int64_t b, int64_t c0,
-                 int64_t d, float* dst) {
+void gather_head(const Level& v, Planes<const float> src, int64_t G, int64_t b, int64_t c0, int64_t d, float* dst) {
   const int64_t n = v.n, T = v.T;
+  const float *wi = src.w_in, *bi = src.b_in, *wo = src.w_out;
   for (int64_t c = 0; c < d; ++c) {
     float* x = dst + c * n * T;
     const int64_t ch = b * G + c0 + c;
@@ -431,9 +448,10 @@ void gather_head(const Level& v, const float* wi, const float* bi, const float* 
 // the inverse: one head's token matrix src (d n x T) into channels [c0, c0 + d) of the incoming
 // weight and bias (added to the weight, written to the bias) and the outgoing weight (written);
 // add_w[c], add_b[c]: constants added where written (wo and bi)
-void scatter_head(const Level& v, const float* src, float* wi, float* bi, float* wo, int64_t G, int64_t b,
-                  int64_t c0, int64_t d, const float* add_w, const float* add_b) {
+void scatter_head(const Level& v, const float* src, Planes<float> dst, int64_t G, int64_t b, int64_t c0, int64_t d,
+                  const float* add_w, const float* add_b) {
   const int64_t n = v.n, T = v.T;
+  float *wi = dst.w_in, *bi = dst.b_in, *wo = dst.w_out;
   for (int64_t c = 0; c < d; ++c) {
     const float* x = src + c * n * T;
     const int64_t ch = b * G + c0 + c;
@@ -502,24 +520,19 @@ std::vector<at::Tensor> token_attention_forward(at::TensorList qw_, at::TensorLi
     const int64_t E = d * v.n, T = v.T;
     const float scale = 1.0f / std::sqrt(static_cast<float>(E));
     at::Tensor pr = at::empty({save ? B * H : 0, T, T}, qw[0].options());
-    const float* wi = v.in ? qw[l - 1].data_ptr<float>() : nullptr;
-    const float* bi = v.in ? qb[l - 1].data_ptr<float>() : nullptr;
-    const float* wo = v.out ? qw[l].data_ptr<float>() : nullptr;
-    float* owi = v.in ? att_w[l - 1].data_ptr<float>() : nullptr;
-    float* obi = v.in ? att_b[l - 1].data_ptr<float>() : nullptr;
-    float* owo = v.out ? att_w[l].data_ptr<float>() : nullptr;
+    const auto in = planes(qw, qb, v, l), out = planes(att_w, att_b, v, l);
     float* prp = save ? pr.data_ptr<float>() : nullptr;
     at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
       std::vector<float> qkv(3 * E * T), a(save ? 0 : T * T), o(E * T);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
-        for (int64_t s = 0; s < 3; ++s) gather_head(v, wi, bi, wo, G, b, s * C + h * d, d, qkv.data() + s * E * T);
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(in), G, b, s * C + h * d, d, qkv.data() + s * E * T);
         const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
         float* at = save ? prp + bh * T * T : a.data();
         gemm_rm(true, false, T, T, E, scale, k, T, q, T, 0.0f, at, T);  // scores^T = k^T q (keys x queries)
         softmax_cols(at, T);
         gemm_rm(false, false, E, T, T, 1.0f, vv, T, at, T, 0.0f, o.data(), T);  // o = v a^T
-        scatter_head(v, o.data(), owi, obi, owo, C, b, h * d, d, nullptr, nullptr);
+        scatter_head(v, o.data(), out, C, b, h * d, d, nullptr, nullptr);
       }
     });
     if (save) probs.push_back(pr);
@@ -564,15 +577,7 @@ std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorL
                 "token_attention_backward: probs[", l, "] must be (B H, T, T)");
     const at::Tensor pr = probs[l].contiguous();
     const float scale = 1.0f / std::sqrt(static_cast<float>(E));
-    const float* wi = v.in ? qw[l - 1].data_ptr<float>() : nullptr;
-    const float* bi = v.in ? qb[l - 1].data_ptr<float>() : nullptr;
-    const float* wo = v.out ? qw[l].data_ptr<float>() : nullptr;
-    const float* gwi = v.in ? d_w[l - 1].data_ptr<float>() : nullptr;
-    const float* gbi = v.in ? d_b[l - 1].data_ptr<float>() : nullptr;
-    const float* gwo = v.out ? d_w[l].data_ptr<float>() : nullptr;
-    float* dwi = v.in ? dqw[l - 1].data_ptr<float>() : nullptr;
-    float* dbi = v.in ? dqb[l - 1].data_ptr<float>() : nullptr;
-    float* dwo = v.out ? dqw[l].data_ptr<float>() : nullptr;
+    const auto in = planes(qw, qb, v, l), grad_out = planes(d_w, d_b, v, l), grad_in = planes(dqw, dqb, v, l);
     const float* prp = pr.data_ptr<float>();
     // the means' gradients spread over their tensors' entries: the bias (written here, at its
     // row layer) and the outgoing weight (written here first; its columns are added at l + 1)
@@ -582,8 +587,8 @@ std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorL
       std::vector<float> qkv(3 * E * T), dqkv(3 * E * T), dout(E * T), da(T * T), add_w(d), add_b(d);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t b = bh / H, h = bh % H;
-        for (int64_t s = 0; s < 3; ++s) gather_head(v, wi, bi, wo, G, b, s * C + h * d, d, qkv.data() + s * E * T);
-        gather_head(v, gwi, gbi, gwo, C, b, h * d, d, dout.data());
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(in), G, b, s * C + h * d, d, qkv.data() + s * E * T);
+        gather_head(v, as_const(grad_out), C, b, h * d, d, dout.data());
         const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
         float *dq = dqkv.data(), *dk = dq + E * T, *dv = dk + E * T;
         const float* at = prp + bh * T * T;
@@ -598,7 +603,7 @@ std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorL
             add_b[c] = v.in ? dm[(b * 2 * L + L + l - 1) * G + c0 + c] * inv_b : 0.0f;
             add_w[c] = v.out ? dm[(b * 2 * L + l) * G + c0 + c] * inv_w : 0.0f;
           }
-          scatter_head(v, dqkv.data() + s * E * T, dwi, dbi, dwo, G, b, c0, d, add_w.data(), add_b.data());
+          scatter_head(v, dqkv.data() + s * E * T, grad_in, G, b, c0, d, add_w.data(), add_b.data());
         }
       }
     });
