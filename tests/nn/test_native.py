@@ -172,6 +172,24 @@ def test_token_attention_ops_run_here_and_refuse_malformed_calls():
 
 
 @needs_compiler
+def test_token_attention_propagates_nan_like_the_plain_path():
+    """A NaN among the keys makes its softmax columns NaN, as torch's softmax does (the vector
+    exp must not clamp it away)."""
+    from nfopt.nn.attention import _token_attention
+
+    gen = torch.Generator().manual_seed(0)
+    n, heads = [17, 9, 3], 2
+    qw = [torch.randn(2, 12, n[i + 1], n[i], generator=gen) for i in range(2)]
+    qb = [torch.randn(2, 12, n[i + 1], generator=gen) for i in range(2)]
+    qw[0][1, 5, 2, 3] = float("nan")  # a key entry of batch element 1
+    got = _native.ops().token_attention_forward(qw, qb, heads, False)
+    want_w, want_b = _token_attention([t.double() for t in qw], [t.double() for t in qb], heads, 0.0)
+    assert any(t.isnan().any() for t in got)
+    for a, b in zip(got, [*want_w, *want_b]):
+        assert torch.equal(a.isnan(), b.isnan())
+
+
+@needs_compiler
 def test_entry_mix_streams_large_outputs_exactly():
     x, A = torch.randn(2, 16, 256, 1024), torch.randn(16, 16)  # 32 MiB out: streaming stores
     col, row = torch.randn(2, 16, 256), torch.randn(2, 16, 1024)

@@ -321,9 +321,10 @@ inline void gemm_rm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alp
 
 #if defined(__AVX2__)
 // e^x for x <= 0 (softmax after its max is subtracted), ~1 ulp: 2^n e^r with r = x - n ln 2 in
-// [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' coefficients); below -87.3 it returns ~1e-38
+// [-ln2/2, ln2/2] and a degree-6 polynomial (Cephes' coefficients); below -87.3 it returns ~1e-38,
+// a NaN stays NaN (max_ps returns its second operand when either is NaN)
 inline __m256 exp_neg(__m256 x) {
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  x = _mm256_max_ps(_mm256_set1_ps(-87.3f), x);
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
