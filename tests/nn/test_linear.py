@@ -1,11 +1,13 @@
 import itertools
+import os
+from unittest import mock
 
 import pytest
 import torch
 from hypothesis import given
 
 from nfopt import NetworkSpec, WeightSpaceFeatures
-from nfopt.nn import HNPLinear, NFActivation, NPLinear, fuse_relu, fused_backward
+from nfopt.nn import HNPLinear, NFActivation, NPLinear, WeightSpaceAttention, fuse_relu, fused_backward
 from nfopt.testing import EquivarianceError, assert_equivariant, random_features
 from tests.strategies import channels, specs
 
@@ -188,6 +190,29 @@ def test_output_shapes_dtypes_and_layout():
     mlp = NetworkSpec.mlp([6, 5, 4])
     y = NPLinear(mlp, 2, 3)(random_features(mlp, 2, 2, dtype=torch.float32))
     assert all(t.is_contiguous() for t in y.tensors())  # standard layout for users' elementwise ops
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(spec=specs(depth=(1, 3), width=(1, 6)))
+def test_an_empty_batch_goes_through_forward_and_backward(native, dtype, spec):
+    """B = 0 (e.g. an empty shard) gives empty outputs and gradients, native kernels or not; a
+    reshape with -1 over zero elements was ambiguous in the layout helpers and the kernels."""
+    with mock.patch.dict(os.environ, {"NFOPT_NATIVE": native}):
+        _empty_batch_steps(spec, dtype)
+
+
+def _empty_batch_steps(spec, dtype):
+    for layer in (NPLinear(spec, 2, 3), HNPLinear(spec, 2, 3), WeightSpaceAttention(spec, 2, 2)):
+        layer = layer.to(dtype)
+        x = random_features(spec, 0, 2, dtype=dtype)
+        leaves = [t.requires_grad_() for t in x.tensors()]
+        y = layer(WeightSpaceFeatures(leaves[0::2], leaves[1::2]))
+        assert all(t.shape[0] == 0 for t in y.tensors())
+        grads = torch.autograd.grad(sum(t.sum() for t in y.tensors()), leaves, allow_unused=True)
+        assert all(g is None or g.shape == t.shape for g, t in zip(grads, leaves))
+        with torch.no_grad():
+            assert all(t.shape[0] == 0 for t in layer(x).tensors())
 
 
 def test_bad_input_is_named():

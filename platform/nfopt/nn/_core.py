@@ -266,7 +266,7 @@ class FusedEquivariantLinear(torch.autograd.Function):
             if plan.perm[i + 1]:
                 d_ups[i] = dus[i]
             s = s_row[i] if s_row[i] is not None else s_col[i]
-            dzt.append(s.sum(2) if s is not None else dh.reshape(dh.shape[0], -1))
+            dzt.append(s.sum(2) if s is not None else dh.reshape(dh.shape[0], dh.shape[1]))  # (B, G, 1, 1)
             dvt.append(dus[i].sum(2))
 
         # 2. global terms
@@ -286,7 +286,10 @@ class FusedEquivariantLinear(torch.autograd.Function):
             douts = ([s_col[level - 1], d_ups[level - 1]] if level >= 1 else []) + ([s_row[level]] if level < L else [])
             dout = torch.cat([d.transpose(0, 1) for d in douts])  # (Σ out parts, B, n_level)
             p = P[level]
-            dQ[level] = dout.reshape(dout.shape[0], -1) @ p.reshape(p.shape[0], -1).t()
+            dQ[level] = (
+                dout.reshape(dout.shape[0], dout.shape[1] * dout.shape[2])
+                @ p.reshape(p.shape[0], p.shape[1] * p.shape[2]).t()
+            )
             if not need_in:
                 continue
             dp = [t.transpose(0, 1) for t in _fmul(Q[level].t(), dout).split(plan.p_parts(level))]
@@ -344,7 +347,7 @@ def _fmul(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x`` over feature-major ``x``: ``(G, F) x (F, B, N) -> (G, B, N)``, one GEMM over the
     ``B N`` columns (MKL runs ``B`` separate skinny ``N``-column products far below its peak:
     measured 1056x1056 at N=32 166 vs 182 GFLOP/s, at N=10 28 vs 183)."""
-    return (w @ x.reshape(x.shape[0], -1)).view(w.shape[0], *x.shape[1:])
+    return (w @ x.reshape(x.shape[0], x.shape[1] * x.shape[2])).view(w.shape[0], *x.shape[1:])
 
 
 def _entry_mix(x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
@@ -353,14 +356,14 @@ def _entry_mix(x: Tensor, w: Tensor, col: Tensor, row: Tensor) -> Tensor:
     a broadcast-filled output and one batched GEMM accumulating into it."""
     bsz, f, mr, mc = x.shape
     h = torch.add(col[..., None], row[:, :, None])  # (B, G, m_r, m_c)
-    return _lmul_(h.view(bsz, -1, mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
+    return _lmul_(h.view(bsz, h.shape[1], mr * mc), w, x.reshape(bsz, f, mr * mc)).view(h.shape)
 
 
 def _weight_grad(dh: Tensor, x: Tensor) -> Tensor:
     """The per-entry weight's gradient ``sum_b dh[b] x[b]^T``: ``(B, G, m_r, m_c), (B, F, m_r, m_c)
     -> (G, F)``."""
     bsz, f, mr, mc = x.shape
-    return outer_sum(dh.reshape(bsz, -1, mr * mc), x.reshape(bsz, f, mr * mc))
+    return outer_sum(dh.reshape(bsz, dh.shape[1], mr * mc), x.reshape(bsz, f, mr * mc))
 
 
 def _lmul_(out: Tensor, w: Tensor, x: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ MLP features fold and unfold without copies and stay contiguous for users' eleme
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 Tensor = torch.Tensor
@@ -23,9 +25,10 @@ def _weight_axes(kdims: int, row_fixed: bool, col_fixed: bool) -> list[int]:
 
 def fold_weight(w: Tensor, row_fixed: bool, col_fixed: bool) -> Tensor:
     """``(B, C, n_r, n_c, *k) -> (B, F, m_r, m_c)`` (a view when strides allow)."""
-    b, _, nr, nc = w.shape[:4]
+    b, c, nr, nc = w.shape[:4]
     x = w.permute(*_weight_axes(w.ndim - 4, row_fixed, col_fixed))
-    return x.reshape(b, -1, 1 if row_fixed else nr, 1 if col_fixed else nc)
+    f = c * math.prod(w.shape[4:]) * (nr if row_fixed else 1) * (nc if col_fixed else 1)  # not -1: B may be 0
+    return x.reshape(b, f, 1 if row_fixed else nr, 1 if col_fixed else nc)
 
 
 def unfold_weight(x: Tensor, shape: tuple[int, ...], channels: int, row_fixed: bool, col_fixed: bool) -> Tensor:
@@ -40,7 +43,7 @@ def unfold_weight(x: Tensor, shape: tuple[int, ...], channels: int, row_fixed: b
 
 def fold_bias(b: Tensor, fixed: bool) -> Tensor:
     """``(B, C, n) -> (B, Fb, m)``."""
-    return b.reshape(b.shape[0], -1, 1) if fixed else b
+    return b.reshape(b.shape[0], b.shape[1] * b.shape[2], 1) if fixed else b
 
 
 def unfold_bias(x: Tensor, n: int, channels: int, fixed: bool) -> Tensor:

@@ -101,15 +101,17 @@ class WeightSpaceAttention(nn.Module):
         # per-entry projections, each (B, C, n_i, n_{i-1}) / (B, C, n_i), heads split off C
         qw, qb = [], []
         for i, (w, b) in enumerate(x):
-            f = fold_weight(w, False, False).reshape(bsz, -1, n[i + 1] * n[i])  # (B, k C, N)
+            f = fold_weight(w, False, False)  # (B, k C, n_i, n_{i-1})
+            f = f.reshape(bsz, f.shape[1], n[i + 1] * n[i])  # (B, k C, N); not -1: B may be 0
             qw.append(_affine(self.w_qkv[i], self.w_qkv_bias[i], f).view(bsz, 3 * c, n[i + 1], n[i]))
             qb.append(_affine(self.b_qkv[i], self.b_qkv_bias[i], b))  # (B, 3C, n_i)
         out_w, out_b = attend_weight_space(qw, qb, H, drop)
         ws, bs = [], []
         for i in range(L):
             ow, ob = out_w[i], out_b[i]  # (B, C, n_i, n_{i-1}), (B, C, n_i)
-            hw = _affine(self.w_out[i], self.w_out_bias[i], ow.reshape(bsz, c, -1))
-            ws.append(unfold_weight(hw.view(bsz, -1, n[i + 1], n[i]), self.spec.weight_shapes[i], c, False, False))
+            hw = _affine(self.w_out[i], self.w_out_bias[i], ow.reshape(bsz, c, n[i + 1] * n[i]))
+            hw = hw.view(bsz, hw.shape[1], n[i + 1], n[i])
+            ws.append(unfold_weight(hw, self.spec.weight_shapes[i], c, False, False))
             bs.append(_affine(self.b_out[i], self.b_out_bias[i], ob))
         return WeightSpaceFeatures(ws, bs)
 
@@ -177,7 +179,7 @@ def _tokens(ws: list, bs: list, level: int, groups: int) -> list[Tensor]:
     parts = []
     if level >= 1:
         w, b = ws[level - 1], bs[level - 1]
-        parts += [w.view(bsz, s, c, *w.shape[2:]).transpose(0, 1), b.view(bsz, s, c, -1, 1).transpose(0, 1)]
+        parts += [w.view(bsz, s, c, *w.shape[2:]).transpose(0, 1), b.view(bsz, s, c, b.shape[-1], 1).transpose(0, 1)]
     if level < len(ws):
         w = ws[level]
         parts.append(w.view(bsz, s, c, *w.shape[2:]).transpose(0, 1).transpose(3, 4))

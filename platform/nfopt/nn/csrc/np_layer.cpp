@@ -43,7 +43,7 @@ std::optional<Tensor> opt(const OptList& list, int64_t i) { return list.get(i); 
 
 // _core._fmul: (G, F) x (F, B, N) -> (G, B, N), one GEMM over the B N columns
 Tensor fmul(const Tensor& w, const Tensor& x) {
-  return w.mm(x.reshape({x.size(0), -1})).view({w.size(0), x.size(1), x.size(2)});
+  return w.mm(x.reshape({x.size(0), x.size(1) * x.size(2)})).view({w.size(0), x.size(1), x.size(2)});
 }
 
 // Whether the native per-entry mix takes x (B, F, R, C): float32 rows of at least 16 floats.
@@ -57,7 +57,7 @@ Tensor mix(const Tensor& x, const Tensor& w, const Tensor& col, const Tensor& ro
   if (mix_native(x)) return entry_mix(x, w, col, row, relu);
   const int64_t B = x.size(0), F = x.size(1), R = x.size(2), C = x.size(3);
   Tensor h = at::add(col.unsqueeze(-1), row.unsqueeze(2));
-  h.view({B, -1, R * C}).baddbmm_(w.expand({B, w.size(0), w.size(1)}), x.reshape({B, F, R * C}));
+  h.view({B, h.size(1), R * C}).baddbmm_(w.expand({B, w.size(0), w.size(1)}), x.reshape({B, F, R * C}));
   if (relu) h.relu_();
   return h;
 }
@@ -76,7 +76,7 @@ Tensor outer_sum(const Tensor& a, const Tensor& b) {
 
 Tensor weight_grad(const Tensor& dh, const Tensor& x) {
   const int64_t B = x.size(0), F = x.size(1), N = x.size(2) * x.size(3);
-  return outer_sum(dh.reshape({B, -1, N}), x.reshape({B, F, N}));
+  return outer_sum(dh.reshape({B, dh.size(1), N}), x.reshape({B, F, N}));
 }
 
 // Output parts of P_level: [kappa, upsilon] of the incoming layer, [rho] of the outgoing one
@@ -361,7 +361,8 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
     const int64_t np = n_parts(level, L);
     const Tensor& dout = pooled.P[level];  // (sum out parts, B, n_level)
     const Tensor& p = P[level];
-    dQ[level] = dout.reshape({dout.size(0), -1}).mm(p.reshape({p.size(0), -1}).t());
+    dQ[level] = dout.reshape({dout.size(0), dout.size(1) * dout.size(2)})
+                    .mm(p.reshape({p.size(0), p.size(1) * p.size(2)}).t());
     if (need_in) {
       auto dp = fmul(opt(Q, level)->t(), dout).split_with_sizes(parts_in.slice(k, np));
       if (level >= 1) {
