@@ -505,46 +505,74 @@ std::vector<at::Tensor> contiguous_all(at::TensorList ts) {
 
 bool token_attention_available() { return find_sgemm() != nullptr; }
 
+// Each (batch element, head) runs its levels in order, so a weight's slice is touched by its two
+// levels (rows at level i, columns at level i + 1) while it is still in L2: the second gather of
+// a projected weight, and the second (accumulating) write of an attended weight or a gradient,
+// hit the cache instead of memory.
+struct LevelPlan {
+  std::vector<Level> levels;
+  int64_t max_et = 0, max_tt = 0;  // the largest d n_l x T_l and T_l x T_l over the levels
+};
+
+LevelPlan plan_levels(const std::vector<int64_t>& sizes, int64_t d) {
+  LevelPlan p;
+  for (int64_t l = 0; l < static_cast<int64_t>(sizes.size()); ++l) {
+    p.levels.push_back(level_of(sizes, l));
+    const Level& v = p.levels.back();
+    p.max_et = std::max(p.max_et, d * v.n * v.T);
+    p.max_tt = std::max(p.max_tt, v.T * v.T);
+  }
+  return p;
+}
+
 std::vector<at::Tensor> token_attention_forward(at::TensorList qw_, at::TensorList qb_, int64_t H, bool save) {
   TORCH_CHECK(find_sgemm(), "token_attention: no sgemm_ in this PyTorch build");
   std::vector<int64_t> sizes;
   check_token_inputs(qw_, qb_, H, sizes);
   const auto qw = contiguous_all(qw_), qb = contiguous_all(qb_);
   const int64_t L = static_cast<int64_t>(qw.size()), B = qw[0].size(0), G = qw[0].size(1), C = G / 3, d = C / H;
+  const LevelPlan plan = plan_levels(sizes, d);
   std::vector<at::Tensor> att_w, att_b, probs;
   for (int64_t i = 0; i < L; ++i) {
     att_w.push_back(at::empty({B, C, sizes[i + 1], sizes[i]}, qw[0].options()));
     att_b.push_back(at::empty({B, C, sizes[i + 1]}, qw[0].options()));
   }
+  std::vector<Planes<float>> ins, outs;
+  std::vector<float*> prps;
   for (int64_t l = 0; l <= L; ++l) {
-    const Level v = level_of(sizes, l);
-    const int64_t E = d * v.n, T = v.T;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(E));
-    at::Tensor pr = at::empty({save ? B * H : 0, T, T}, qw[0].options());
-    const auto in = planes(qw, qb, v, l), out = planes(att_w, att_b, v, l);
-    float* prp = save ? pr.data_ptr<float>() : nullptr;
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> qkv(3 * E * T), a(save ? 0 : T * T), o(E * T);
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(in), G, b, s * C + h * d, d, qkv.data() + s * E * T);
+    const Level& v = plan.levels[l];
+    ins.push_back(planes(qw, qb, v, l));
+    outs.push_back(planes(att_w, att_b, v, l));
+    if (save) {
+      probs.push_back(at::empty({B * H, v.T, v.T}, qw[0].options()));
+      prps.push_back(probs.back().data_ptr<float>());
+    }
+  }
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qkv(3 * plan.max_et), a(save ? 0 : plan.max_tt), o(plan.max_et);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (int64_t l = 0; l <= L; ++l) {
+        const Level& v = plan.levels[l];
+        const int64_t E = d * v.n, T = v.T;
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(ins[l]), G, b, s * C + h * d, d, qkv.data() + s * E * T);
         const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
-        float* at = save ? prp + bh * T * T : a.data();
+        float* at = save ? prps[l] + bh * T * T : a.data();
+        const float scale = 1.0f / std::sqrt(static_cast<float>(E));
         gemm_rm(true, false, T, T, E, scale, k, T, q, T, 0.0f, at, T);  // scores^T = k^T q (keys x queries)
         softmax_cols(at, T);
         gemm_rm(false, false, E, T, T, 1.0f, vv, T, at, T, 0.0f, o.data(), T);  // o = v a^T
-        scatter_head(v, o.data(), out, C, b, h * d, d, nullptr, nullptr);
+        scatter_head(v, o.data(), outs[l], C, b, h * d, d, nullptr, nullptr);
       }
-    });
-    if (save) probs.push_back(pr);
-  }
+    }
+  });
   std::vector<at::Tensor> out(att_w);
   out.insert(out.end(), att_b.begin(), att_b.end());
   out.insert(out.end(), probs.begin(), probs.end());
   return out;
 }
 
-std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorList qb_, at::TensorList probs,
+std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorList qb_, at::TensorList probs_,
                                                  at::TensorList d_w_, at::TensorList d_b_, const at::Tensor& d_means_,
                                                  int64_t H) {
   TORCH_CHECK(find_sgemm(), "token_attention: no sgemm_ in this PyTorch build");
@@ -552,16 +580,23 @@ std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorL
   check_token_inputs(qw_, qb_, H, sizes);
   const auto qw = contiguous_all(qw_), qb = contiguous_all(qb_);
   const int64_t L = static_cast<int64_t>(qw.size()), B = qw[0].size(0), G = qw[0].size(1), C = G / 3, d = C / H;
-  TORCH_CHECK(static_cast<int64_t>(probs.size()) == L + 1 && static_cast<int64_t>(d_w_.size()) == L &&
+  TORCH_CHECK(static_cast<int64_t>(probs_.size()) == L + 1 && static_cast<int64_t>(d_w_.size()) == L &&
                   static_cast<int64_t>(d_b_.size()) == L,
               "token_attention_backward: probs per level, output gradients per tensor");
-  std::vector<at::Tensor> d_w, d_b;
+  const LevelPlan plan = plan_levels(sizes, d);
+  std::vector<at::Tensor> d_w, d_b, probs;
   for (int64_t i = 0; i < L; ++i) {
     d_w.push_back(d_w_[i].contiguous().to(at::kFloat));
     d_b.push_back(d_b_[i].contiguous().to(at::kFloat));
     TORCH_CHECK(d_w[i].dim() == 4 && d_w[i].size(0) == B && d_w[i].size(1) == C && d_w[i].size(2) == sizes[i + 1] &&
                     d_w[i].size(3) == sizes[i] && d_b[i].numel() == B * C * sizes[i + 1],
                 "token_attention_backward: output gradient ", i, " has the wrong shape");
+  }
+  for (int64_t l = 0; l <= L; ++l) {
+    const int64_t T = plan.levels[l].T;
+    TORCH_CHECK(probs_[l].scalar_type() == at::kFloat && probs_[l].numel() == B * H * T * T,
+                "token_attention_backward: probs[", l, "] must be (B H, T, T)");
+    probs.push_back(probs_[l].contiguous());
   }
   const at::Tensor d_means = d_means_.contiguous().to(at::kFloat);
   TORCH_CHECK(d_means.numel() == B * 2 * L * G, "token_attention_backward: d_means must be (B, 2L, 3C)");
@@ -570,45 +605,49 @@ std::vector<at::Tensor> token_attention_backward(at::TensorList qw_, at::TensorL
     dqw.push_back(at::empty_like(qw[i]));
     dqb.push_back(at::empty_like(qb[i]));
   }
-  const float* dm = d_means.data_ptr<float>();
+  std::vector<Planes<float>> ins, grad_outs, grad_ins;
   for (int64_t l = 0; l <= L; ++l) {
-    const Level v = level_of(sizes, l);
-    const int64_t E = d * v.n, T = v.T;
-    TORCH_CHECK(probs[l].scalar_type() == at::kFloat && probs[l].numel() == B * H * T * T,
-                "token_attention_backward: probs[", l, "] must be (B H, T, T)");
-    const at::Tensor pr = probs[l].contiguous();
-    const float scale = 1.0f / std::sqrt(static_cast<float>(E));
-    const auto in = planes(qw, qb, v, l), grad_out = planes(d_w, d_b, v, l), grad_in = planes(dqw, dqb, v, l);
-    const float* prp = pr.data_ptr<float>();
-    // the means' gradients spread over their tensors' entries: the bias (written here, at its
-    // row layer) and the outgoing weight (written here first; its columns are added at l + 1)
-    const float inv_b = v.in ? 1.0f / static_cast<float>(v.n) : 0.0f;
-    const float inv_w = v.out ? 1.0f / static_cast<float>(v.p * v.n) : 0.0f;
-    at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> qkv(3 * E * T), dqkv(3 * E * T), dout(E * T), da(T * T), add_w(d), add_b(d);
-      for (int64_t bh = begin; bh < end; ++bh) {
-        const int64_t b = bh / H, h = bh % H;
-        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(in), G, b, s * C + h * d, d, qkv.data() + s * E * T);
-        gather_head(v, as_const(grad_out), C, b, h * d, d, dout.data());
+    const Level& v = plan.levels[l];
+    ins.push_back(planes(qw, qb, v, l));
+    grad_outs.push_back(planes(d_w, d_b, v, l));
+    grad_ins.push_back(planes(dqw, dqb, v, l));
+  }
+  const float* dm = d_means.data_ptr<float>();
+  at::parallel_for(0, B * H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qkv(3 * plan.max_et), dqkv(3 * plan.max_et), dout(plan.max_et), da(plan.max_tt);
+    std::vector<float> add_w(d), add_b(d);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (int64_t l = 0; l <= L; ++l) {
+        const Level& v = plan.levels[l];
+        const int64_t E = d * v.n, T = v.T;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(E));
+        for (int64_t s = 0; s < 3; ++s) gather_head(v, as_const(ins[l]), G, b, s * C + h * d, d, qkv.data() + s * E * T);
+        gather_head(v, as_const(grad_outs[l]), C, b, h * d, d, dout.data());
         const float *q = qkv.data(), *k = q + E * T, *vv = k + E * T;
         float *dq = dqkv.data(), *dk = dq + E * T, *dv = dk + E * T;
-        const float* at = prp + bh * T * T;
+        const float* at = probs[l].data_ptr<float>() + bh * T * T;
         gemm_rm(false, true, E, T, T, 1.0f, dout.data(), T, at, T, 0.0f, dv, T);  // dv = do a_t^T
         gemm_rm(true, false, T, T, E, 1.0f, vv, T, dout.data(), T, 0.0f, da.data(), T);  // da^T = v^T do
         softmax_cols_backward(at, da.data(), T, scale);
         gemm_rm(false, false, E, T, T, 1.0f, k, T, da.data(), T, 0.0f, dq, T);  // dq = k ds
         gemm_rm(false, true, E, T, T, 1.0f, q, T, da.data(), T, 0.0f, dk, T);  // dk = q ds^T
+        // the means' gradients spread over their tensors' entries: the bias (written here, at
+        // its row layer) and the outgoing weight (written here first; its columns are added at
+        // level l + 1)
+        const float inv_b = v.in ? 1.0f / static_cast<float>(v.n) : 0.0f;
+        const float inv_w = v.out ? 1.0f / static_cast<float>(v.p * v.n) : 0.0f;
         for (int64_t s = 0; s < 3; ++s) {
           const int64_t c0 = s * C + h * d;
           for (int64_t c = 0; c < d; ++c) {
             add_b[c] = v.in ? dm[(b * 2 * L + L + l - 1) * G + c0 + c] * inv_b : 0.0f;
             add_w[c] = v.out ? dm[(b * 2 * L + l) * G + c0 + c] * inv_w : 0.0f;
           }
-          scatter_head(v, dqkv.data() + s * E * T, grad_in, G, b, c0, d, add_w.data(), add_b.data());
+          scatter_head(v, dqkv.data() + s * E * T, grad_ins[l], G, b, c0, d, add_w.data(), add_b.data());
         }
       }
-    });
-  }
+    }
+  });
   std::vector<at::Tensor> out(dqw);
   out.insert(out.end(), dqb.begin(), dqb.end());
   return out;
