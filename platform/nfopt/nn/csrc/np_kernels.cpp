@@ -62,7 +62,6 @@ constexpr int kBlock = kW == 16 ? 8 : 6;
 static_assert(kBlock <= 8, "dense() takes blocks of 1..8 output channels");
 
 typedef float vf __attribute__((vector_size(kW * 4)));  // one vector register of floats
-constexpr int64_t kPrefetch = 128;                       // floats ahead on each input row (measured)
 
 inline vf loadv(const float* p) {
   vf v;
@@ -256,6 +255,8 @@ at::Tensor entry_mlp(const at::Tensor& x_, const at::Tensor& w1, const at::Tenso
 }
 
 // ---- entry_mix -------------------------------------------------------------------------------
+
+constexpr int64_t kPrefetch = 128;  // floats ahead on each input row (measured)
 
 // Streaming (non-temporal) stores only where one vector is a whole 64-byte cache line: a
 // tile's rows are written a vector at a time, GB rows apart, so half-line streaming stores

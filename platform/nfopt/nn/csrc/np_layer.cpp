@@ -43,7 +43,7 @@ std::optional<Tensor> opt(const OptList& list, int64_t i) { return list.get(i); 
 
 // _core._fmul: (G, F) x (F, B, N) -> (G, B, N), one GEMM over the B N columns
 Tensor fmul(const Tensor& w, const Tensor& x) {
-  return w.mm(x.reshape({x.size(0), x.size(1) * x.size(2)})).view({w.size(0), x.size(1), x.size(2)});
+  return w.mm(x.flatten(1)).view({w.size(0), x.size(1), x.size(2)});
 }
 
 // Whether the native per-entry mix takes x (B, F, R, C): float32 rows of at least 16 floats.
@@ -361,8 +361,7 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
     const int64_t np = n_parts(level, L);
     const Tensor& dout = pooled.P[level];  // (sum out parts, B, n_level)
     const Tensor& p = P[level];
-    dQ[level] = dout.reshape({dout.size(0), dout.size(1) * dout.size(2)})
-                    .mm(p.reshape({p.size(0), p.size(1) * p.size(2)}).t());
+    dQ[level] = dout.flatten(1).mm(p.flatten(1).t());
     if (need_in) {
       auto dp = fmul(opt(Q, level)->t(), dout).split_with_sizes(parts_in.slice(k, np));
       if (level >= 1) {
