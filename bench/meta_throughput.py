@@ -20,18 +20,25 @@ installed (the ``bench`` extra) the JAX figures are skipped. Last line ``RESULT
 scaling_efficiency=X overhead=Y vs_jax=Z nfn_vs_jax=W inner_per_s_1=A inner_per_s_2=B
 mlp_inner_per_s=C jax_inner_per_s=D jax_cores_used=U [mlp_compiled_inner_per_s=E
 nfn_compiled_inner_per_s=F]`` (U: the JAX process's CPU time over wall time while it ran, the
-check that its figure is per core).
+check that its figure is per core, ``device=...``).
+
+``--device cuda``: every worker's population, data, features and meta-model run on the GPU
+(``workers.num_gpus``: the pools' workers share the node's GPUs equally), and the JAX peer runs
+on the GPU too; the figures are then per worker (with one GPU, the 2-worker pool shares it, so
+its "scaling" says how much of the GPU one worker leaves idle), not per core.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 from nfopt.cluster import RayPool, init_ray
@@ -82,13 +89,19 @@ def make(workers: int, args, kind: str = "nfn_np", compile: bool = False):
             "meta_model": meta,
             "estimator": {"kind": "pes", "unroll": args.unroll, "compile": compile},
             "inner": {"population": args.population, "tasks_per_worker": args.tasks},
-            "workers": {"count": workers, "num_cpus": 1},
+            "workers": {"count": workers, "num_cpus": 1, "num_gpus": args.gpu_share},
             "tracking": {"enabled": False},
         }
     )
     rule = build_rule(spec)
     pool = RayPool(
-        functools.partial(_make_problem, spec.model_dump_json()), _estimator(spec), workers, args.tasks, 0, 1.0
+        functools.partial(_make_problem, spec.model_dump_json()),
+        _estimator(spec),
+        workers,
+        args.tasks,
+        0,
+        1.0,
+        args.gpu_share,
     )
     pool.wait_for_workers(120)
     return Learner({k: v.detach() for k, v in rule.named_parameters()}, pool, 3e-4), pool
@@ -131,17 +144,33 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="also measure the compiled inner step (estimator.compile) of both rules"
     )
+    ap.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the workers' populations run (cuda: every worker takes a share of the node's GPUs, and the "
+        "JAX peer runs on the GPU too); raise --population there: a GPU wants thousands of networks",
+    )
     args = ap.parse_args()
     args.task = pinned_task(Path(tempfile.mkdtemp(prefix="nfopt-bench-")))
+    gpus = 0
+    if args.device == "cuda":
+        gpus = torch.cuda.device_count()
+        if gpus == 0:
+            raise SystemExit("--device cuda: no CUDA device visible here")
+    actors = 1 + 2 + 1 + (2 if args.compile else 0)  # every pool's workers share the node's GPUs
+    args.gpu_share = gpus / actors if gpus else 0.0
     jax_pes = None
     if not args.no_jax:
+        # the JAX peer on the same kind of device (its GPU build otherwise takes the GPU by default)
+        os.environ.setdefault("JAX_PLATFORMS", "cuda" if gpus else "cpu")
         try:  # before Ray starts: XLA's thread settings are read at import
             from anchors.jax_pes import JaxPES, from_nfopt_task
         except ImportError as err:
             print(f"JAX reference skipped ({err}; pip install -e '.[bench]')")
         else:
             jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
-    init_ray(num_cpus=6 if args.compile else 4)  # room for every pool's actors; an idle actor uses no core
+    init_ray(num_cpus=6 if args.compile else 4, num_gpus=gpus)  # room for every pool's actors; an idle one uses no core
     pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
     if args.compile:  # the first steps compile (one graph per rule: one task, one plan)
         pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}
@@ -188,7 +217,7 @@ def main() -> None:
     print(
         f"RESULT scaling_efficiency={statistics.median(ratios):.2f} overhead={statistics.median(overheads):.3f}"
         f"{jax_part} inner_per_s_1={med['nfn_1']:.0f} inner_per_s_2={med['nfn_2']:.0f} "
-        f"mlp_inner_per_s={med['mlp_1']:.0f}{tail}"
+        f"mlp_inner_per_s={med['mlp_1']:.0f}{tail} device={args.device}"
     )
 
 

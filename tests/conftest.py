@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 from tests.helpers import TINY_SUITE
@@ -37,3 +38,13 @@ def tiny_suite(tmp_path):
     path = tmp_path / "tiny.yaml"
     path.write_text(TINY_SUITE)
     return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip where no CUDA device is (CI); ``pytest -m cuda`` runs them on one."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

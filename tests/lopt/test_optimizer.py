@@ -499,7 +499,7 @@ def test_state_dict_resumes_exactly_in_a_fresh_process(tmp_path):
         assert torch.equal(v, after[k]), k
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_rule_and_state_follow_cuda_parameters_and_load_on_the_cpu():
     model = mlp().cuda()
     opt = nfopt.load_optimizer("nfn_np_small")(model)

@@ -50,19 +50,21 @@ class _AllocatorTunedWorker(Worker):
 PopulationWorker = ray.remote(_AllocatorTunedWorker)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Attach to ``address`` (its ``RAY_AUTH_MODE``/token come from the env) or start an embedded
     local Ray: node address 127.0.0.1, no dashboard, Ray's token authentication (its default;
     Ray 2.60 offers no way to bind every listener to loopback, so the token, generated in
     ``~/.ray/auth_token``, is what keeps other clients out: see the README's "Safe by default";
     ``RAY_AUTH_MODE=disabled`` in the environment turns it off), and a watchdog
     (:mod:`nfopt.cluster.reaper`) that kills the cluster's processes if this driver dies without
-    shutting it down."""
+    shutting it down. ``num_cpus``/``num_gpus``: the embedded Ray's resources (``None``: what Ray
+    detects)."""
     if ray.is_initialized():
         return
     if address is None:
         ray.init(
             num_cpus=num_cpus,
+            num_gpus=num_gpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
             log_to_driver=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from collections.abc import Collection, Iterable
 
 import torch
@@ -76,7 +77,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     A parameter list (``parameters()``, ``named_parameters()``, or
     param-group dicts) is read as one chain in the order given when it forms one (a list cannot
     say which layer type a 2-d tensor belongs to), else tensor by tensor. The rule runs in
-    float32 on the parameters' device (it is moved there); float64/float16/bfloat16 parameters
+    float32 on the parameters' device (a copy of it, where it is elsewhere: the
+    caller's rule can serve models on several devices); float64/float16/bfloat16 parameters
     are updated in their own dtype. ``num_steps`` (optional) tells the rule the horizon.
     ``state_dict()`` carries the rule's state, so a run resumed with ``load_state_dict``
     continues exactly. ``compile=True`` runs the rule's step through ``torch.compile`` (inductor:
@@ -125,18 +127,19 @@ class LearnedOptimizer(torch.optim.Optimizer):
                 f"{sorted(map(str, devices))}"
             )
         super().__init__(groups, {"lr": lr, "weight_decay": weight_decay})
-        if compile:  # a private compiled copy: the caller's rule stays eager
-            if not isinstance(rule, torch.nn.Module):
-                raise ValueError("compile=True needs a learned rule (an nn.Module); baselines run eagerly")
-            rule = copy.deepcopy(rule)
-            rule.compile(options=inductor_options(tensors[0].device))
+        p0 = tensors[0]
+        if compile and not isinstance(rule, torch.nn.Module):
+            raise ValueError("compile=True needs a learned rule (an nn.Module); baselines run eagerly")
+        if isinstance(rule, torch.nn.Module) and (
+            compile or any(t.device != p0.device for t in itertools.chain(rule.parameters(), rule.buffers()))
+        ):  # a private copy on the parameters' device: the caller's rule stays eager, where it was
+            rule = copy.deepcopy(rule).to(p0.device)
+            if compile:
+                rule.compile(options=inductor_options(p0.device))
         self.rule = rule
         self.spaces = spaces if spaces is not None else _list_spaces(tensors, names)
         self.spec = self.spaces[0].spec  # the first (main) weight space
-        p0 = tensors[0]
         self._compute_dtype = torch.float32  # the rule's dtype; parameters keep theirs
-        if hasattr(rule, "to"):
-            rule.to(p0.device)
         self._rule_states = [
             rule.init(sp.spec, 1, dtype=self._compute_dtype, device=p0.device, num_steps=num_steps)
             for sp in self.spaces

@@ -86,7 +86,7 @@ def _antithetic(problem: InnerProblem, theta: Theta, eps: Theta, sigma: float, p
     perturbation by."""
     lp, s_plus, info = problem.unroll({k: theta[k] + eps[k] for k in theta}, plus, steps)
     lm, s_minus, info_m = problem.unroll({k: theta[k] - eps[k] for k in theta}, minus, steps)
-    coef = (lp - lm) / (2 * sigma**2)
+    coef = ((lp - lm) / (2 * sigma**2)).to(next(iter(eps.values())).device)  # the losses' device may not be θ's
     return coef, (lp + lm) / 2, s_plus, s_minus, _both(info, info_m), info["done"] or info_m["done"]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Protocol, runtime_checkable
 
 import torch
+from torch.utils import _pytree as pytree
 
 from nfopt._files import atomic_save
 from nfopt.meta.estimators import Estimator
@@ -46,7 +47,9 @@ def _one_thread(numel: int) -> Iterator[None]:
 
 class Worker:
     """Owns ``num_tasks`` inner tasks (their states never leave it) and returns the average of
-    their meta-gradient estimates for a given θ."""
+    their meta-gradient estimates for a given θ. A problem that names its ``device`` (a
+    :class:`~nfopt.meta.TaskProblem` on a GPU) gets θ there once per estimate, and the estimates
+    are summed there; the average travels on the CPU."""
 
     def __init__(self, make_problem: Callable, estimator: Estimator, num_tasks: int, seed: int) -> None:
         self.problem = make_problem()
@@ -59,6 +62,9 @@ class Worker:
 
     def estimate(self, theta: Theta) -> Estimate:
         t0 = time.perf_counter()
+        device = getattr(self.problem, "device", None)
+        if device is not None:  # one copy per estimate, not one per unroll (no-op on the CPU)
+            theta = {k: v.to(device) for k, v in theta.items()}
         total: Theta | None = None
         losses, nonfinite, inner = [], 0, 0
         for k, st in enumerate(self.states):
@@ -85,11 +91,22 @@ class Worker:
         return est._replace(grad=pack_theta(est.grad))
 
     def get_state(self) -> dict:
-        return {"gen": self.gen.get_state(), "states": self.states}
+        """The generator and the tasks' states, tensors on the CPU (a CPU-only head or machine can
+        read them: checkpoints, Ray's object store)."""
+        return {"gen": self.gen.get_state(), "states": _on(self.states, torch.device("cpu"))}
 
     def set_state(self, state: dict) -> None:
+        """Restore :meth:`get_state`'s output; the tasks' tensors go to the problem's device."""
         self.gen.set_state(state["gen"])
-        self.states = state["states"]
+        self.states = _on(state["states"], getattr(self.problem, "device", None))
+
+
+def _on(states, device: torch.device | None):
+    """``states`` (a pytree of tensors and weight-space features) with every tensor on ``device``
+    (``None``: where they are)."""
+    if device is None:
+        return states
+    return pytree.tree_map(lambda t: t.to(device) if isinstance(t, Tensor) else t, states)
 
 
 @runtime_checkable
