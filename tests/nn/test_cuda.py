@@ -101,9 +101,15 @@ def test_layer_on_cuda_equals_the_cpu(name, dtype, spec):
     out_gpu, grad_gpu = _run(layer, x, cot, "cuda")
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     assert len(grad_cpu) == len(grad_gpu)
-    for a, b in zip(out_gpu + grad_gpu, out_cpu + grad_cpu):
-        assert a.dtype == b.dtype and a.shape == b.shape
-        assert max_relative_error(a, b) < tol
+    for got, ref in ((out_gpu, out_cpu), (grad_gpu, grad_cpu)):
+        # relative to each tensor's size, or to a thousandth of the largest of its kind: a
+        # gradient that is zero in exact arithmetic (a bias before a normalisation) is rounding
+        # noise on both devices
+        floor = 1e-3 * max(float(t.abs().max()) for t in ref if t.numel())
+        for a, b in zip(got, ref):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            if b.numel():
+                assert float((a - b).abs().max()) <= tol * max(float(b.abs().max()), floor)
 
 
 @pytest.mark.parametrize("name", ["np", "hnp", "attention", "shared_np", "shared_attention"])

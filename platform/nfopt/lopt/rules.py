@@ -13,6 +13,7 @@ from nfopt.lopt import kernels
 from nfopt.lopt.features import (
     FeatureConfig,
     build_features,
+    constant,
     fan_ins,
     global_inputs,
     init_loss_state,
@@ -186,7 +187,7 @@ class LearnedUpdateRule(nn.Module):
             adam = None
             time = time_features(state["step"], cfg, params.batch_size, params.dtype)
         else:
-            decays = torch.as_tensor(cfg.decays, dtype=params.dtype, device=params.device)
+            decays = constant(tuple(cfg.decays), params.dtype, params.device)
             grads = grads.map(_zero_nonfinite)
             mom = update_momenta(state["mom"], grads, decays)
             v = WSF(  # 0.999 v + 0.001 g², two passes per tensor

@@ -151,8 +151,9 @@ def _fused_chunk(
         params, rstate = rule.update(theta, rstate, params, plan.features(grads), loss)
         term, blown = _track(loss, loss0, clip_loss, logs)
         tail = tail + torch.where(i >= tail_from, term, torch.zeros_like(term))
-        ins = {id(t) for t in state}  # a loop's outputs may not alias its inputs: copy passed-through state
-        out = [t.clone() if id(t) in ins else t for t in pytree.tree_leaves((params, rstate))]
+        # a loop's outputs may not alias its inputs: copy passed-through state (`is`, not id():
+        # torch 2.11's dynamo cannot take id() of a tensor made inside the loop)
+        out = [t.clone() if any(t is s for s in state) else t for t in pytree.tree_leaves((params, rstate))]
         return (i + 1, total + term, tail, term, bad + blown, *out)
 
     # the loop's carried inputs may alias neither each other nor the body's other inputs
@@ -390,9 +391,11 @@ class TaskProblem:
         params, rstate = state["params"], state["rule"]
         losses = []
         nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
+        # every step's minibatch indices (pop.sample_batch's draws), one copy to the device per unroll
+        idx = [pop.batch_indices(len(x_train), task.batch_size, _step_generator(state, k)) for k in range(steps)]
+        idx = torch.stack(idx).to(self.device) if steps else idx
         for k in range(steps):
-            gen = _step_generator(state, k)
-            xb, yb = pop.sample_batch(x_train, y_train, task.batch_size, gen)
+            xb, yb = x_train[idx[k]], y_train[idx[k]]
             if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
                 step = functools.partial(self._step, pop)
                 loss, params, rstate = rematerialized(step, theta, params, rstate, xb, yb)
