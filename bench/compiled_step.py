@@ -64,7 +64,7 @@ def through_optimizer(trained, device: str, compile: bool, steps: int = 3) -> fl
         loss.backward()
         opt.step(loss=loss)
         moved = _largest([p.detach() for p in model.parameters()], start)
-        print(f"{device} optimizer compile={compile} step {i}: loss {float(loss.detach()):.6f}, moved {moved:.3e}", flush=True)
+        print(f"{device} optimizer compile={compile} step {i}: loss {loss.item():.6f}, moved {moved:.3e}", flush=True)
     return moved
 
 
