@@ -66,7 +66,7 @@ def main() -> None:
     spec = InrClassifySpec.model_validate(json.loads((run / "results.json").read_text())["spec"])
     ds = load_inrs(spec.inrs)
     enc = build_encoder(spec, ds.network_spec, ds.train.stds())
-    enc.load_state_dict(torch.load(run / ENCODER_FILE, weights_only=True))
+    enc.load_state_dict(torch.load(run / ENCODER_FILE, map_location="cpu", weights_only=True))
     train, test = Latents(enc, ds.train), Latents(enc, ds.test)
     ztr, zte, ytr, yte = train.z, test.z, train.labels, test.labels
     k, d = int(ytr.max()) + 1, spec.latent_dim

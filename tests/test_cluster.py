@@ -1,5 +1,7 @@
 """Ray pools and runs on the shared local Ray session (``ray_session`` in conftest)."""
 
+import time
+
 import pytest
 import torch
 
@@ -20,7 +22,14 @@ def test_pool_survives_a_killed_worker(ray_session):
     pool = RayPool(make_problem, PES(unroll=3), count=2, tasks_per_worker=2, seed=0, num_cpus=0.5, timeout_s=60)
     theta = {"log_lr": torch.tensor(-2.0, dtype=torch.float64)}
     assert len(pool.estimate_all(theta)) == 2
-    ray.kill(pool.workers[0], no_restart=True)
+    dead = pool.workers[0]
+    ray.kill(dead, no_restart=True)
+    for _ in range(300):  # the kill is asynchronous: a call right after it was once answered (CI, 2026-12-04)
+        try:
+            ray.get(dead.__ray_ready__.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            break
+        time.sleep(0.1)
     results = pool.estimate_all(theta)  # the survivor's estimate; the dead worker is replaced
     assert len(results) == 1 and pool.replaced == 1
     assert len(pool.estimate_all(theta)) == 2  # the replacement works

@@ -36,10 +36,12 @@ def _tensors(x: WSF) -> list[Tensor]:
 
 
 def _zero_nonfinite(t: Tensor) -> Tensor:
-    """``t`` with NaN and ±inf entries zeroed. Traced by ``torch.compile`` as ``where(t - t == 0,
-    t, 0)`` (``t - t`` is 0 exactly for finite ``t``, NaN otherwise): inductor's CPU code for
-    ``nan_to_num`` tests NaN one float at a time, and in its vector loops this form is one compare."""
-    if torch.compiler.is_compiling():
+    """``t`` with NaN and ±inf entries zeroed. Traced by ``torch.compile`` for the CPU as
+    ``where(t - t == 0, t, 0)`` (``t - t`` is 0 exactly for finite ``t``, NaN otherwise):
+    inductor's CPU code for ``nan_to_num`` tests NaN one float at a time, and in its vector loops
+    this form is one compare. Other devices keep ``nan_to_num`` (nothing measured there favours the
+    trick, and a code generator that reads ``t - t`` as 0 would zero every entry)."""
+    if torch.compiler.is_compiling() and t.device.type == "cpu":
         return torch.where(t - t == 0, t, 0.0)
     return torch.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0)
 

@@ -212,7 +212,7 @@ def _cached_imp_rounds(init: Params, data: Dataset, spec: TicketSpec, console) -
     path = spec.out_dir / "imp_masks.pt"
     key = spec.imp_key()
     if path.exists():
-        saved = torch.load(path, weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved.get("key") == key and "survived" in saved:
             console.print(f"IMP masks reused from {path}")
             return list(saved["survived"]), float(saved["seconds"])
