@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks, for a machine with a CUDA device whose python3 already holds a CUDA PyTorch
-# (the project's .venv pins a CPU build): the tests marked `cuda` and the GPU benchmark, each
-# stage under its own time limit, logs and RESULT lines under $OUT (default ./gpu-out).
+# (the project's .venv pins a CPU build): the tests marked `cuda`, the compiled-step check and the
+# GPU benchmark (eager, then compiled), each stage under its own time limit, logs and RESULT lines
+# under $OUT (default ./gpu-out). About 8-10 minutes on an H200, most of it compiling.
 # Packages the machine lacks (pydantic, Ray and their needs) may come as wheels in .whl/ and
-# archives .whl/*.tar.xz of unpacked packages; they go to a private folder on PYTHONPATH.
+# archives .whl/*.tar.xz of unpacked packages (bench/gpu_wheels.sh makes them); they go to a private
+# folder on PYTHONPATH. Device tool: run(command="bash bench/gpu_check.sh", carry=[".whl"]).
 #   bash bench/gpu_check.sh [population]   (default 256 networks per task for the benchmark)
 set -u
 cd "$(dirname "$0")/.."
@@ -42,4 +44,7 @@ stage cuda_tests 420 "$PY" -m pytest -m cuda -q -p no:cacheprovider -o addopts= 
 stage compiled_step 200 "$PY" bench/compiled_step.py
 stage meta_throughput_cuda 300 "$PY" bench/meta_throughput.py --device cuda --population "$POP" --rounds 3 --steps 3 \
   --warmup 2
+# the compiled unroll (one while_loop graph per 16 steps): what a GPU needs against eager's launches
+stage meta_throughput_cuda_compiled 400 "$PY" bench/meta_throughput.py --device cuda --compile --population "$POP" \
+  --rounds 3 --steps 3 --warmup 2
 grep -h "^RESULT" "$OUT"/*.log

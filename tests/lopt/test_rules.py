@@ -415,3 +415,18 @@ def test_non_finite_entries_are_zeroed_alike_traced_and_eager():
     want = torch.nan_to_num(x * 2, nan=0.0, posinf=0.0, neginf=0.0)
     torch.testing.assert_close(traced(x), want, rtol=0, atol=0)
     torch.testing.assert_close(_zero_nonfinite(x * 2), want, rtol=0, atol=0)
+
+
+def test_constants_are_made_once_per_values_dtype_and_device_and_fresh_where_reuse_is_unsafe():
+    from nfopt.lopt.features import constant
+
+    a = constant((0.9, 0.99), torch.float32, "cpu")
+    assert torch.equal(a, torch.tensor([0.9, 0.99])) and a.dtype == torch.float32
+    assert constant((0.9, 0.99), torch.float32, torch.device("cpu")) is a  # one tensor, not one per step
+    assert constant((0.9, 0.99), torch.float64, "cpu") is not a
+    with torch.inference_mode():  # an inference tensor could not enter autograd later
+        b = constant((0.9, 0.99), torch.float32, "cpu")
+        assert b is not a and b.is_inference()
+    x = torch.ones(2, requires_grad=True)
+    (x * constant((0.9, 0.99), torch.float32, "cpu")).sum().backward()  # usable under autograd
+    assert torch.allclose(x.grad, a)
