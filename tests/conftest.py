@@ -40,6 +40,16 @@ def tiny_suite(tmp_path):
     return path
 
 
+@pytest.fixture
+def no_tf32():
+    """Full float32 products on a GPU for the test (what meta-training's CUDA workers set: TF32's
+    10-bit mantissa would swamp the differences the CUDA tests compare)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` skip where no CUDA device is (CI); ``pytest -m cuda`` runs them on one."""
     if torch.cuda.is_available():

@@ -1,6 +1,20 @@
 """Shared test helpers."""
 
+import os
+import subprocess
+import sys
+
 from nfopt.jobs import JobSpec
+
+
+def run_without_cuda(code: str, timeout: float = 300) -> str:
+    """Run ``code`` in a fresh Python that sees no CUDA device (what a CPU-only head or machine
+    sees); its stdout. Fails the test, with the child's stderr, when it fails."""
+    code = "import torch\nassert not torch.cuda.is_available()\n" + code
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
 
 
 def tiny_job(tmp_path, **over) -> JobSpec:

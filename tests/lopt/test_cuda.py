@@ -2,10 +2,6 @@
 CPU, state kept on the parameters' device, files written on a GPU load without one. Skipped
 without a CUDA device (``pytest -m cuda``)."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from torch import nn
@@ -13,17 +9,10 @@ from torch import nn
 import nfopt
 from nfopt import NetworkSpec
 from nfopt.lopt import load_optimizer, save_optimizer
+from tests.helpers import run_without_cuda
 from tests.lopt.test_rules import KINDS, inputs, perturb_meta_model, rule_of
 
-pytestmark = pytest.mark.cuda
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("no_tf32")]
 
 
 def _steps(rule, spec: NetworkSpec, device: str, dtype: torch.dtype, n: int = 3):
@@ -89,8 +78,7 @@ def test_rule_saved_from_a_gpu_loads_and_runs_without_one(tmp_path):
     perturb_meta_model(rule)
     path = save_optimizer(rule.cuda(), tmp_path / "lopt.pt")
     code = (
-        "import torch, nfopt\n"
-        "assert not torch.cuda.is_available()\n"
+        "import nfopt\n"
         f"opt = nfopt.load_optimizer({str(path)!r})\n"
         "model = torch.nn.Linear(3, 2)\n"
         "o = opt(model)\n"
@@ -98,9 +86,7 @@ def test_rule_saved_from_a_gpu_loads_and_runs_without_one(tmp_path):
         "o.step()\n"
         "print('ok', next(opt.rule.parameters()).device)\n"
     )
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and out.stdout.startswith("ok cpu"), out.stderr
+    assert run_without_cuda(code).startswith("ok cpu")
     again = load_optimizer(path)  # here too: the weights come back on the CPU, equal to the GPU's
     for (k, v), w in zip(again.rule.state_dict().items(), rule.state_dict().values()):
         assert v.device.type == "cpu" and torch.equal(v, w.cpu()), k

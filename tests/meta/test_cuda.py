@@ -2,9 +2,6 @@
 meta-model run on the GPU and give the CPU's estimates; no host sync per inner step; estimates
 and worker states reach a CPU-only learner. Skipped without a CUDA device (``pytest -m cuda``)."""
 
-import os
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -14,18 +11,11 @@ from nfopt.lopt import FeatureConfig, LearnedUpdateRule
 from nfopt.meta import ES, PES, TaskProblem, TruncatedBackprop, Worker
 from nfopt.meta.checkpoint import load_checkpoint, save_checkpoint
 from nfopt.tasks import TaskFamily
+from tests.helpers import run_without_cuda
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("no_tf32")]
 
 FEATURES = FeatureConfig(adam_direction=True, fraction=True, tensor_features=True)
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _rule(kind: str = "nfn_np") -> tuple[LearnedUpdateRule, dict]:
@@ -147,17 +137,13 @@ def test_cuda_worker_returns_cpu_estimates_and_its_state_loads_without_cuda(tmp_
     assert state_device(worker.get_state()["states"]) == {"cpu"}  # what leaves a worker is on the CPU
     path = save_checkpoint({"format": "nfopt.run/1", "worker": worker.get_state()}, tmp_path / "ck.pt")
     code = (
-        "import sys, torch\n"
         "from nfopt.meta.checkpoint import load_checkpoint\n"
-        "assert not torch.cuda.is_available()\n"
         f"ck = load_checkpoint({str(path)!r})\n"
         "ts = [t for s in ck['worker']['states'] for t in (s['plus']['loss0'], *s['plus']['params'].tensors())]\n"
         "assert all(t.device.type == 'cpu' for t in ts)\n"
         "print('ok', len(ts))\n"
     )
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr
+    assert run_without_cuda(code).startswith("ok")
     again = Worker(make, PES(sigma=0.01, unroll=3), num_tasks=2, seed=6)
     again.set_state(load_checkpoint(path)["worker"])  # back on the problem's device, and it continues alike
     assert state_device(again.states) == {"cuda"}

@@ -30,7 +30,7 @@ from nfopt.nn import (
 )
 from nfopt.testing import assert_equivariant, max_relative_error
 
-pytestmark = pytest.mark.cuda
+pytestmark = [pytest.mark.cuda, pytest.mark.usefixtures("no_tf32")]
 
 MLP = NetworkSpec.mlp([7, 9, 6, 3])
 CNN = NetworkSpec(((5, 2, 3, 3), (4, 5, 3, 3), (3, 4)))
@@ -74,15 +74,6 @@ def _run(layer: torch.nn.Module, x: WeightSpaceFeatures, cot: list[torch.Tensor]
     torch.autograd.backward(out, [c.to(device) for c in cot])
     grads = [t.grad for t in xs.tensors()] + [p.grad for p in layer.parameters() if p.grad is not None]
     return [t.detach().cpu() for t in out], [g.cpu() for g in grads]
-
-
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    """Full float32 products on the GPU (what meta-training sets on CUDA workers)."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.mark.parametrize("spec", [MLP, CNN], ids=["mlp", "cnn"])
