@@ -7,12 +7,14 @@ far the parameters moved and the losses. On an H200 with torch 2.11 the compiled
 CUDA left the parameters where they were (tests/lopt/test_cuda.py); this script tells a
 direct-call fault from an optimizer one. Last line ``RESULT <device>_compiled_vs_eager=X
 <device>_moved_ratio=Y ...`` (X: largest difference of the direct updates; Y: the compiled
-optimizer's parameter movement over the eager one's, 1.0 when they agree).
+optimizer's parameter movement over the eager one's, 1.0 when they agree; on a GPU also
+``<device>_moved_ratio_where_form``: the same with the CPU's NaN-zeroing form forced there).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -79,9 +81,38 @@ def main() -> None:
     result = []
     for dev in devices:
         diff = direct(trained, dev)
-        ratio = through_optimizer(trained, dev, True) / through_optimizer(trained, dev, False)
+        eager = through_optimizer(trained, dev, False)
+        ratio = through_optimizer(trained, dev, True) / eager
         result += [f"{dev}_compiled_vs_eager={diff:.2e}", f"{dev}_moved_ratio={ratio:.3f}"]
+        if dev != "cpu":  # the suspect: the CPU-only NaN-zeroing form, forced on this device
+            with _where_form_everywhere():
+                print(f"{dev}: the where(t - t == 0) form forced under compile", flush=True)
+                forced = through_optimizer(copy.deepcopy(trained), dev, True) / eager
+            result.append(f"{dev}_moved_ratio_where_form={forced:.3f}")
     print("RESULT " + " ".join(result))
+
+
+@contextlib.contextmanager
+def _where_form_everywhere():
+    """``nfopt.lopt.rules._zero_nonfinite`` traced as ``where(t - t == 0, t, 0)`` on every device
+    (the form the CPU takes): a compiled step that moves nothing with it, and moves with the plain
+    ``nan_to_num``, names the code generator's reading of ``t - t`` as the fault."""
+    from nfopt.lopt import rules
+
+    plain = rules._zero_nonfinite
+
+    def where_form(t):
+        if torch.compiler.is_compiling():
+            return torch.where(t - t == 0, t, 0.0)
+        return plain(t)
+
+    rules._zero_nonfinite = where_form
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        rules._zero_nonfinite = plain
+        torch._dynamo.reset()
 
 
 if __name__ == "__main__":
