@@ -158,8 +158,8 @@ def main() -> None:
         gpus = torch.cuda.device_count()
         if gpus == 0:
             raise SystemExit("--device cuda: no CUDA device visible here")
-    actors = 1 + 2 + 1 + (2 if args.compile else 0)  # every pool's workers share the node's GPUs
-    args.gpu_share = gpus / actors if gpus else 0.0
+    actors = 6 if args.compile else 4  # the pools' workers below: 1 + 2 + 1 (+ 1 + 1 compiled)
+    args.gpu_share = gpus / actors if gpus else 0.0  # every worker an equal share of the node's GPUs
     jax_pes = None
     if not args.no_jax:
         # the JAX peer on the same kind of device (its GPU build otherwise takes the GPU by default)
@@ -170,7 +170,7 @@ def main() -> None:
             print(f"JAX reference skipped ({err}; pip install -e '.[bench]')")
         else:
             jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
-    init_ray(num_cpus=6 if args.compile else 4, num_gpus=gpus)  # room for every pool's actors; an idle one uses no core
+    init_ray(num_cpus=actors, num_gpus=gpus)  # room for every pool's actors; an idle one uses no core
     pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
     if args.compile:  # the first steps compile (one graph per rule: one task, one plan)
         pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}

@@ -101,6 +101,16 @@ def _step_generator(state: dict, k: int) -> torch.Generator:
     return torch.Generator().manual_seed(child_seed(state["seed"], state["step"] + k))
 
 
+def _step_indices(pop, state: dict, n: int, batch_size: int, first: int, count: int, rows: int) -> Tensor:
+    """The minibatch indices of inner steps ``first .. first + count - 1`` (``pop.sample_batch``'s
+    draws, on the CPU): ``(rows, P, batch_size)`` with those steps in the first ``count`` rows and
+    zeros after (a compiled chunk's fixed length)."""
+    idx = torch.zeros(rows, pop.size, batch_size, dtype=torch.long)
+    for k in range(count):
+        idx[k] = pop.batch_indices(n, batch_size, _step_generator(state, first + k))
+    return idx
+
+
 def _tail_steps(steps: int) -> int:
     """How many of an unroll's last steps the ``tail`` meta-loss averages."""
     return max(1, steps // 5)
@@ -344,10 +354,7 @@ class TaskProblem:
         acc = (one.new_zeros(()), one.new_zeros(()), one.new_zeros(()), torch.zeros_like(step_at))
         for c0 in range(0, steps, _CHUNK):
             n = min(_CHUNK, steps - c0)
-            idx = torch.zeros(_CHUNK, pop.size, task.batch_size, dtype=torch.long)
-            for k in range(n):
-                gen = _step_generator(state, c0 + k)
-                idx[k] = pop.batch_indices(len(x_train), task.batch_size, gen)
+            idx = _step_indices(pop, state, len(x_train), task.batch_size, c0, n, _CHUNK)
             end = step_at + n
             args = (x_train, y_train, idx.to(self.device), step_at, end, scales, one * pop.loss_scale)
             out = fused(theta, *args, state["loss0"], tail_from, acc, leaves)
@@ -391,9 +398,8 @@ class TaskProblem:
         params, rstate = state["params"], state["rule"]
         losses = []
         nonfinite = torch.zeros((), dtype=torch.long, device=self.device)  # on device: no per-step sync
-        # every step's minibatch indices (pop.sample_batch's draws), one copy to the device per unroll
-        idx = [pop.batch_indices(len(x_train), task.batch_size, _step_generator(state, k)) for k in range(steps)]
-        idx = torch.stack(idx).to(self.device) if steps else idx
+        # every step's minibatch indices, one copy to the device per unroll
+        idx = _step_indices(pop, state, len(x_train), task.batch_size, 0, steps, steps).to(self.device)
         for k in range(steps):
             xb, yb = x_train[idx[k]], y_train[idx[k]]
             if self.remat and torch.is_grad_enabled() and any(v.requires_grad for v in theta.values()):
