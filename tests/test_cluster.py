@@ -1,5 +1,6 @@
 """Ray pools and runs on the shared local Ray session (``ray_session`` in conftest)."""
 
+import os
 import time
 
 import pytest
@@ -106,3 +107,14 @@ def test_zoo_shards_as_ray_tasks_equal_the_in_process_build(ray_session, tmp_pat
     local = load_zoo(build_zoo(ZooSpec(**raw, out=str(tmp_path / "local")), use_ray=False, progress=False))
     assert torch.equal(ray_zoo.run, local.run)
     torch.testing.assert_close(ray_zoo.params["4.weight"], local.params["4.weight"])
+
+
+def test_daemon_settings_reach_only_what_ray_starts_and_a_users_own_win(monkeypatch):
+    from nfopt.cluster.pool import _daemon_env
+
+    monkeypatch.setenv("LOG_NAME_UPDATE_INTERVAL_S", "3")  # the user's own
+    monkeypatch.delenv("REPORTER_UPDATE_INTERVAL_MS", raising=False)
+    with _daemon_env({"LOG_NAME_UPDATE_INTERVAL_S": "10", "REPORTER_UPDATE_INTERVAL_MS": "60000"}):
+        assert os.environ["LOG_NAME_UPDATE_INTERVAL_S"] == "3"
+        assert os.environ["REPORTER_UPDATE_INTERVAL_MS"] == "60000"
+    assert os.environ["LOG_NAME_UPDATE_INTERVAL_S"] == "3" and "REPORTER_UPDATE_INTERVAL_MS" not in os.environ
