@@ -57,7 +57,7 @@ PopulationWorker = ray.remote(_AllocatorTunedWorker)
 #: monitor re-lists the session's log files every 0.1 s below 1000 files and the dashboard agent
 #: samples every process every 5 s, for a dashboard and log forwarding an embedded nfopt Ray has
 #: off (``include_dashboard=False``, ``log_to_driver=False``). Beside an idle session here: log
-#: monitor 25 -> 8 CPU ticks in 30 s, dashboard agent 22 -> 12 (~1% of a core in all, which
+#: monitor 25 -> 10 CPU ticks in 30 s, dashboard agent 22 -> 13 (~0.8% of a core in all, which
 #: two busy workers on a 2-core node otherwise lose).
 QUIET_DAEMONS = {
     "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0",  # re-list files every LOG_NAME_UPDATE_INTERVAL_S only
