@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from nfopt.cluster.reaper import _alive, reap_after, start_reaper
+from nfopt.cluster.reaper import _alive, _stat, reap_after, start_reaper
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the reaper reads /proc (Linux)")
 
@@ -27,18 +27,13 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _started(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[19])
-
-
 def test_descendants_die_with_the_driver_also_one_started_late():
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, "3"], stdout=subprocess.PIPE, text=True)
     reaper = start_reaper(driver.pid)
     try:
         kids = [int(driver.stdout.readline())]
         kids.append(int(driver.stdout.readline()))  # ~3 s later: the rescans are ~2-4 s apart by now
-        stamps = {k: _started(k) for k in kids}
+        stamps = {k: _stat(k)[1] for k in kids}  # start times: a recycled pid is not the child
         time.sleep(4.5)  # one rescan at most max_interval (4 s) after the late child started
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=10)
