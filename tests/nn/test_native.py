@@ -107,7 +107,7 @@ def test_np_pool_matches_torch(sizes, data, mean, dtype):
     of W_l at each permutable neuron layer; fixed layers folded to size 1 (columns of one entry)."""
     L = len(sizes) - 1
     perm = data.draw(st.lists(st.booleans(), min_size=L + 1, max_size=L + 1))
-    feats = data.draw(st.lists(st.integers(1, 4), min_size=2 * L, max_size=2 * L))
+    feats = data.draw(st.lists(st.integers(1, 40), min_size=2 * L, max_size=2 * L))  # past a 16-feature tile
     bsz = data.draw(st.integers(1, 3))
     m = [n if p else 1 for n, p in zip(sizes, perm)]
     xs = [torch.randn(bsz, feats[i], m[i + 1], m[i], dtype=dtype) for i in range(L)]
@@ -198,15 +198,17 @@ def test_entry_mix_streams_large_outputs_exactly():
 
 
 @needs_compiler
+@pytest.mark.parametrize("batch", [4, 20])
 @pytest.mark.parametrize("c_in", [1, 3])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
-def test_float32_layers_equal_with_and_without_native(cls, c_in, monkeypatch):
+def test_float32_layers_equal_with_and_without_native(cls, c_in, batch, monkeypatch):
     """Float32 with rows of whole 16-float vectors: the per-entry term and its adjoint run natively
-    (and with one input feature, its weight gradient beside the output gradient's sums)."""
+    (and with one input feature, its weight gradient beside the output gradient's sums); a batch
+    of 16-128 takes the global terms' transposed products."""
     spec = NetworkSpec.mlp([32, 64, 48, 16])
     torch.manual_seed(0)
     layer = cls(spec, c_in, 5)
-    x = random_features(spec, 4, c_in).map(lambda t: t.float().requires_grad_())
+    x = random_features(spec, batch, c_in).map(lambda t: t.float().requires_grad_())
     for a, b in _outputs_and_grads_with_and_without_native(layer, x, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
 
