@@ -167,13 +167,34 @@ void check_plan(const char* op, int64_t L, size_t n_bias, const OptList& A, cons
 // biases' gradients). x_i (B, F, m_r, m_c), b_i (B, Fb, m_r), any float dtype, all alike.
 // With `dot_with[i]` (B, 1, m_r, m_c) defined, also dots[i] (B, F) = sum_{r,c} x_i y in the same
 // pass: the weight gradient of a one-feature input y (the data into a stack).
+// With `masks[i]` (x_i's shape) defined, x_i's entries where the mask is not positive read as 0
+// (a ReLU's backward fused into the read; folded one-column inputs without dot_with only).
+// One folded column's pass: its total, and (dst) its values scaled by sc; kMask: values where
+// the mask m is not positive read as 0 (a ReLU's backward applied as the gradient is read).
+template <bool kMask, typename T>
+inline T column_run(const T* x, const T* m, T* dst, int64_t R, T sc) {
+  T total = 0;
+  if (dst != nullptr) {
+_Pragma("omp simd reduction(+ : total)")
+    for (int64_t r = 0; r < R; ++r) {
+      const T v = kMask ? (m[r] > T(0) ? x[r] : T(0)) : x[r];
+      total += v;
+      dst[r] = v * sc;
+    }
+  } else {
+_Pragma("omp simd reduction(+ : total)")
+    for (int64_t r = 0; r < R; ++r) total += kMask ? (m[r] > T(0) ? x[r] : T(0)) : x[r];
+  }
+  return total;
+}
+
 struct Pooled {
   Tensor z;
   std::vector<Tensor> P, dots;
 };
 
 Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, bool mean,
-                 const std::vector<Tensor>& dot_with = {}) {
+                 const std::vector<Tensor>& dot_with = {}, const std::vector<Tensor>& masks = {}) {
   const int64_t L = static_cast<int64_t>(xs_.size());
   std::vector<Tensor> xs, bs;
   for (int64_t i = 0; i < L; ++i) {
@@ -220,6 +241,9 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
       scalar_t* pr = perm[i] ? P[i].data_ptr<scalar_t>() + (P[i].size(0) - F) * B * C : nullptr;
       const scalar_t sc = mean ? scalar_t(1) / C : scalar_t(1), sr = mean ? scalar_t(1) / R : scalar_t(1);
       const scalar_t st = mean ? scalar_t(1) / (R * C) : scalar_t(1);
+      const Tensor mask = i < static_cast<int64_t>(masks.size()) ? masks[i] : Tensor();
+      const scalar_t* mp = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
+      TORCH_CHECK(mp == nullptr || (C == 1 && yp == nullptr), "np layer: a mask applies to folded columns only");
       if (C == 1 && yp == nullptr) {  // columns (a folded input layer): one tight loop per column
         // in tiles of 16 features: per batch element, 16 rows read in one run of 16 R values;
         // each feature's B rows land in P as one run of B R values, so the tile writes 16
@@ -230,19 +254,10 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
           for (int64_t t = t0; t < t1; ++t)
             for (int64_t b = 0; b < B; ++b)
               for (int64_t f = t * kTile; f < std::min(F, (t + 1) * kTile); ++f) {
-                const scalar_t* xb = xp + (b * F + f) * R;
-                scalar_t total = 0;
-                if (pc != nullptr) {
-                  scalar_t* dst = pc + (f * B + b) * R;
-_Pragma("omp simd reduction(+ : total)")
-                  for (int64_t r = 0; r < R; ++r) {
-                    total += xb[r];
-                    dst[r] = xb[r] * sc;
-                  }
-                } else {
-_Pragma("omp simd reduction(+ : total)")
-                  for (int64_t r = 0; r < R; ++r) total += xb[r];
-                }
+                const int64_t off = (b * F + f) * R;
+                scalar_t* dst = pc != nullptr ? pc + (f * B + b) * R : nullptr;
+                const scalar_t total = mp != nullptr ? column_run<true>(xp + off, mp + off, dst, R, sc)
+                                                     : column_run<false>(xp + off, mp, dst, R, sc);
                 if (pr != nullptr) pr[f * B + b] = total * sr;
                 zp[b * dz + zx[i] + f] = total * st;
               }
@@ -396,12 +411,17 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
                   static_cast<int64_t>(need_x.size()) == L && static_cast<int64_t>(need_b.size()) == L &&
                   (outs.empty() || static_cast<int64_t>(outs.size()) == 2 * L),
               "np_backward: list lengths do not match the plan");
-  std::vector<Tensor> dhs(L), dus(L);
+  std::vector<Tensor> dhs(L), dus(L), masks(L);
   for (int64_t i = 0; i < L; ++i) {
     dhs[i] = dhs_[i].contiguous();
     dus[i] = dus_[i];
     if (!outs.empty()) {  // the ReLU's backward: gradients through positive outputs only
-      dhs[i] = at::threshold_backward(dhs[i], outs[i], 0);
+      // a folded one-column output without a per-entry term is only read by the pooling below:
+      // the mask is applied there, as it reads (saves a pass over the biggest gradient)
+      if (!opt(A, i).has_value() && dhs[i].size(3) == 1)
+        masks[i] = outs[i].contiguous();
+      else
+        dhs[i] = at::threshold_backward(dhs[i], outs[i], 0);
       dus[i] = at::threshold_backward(dus[i], outs[L + i], 0);
     }
   }
@@ -417,7 +437,7 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
   std::vector<Tensor> dA(L), dot_with(L);
   for (int64_t i = 0; i < L; ++i)
     if (opt(A, i).has_value() && xs[i].size(1) == 1) dot_with[i] = xs[i];
-  auto pooled = pool_into(dhs, dus, perm, false, dot_with);
+  auto pooled = pool_into(dhs, dus, perm, false, dot_with, masks);
   for (int64_t i = 0; i < L; ++i)
     if (dot_with[i].defined()) dA[i] = pooled.dots[i].sum(0).unsqueeze(1);  // (G, 1)
   const Tensor& dglob = pooled.z;
