@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from nfopt import NetworkSpec
 from nfopt.nn import HNPLinear, NPLinear, _native
 from nfopt.nn.fused import entry_mlp
+from nfopt.nn.linear import apply_plan
 from nfopt.testing import random_features
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine")
@@ -198,19 +199,44 @@ def test_entry_mix_streams_large_outputs_exactly():
 
 
 @needs_compiler
-@pytest.mark.parametrize("batch", [4, 20])
+@pytest.mark.parametrize("batch", [4, 20])  # 20: the tiled passes see more rows per tile
 @pytest.mark.parametrize("c_in", [1, 3])
 @pytest.mark.parametrize("cls", [NPLinear, HNPLinear])
 def test_float32_layers_equal_with_and_without_native(cls, c_in, batch, monkeypatch):
     """Float32 with rows of whole 16-float vectors: the per-entry term and its adjoint run natively
-    (and with one input feature, its weight gradient beside the output gradient's sums); a batch
-    of 16-128 takes the global terms' transposed products."""
+    (and with one input feature, its weight gradient beside the output gradient's sums)."""
     spec = NetworkSpec.mlp([32, 64, 48, 16])
     torch.manual_seed(0)
     layer = cls(spec, c_in, 5)
     x = random_features(spec, batch, c_in).map(lambda t: t.float().requires_grad_())
     for a, b in _outputs_and_grads_with_and_without_native(layer, x, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item())
+
+
+@needs_compiler
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_wide_hnp_layer_with_transposed_global_products_equals_plain(per_batch, monkeypatch):
+    """A wide-input HNP layer (a global map of >= 2^18 entries) at a batch of 20: the native layer
+    computes the global products transposed, here also with a per-sample bias (B, ΣG); outputs
+    and every gradient equal the plain ops'."""
+    spec, bsz = NetworkSpec.mlp([64, 6, 5]), 20
+    torch.manual_seed(0)
+    layer = HNPLinear(spec, 8, 8, relu=True).double()
+    A, Q, Z, beta = layer._params()
+    assert Z.numel() >= 2**18
+    if per_batch:
+        beta = beta + torch.randn(bsz, beta.shape[0], dtype=torch.float64)
+    x = random_features(spec, bsz, 8).map(lambda t: t.requires_grad_())
+
+    def run():
+        y = apply_plan(layer.plan, x, A, Q, Z, beta, relu=True)
+        loss = sum((t * t).sum() for t in y.tensors())
+        return [*y.tensors(), *torch.autograd.grad(loss, [*x.tensors(), *layer.parameters()])]
+
+    with_native = run()
+    monkeypatch.setitem(_native._state, "ops", None)
+    for a, b in zip(with_native, run(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
 
 
 def test_failed_build_falls_back_with_a_warning(monkeypatch):

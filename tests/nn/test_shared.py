@@ -46,26 +46,6 @@ def test_shared_np_engine_equals_its_defining_formula(spec):
             assert all(torch.allclose(p, q, atol=1e-9) for p, q in zip(ga, gb))
 
 
-def test_per_batch_terms_at_a_population_batch_equal_the_formula():
-    """Per-sample terms (the engine's per-batch bias) at a batch of 16-128, where the native
-    layer computes the global products transposed: the same function and gradients."""
-    torch.manual_seed(0)
-    spec, bsz = NetworkSpec.mlp([7, 6, 5]), 20
-    layer, g = SharedNPLinear(3, 2).double(), SharedGlobalInput(4, 2).double()
-    x = random_features(spec, bsz, 3).map(lambda t: t.requires_grad_())
-    terms = g.terms(torch.randn(bsz, 4, dtype=torch.float64), spec.num_layers)
-    ref = layer.forward_reference(x)
-    a = layer(x, terms)
-    b = [w + t[:, :, None, None] for w, t in zip(ref.weights, terms[0])]
-    b += [v + t[:, :, None] for v, t in zip(ref.biases, terms[1])]
-    a = [*a.weights, *a.biases]
-    assert all(p.allclose(q, atol=1e-10) for p, q in zip(a, b, strict=True))
-    wrt = [*layer.parameters(), *x.tensors()]
-    ga = torch.autograd.grad(sum(t.square().sum() for t in a), wrt)
-    gb = torch.autograd.grad(sum(t.square().sum() for t in b), wrt)
-    assert all(torch.allclose(p, q, atol=1e-9) for p, q in zip(ga, gb))
-
-
 def test_roles_and_zero_init_and_global_input():
     assert layer_roles(1) == [0] and layer_roles(4) == [1, 2, 2, 3]
     spec = NetworkSpec.mlp([5, 4, 3, 2])

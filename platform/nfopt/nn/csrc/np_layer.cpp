@@ -80,21 +80,25 @@ Tensor weight_grad(const Tensor& dh, const Tensor& x) {
 }
 
 // The global terms' products, z (B, Dz) x Z (Dz, Dout) and dglob (B, Dout) x Z^T: a short
-// left operand against a big square-ish map. For 16 <= B <= 128 rows MKL runs them faster as
-// the transposed product (Z^T z^T)^T, (Z dglob^T)^T; cold-cache medians on this 2-core AMD host
-// (bench notes, 2026-12-04): B = 32, D = 1392: 2.14 -> 1.60 ms and 2.21 -> 1.84; D = 3000:
-// 12.4 -> 8.5 and 11.9 -> 7.2; B = 128: 0.92-0.97x; at B = 8 the transposed forward was 3-8x
-// slower, hence the window. Returns (B, N) with strides (1, B) on that path.
-bool short_rows(const Tensor& a) { return a.size(0) >= 16 && a.size(0) <= 128; }
+// left operand against a big map. For 16 <= B <= 128 rows and a map of at least 2^18 entries
+// (1 MiB) MKL runs them faster as the transposed products (Z^T z^T)^T, (Z dglob^T)^T. Cold-cache
+// medians on this 2-core AMD host (2026-12-04), forward and adjoint: B = 32, D = 1392: 2.14 ->
+// 1.60 ms and 2.21 -> 1.84; D = 3000: 12.4 -> 8.5 and 11.9 -> 7.2; D = 528: 0.45 -> 0.36 and
+// 0.47 -> 0.35; B = 128: 0.79-0.97x. Outside the window it loses: at D <= 192 the transposed
+// forward took 1.06-1.8x as long (tens of us), at B = 8 and D = 1392 3.3x. On that path the
+// result is (B, N) with strides (1, B).
+bool short_rows(const Tensor& a, const Tensor& map) {
+  return a.size(0) >= 16 && a.size(0) <= 128 && map.numel() >= (int64_t{1} << 18);
+}
 
 Tensor global_fwd(const Tensor& beta, const Tensor& z, const Tensor& Z) {
-  if (!short_rows(z)) return at::addmm(beta, z, Z);
+  if (!short_rows(z, Z)) return at::addmm(beta, z, Z);
   const Tensor bias = beta.dim() == 1 ? beta.unsqueeze(1) : beta.t();
   return at::addmm(bias, Z.t(), z.t()).t();
 }
 
 Tensor global_adjoint(const Tensor& dglob, const Tensor& Z) {
-  return short_rows(dglob) ? Z.mm(dglob.t()).t() : dglob.mm(Z.t());
+  return short_rows(dglob, Z) ? Z.mm(dglob.t()).t() : dglob.mm(Z.t());
 }
 
 // out (B, G, n) = act(sg g[b, g] + st t[g, b, :]) for a feature-major product t (G, B, n) and a
