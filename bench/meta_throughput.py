@@ -3,14 +3,22 @@
 The problem is the JAX peer's: ``digits_mlp``'s draw 0 (a 64-50-10 ReLU MLP, horizon 99), pinned
 as a one-task family so both sides train the same networks. Each worker owns the same shard
 (``--tasks`` tasks of ``--population`` networks, PES with ``--unroll`` inner steps per
-truncation), so 2 workers do twice the work per outer step. All pools live side by side and are
-measured in interleaved rounds (one outer step of each in turn, the order flipping every step),
-so a noisy period of the machine hits all of them: the NFN-NP rule with 1 and 2 workers, the
-per-parameter MLP rule with 1 worker (with ``--compile`` also both rules with the compiled inner
-step, ``estimator.compile``), and the JAX reference (``bench/anchors/jax_pes.py``: the same
-problem, population, unroll and PES, a per-parameter MLP learned optimizer under one
-``jax.jit``, pinned to one CPU: XLA's own thread pools otherwise took 1.77 cores of 2) in this
-process. The
+truncation), so 2 workers do twice the work per outer step. Two phases, each measured in
+interleaved rounds (one outer step of each case in turn, the order flipping every step), so a
+noisy period of the machine hits all of a phase's cases alike:
+
+1. scaling: the NFN-NP rule with 1 and 2 workers, and only those pools alive;
+2. per core: the per-parameter MLP rule with 1 worker (with ``--compile`` also both rules with
+   the compiled inner step, ``estimator.compile``) and the JAX reference
+   (``bench/anchors/jax_pes.py``: the same problem, population, unroll and PES, a per-parameter
+   MLP learned optimizer under one ``jax.jit``, pinned to one CPU: XLA's own thread pools
+   otherwise took 1.77 cores of 2) in this process.
+
+Why apart: with both cores busy, whatever else runs takes from the 2-worker pool alone (a
+1-worker pool leaves a core free). Measured here (2026-12-04, 10 rounds each): 2-worker
+efficiency 0.94 with only its pools alive, 0.88 with the other pools' 3 idle actors beside it,
+0.87 with the JAX peer's steps interleaved in this process; a meta-training run has neither.
+The
 scaling efficiency is the median over rounds of ``(inner/s with 2) / (2 x inner/s with 1)``, the
 overhead the median share of an outer step spent outside the workers' compute (publishing θ,
 gathering estimates, the learner's update), ``vs_jax`` the median over rounds of nfopt's
@@ -134,7 +142,7 @@ def interleaved_round(cases: list[str], pools: dict, jax_pes, steps: int) -> tup
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5, help="alternating 1-/2-worker measurement rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved measurement rounds per phase")
     ap.add_argument("--steps", type=int, default=6, help="outer steps per measurement")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=2)
@@ -158,7 +166,8 @@ def main() -> None:
         gpus = torch.cuda.device_count()
         if gpus == 0:
             raise SystemExit("--device cuda: no CUDA device visible here")
-    actors = 6 if args.compile else 4  # the pools' workers below: 1 + 2 + 1 (+ 1 + 1 compiled)
+    # the actors of one phase at a time: 1 + 2 for the scaling, 1 (+ 1 + 1 compiled) per core
+    actors = 3
     args.gpu_share = gpus / actors if gpus else 0.0  # every worker an equal share of the node's GPUs
     jax_pes = None
     if not args.no_jax:
@@ -170,41 +179,54 @@ def main() -> None:
             print(f"JAX reference skipped ({err}; pip install -e '.[bench]')")
         else:
             jax_pes = JaxPES(from_nfopt_task(), args.tasks, args.population, args.unroll)
-    init_ray(num_cpus=actors, num_gpus=gpus)  # room for every pool's actors; an idle one uses no core
-    pools = {"nfn_1": make(1, args), "nfn_2": make(2, args), "mlp_1": make(1, args, "mlp")}
-    if args.compile:  # the first steps compile (one graph per rule: one task, one plan)
-        pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}
-    for learner, _ in pools.values():
-        for _ in range(args.warmup):
-            learner.step()
-    cases = list(pools) + (["jax"] if jax_pes is not None else [])
-    if jax_pes is not None:
-        for _ in range(args.warmup):  # the first step compiles
-            jax_pes.step()
-    per_s = {c: [] for c in cases}
+    init_ray(num_cpus=actors, num_gpus=gpus)  # room for one phase's actors; an idle one uses no core
+    per_s: dict[str, list[float]] = {}
     jax_cores = []
     ratios, vs_jax, nfn_vs_jax, overheads = [], [], [], []
-    for r in range(args.rounds):
-        res, ovh, cores = interleaved_round(cases if r % 2 == 0 else cases[::-1], pools, jax_pes, args.steps)
-        overheads += ovh
-        if jax_pes is not None:
-            jax_cores.append(cores)
-        for c in cases:
-            per_s[c].append(res[c])
+
+    def phase(pools: dict, with_jax: bool, report) -> None:
+        """Warm ``pools`` (and the JAX peer), run the interleaved rounds, shut the pools down."""
+        for learner, _ in pools.values():
+            for _ in range(args.warmup):  # with a compiled step, the first steps compile
+                learner.step()
+        cases = list(pools) + (["jax"] if with_jax else [])
+        if with_jax:
+            for _ in range(args.warmup):  # the first step compiles
+                jax_pes.step()
+        for r in range(args.rounds):
+            res, ovh, cores = interleaved_round(cases if r % 2 == 0 else cases[::-1], pools, jax_pes, args.steps)
+            if with_jax:
+                jax_cores.append(cores)
+            for c in cases:
+                per_s.setdefault(c, []).append(res[c])
+            line = report(res, ovh)
+            print(f"round {r}: " + ", ".join(f"{c} {res[c]:.0f}" for c in cases) + f" inner steps/s{line}", flush=True)
+        for _, pool in pools.values():
+            pool.shutdown()
+
+    def scaling(res, ovh) -> str:
+        overheads.extend(ovh)
         ratios.append(res["nfn_2"] / (2 * res["nfn_1"]))
-        line = (
-            f"round {r}: "
-            + ", ".join(f"{c} {res[c]:.0f}" for c in cases)
-            + f" inner steps/s; 2-worker efficiency {ratios[-1]:.2f}"
-        )
-        if jax_pes is not None:
-            mlp, nfn = ("mlp_1c", "nfn_1c") if args.compile else ("mlp_1", "nfn_1")
-            vs_jax.append(res[mlp] / res["jax"])
-            nfn_vs_jax.append(res[nfn] / res["jax"])
-            line += f", vs JAX (MLP rule{', compiled' if args.compile else ''}) {vs_jax[-1]:.2f}"
-        print(line, flush=True)
-    for _, pool in pools.values():
-        pool.shutdown()
+        return f"; 2-worker efficiency {ratios[-1]:.2f}"
+
+    def per_core(res, _ovh) -> str:
+        if jax_pes is None:
+            return ""
+        mlp, nfn = ("mlp_1c", "nfn_1c") if args.compile else ("mlp_1", "nfn_pc")
+        vs_jax.append(res[mlp] / res["jax"])
+        nfn_vs_jax.append(res[nfn] / res["jax"])
+        return f"; vs JAX (MLP rule{', compiled' if args.compile else ''}) {vs_jax[-1]:.2f}"
+
+    print("phase 1, scaling: the NFN-NP rule on 1 and 2 workers", flush=True)
+    phase({"nfn_1": make(1, args), "nfn_2": make(2, args)}, False, scaling)
+    print("phase 2, per core: the rules on 1 worker against the JAX peer", flush=True)
+    pools = {"mlp_1": make(1, args, "mlp")}
+    if args.compile:
+        pools |= {"nfn_1c": make(1, args, compile=True), "mlp_1c": make(1, args, "mlp", compile=True)}
+    elif jax_pes is not None:  # the NFN rule on 1 worker again, interleaved with the JAX peer
+        pools["nfn_pc"] = make(1, args)
+    phase(pools, jax_pes is not None, per_core)
+    cases = list(per_s)
     med = {c: statistics.median(v) for c, v in per_s.items()}
     for c in cases:
         print(f"{c}: median {med[c]:.0f} inner steps/s")
