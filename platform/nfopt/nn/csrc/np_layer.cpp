@@ -104,8 +104,8 @@ Tensor global_adjoint(const Tensor& dglob, const Tensor& Z) {
 // out (B, G, n) = act(sg g[b, g] + st t[g, b, :]) for a feature-major product t (G, B, n) and a
 // per-(batch, feature) term g (B, G), any strides: the transposing broadcast sum that turns a
 // neuron map's output back into the layer's layout, with the ReLU that follows applied as it is
-// stored (at::add of a transposed view, then a ReLU pass, read and wrote the big output twice:
-// 1.2 vs ~0.5 ms on a (1024, 32, 32) product). Tiles of 16 features: per batch element the tile
+// stored (it was at::add of a transposed view, ~1.2 ms in the profiler on a (1024, 32, 32)
+// product, then a ReLU pass over the output). Tiles of 16 features: per batch element the tile
 // writes one run of 16 n values, and reads 16 sequential streams of t.
 Tensor transpose_add(const Tensor& g, const Tensor& t_, double sg, double st, bool relu) {
   const Tensor t = t_.contiguous();
@@ -161,18 +161,6 @@ void check_plan(const char* op, int64_t L, size_t n_bias, const OptList& A, cons
     TORCH_CHECK(Q.get(level).has_value() == (perm[level] != 0), op, ": Q[", level, "] present iff level permutable");
 }
 
-// A layer's pooled features in the layouts its small GEMMs take, in one pass over each input and
-// with every small output written in place (the per-part means, concatenations and transposing
-// copies were ~35 small ops per layer): z (B, Dz) = [the totals of x_1..x_L (F_i each), of
-// b_1..b_L (Fb_i each)] and for each permutable neuron layer l, P_l (D_l, B, n_l) = [the column
-// sums of x_l-1 (F), b_l-1 itself (Fb), the row sums of x_l (F)] (absent parts dropped). `mean`:
-// every sum divided by its count (the forward's pooled means; the bias part stays as it is),
-// else plain sums (the backward's reductions of output gradients, with x the weights' and b the
-// biases' gradients). x_i (B, F, m_r, m_c), b_i (B, Fb, m_r), any float dtype, all alike.
-// With `dot_with[i]` (B, 1, m_r, m_c) defined, also dots[i] (B, F) = sum_{r,c} x_i y in the same
-// pass: the weight gradient of a one-feature input y (the data into a stack).
-// With `masks[i]` (x_i's shape) defined, x_i's entries where the mask is not positive read as 0
-// (a ReLU's backward fused into the read; folded one-column inputs without dot_with only).
 // One folded column's pass: its total, and (dst) its values scaled by sc; kMask: values where
 // the mask m is not positive read as 0 (a ReLU's backward applied as the gradient is read).
 template <bool kMask, typename T>
@@ -192,6 +180,18 @@ _Pragma("omp simd reduction(+ : total)")
   return total;
 }
 
+// A layer's pooled features in the layouts its small GEMMs take, in one pass over each input and
+// with every small output written in place (the per-part means, concatenations and transposing
+// copies were ~35 small ops per layer): z (B, Dz) = [the totals of x_1..x_L (F_i each), of
+// b_1..b_L (Fb_i each)] and for each permutable neuron layer l, P_l (D_l, B, n_l) = [the column
+// sums of x_l-1 (F), b_l-1 itself (Fb), the row sums of x_l (F)] (absent parts dropped). `mean`:
+// every sum divided by its count (the forward's pooled means; the bias part stays as it is),
+// else plain sums (the backward's reductions of output gradients, with x the weights' and b the
+// biases' gradients). x_i (B, F, m_r, m_c), b_i (B, Fb, m_r), any float dtype, all alike.
+// With `dot_with[i]` (B, 1, m_r, m_c) defined, also dots[i] (B, F) = sum_{r,c} x_i y in the same
+// pass: the weight gradient of a one-feature input y (the data into a stack).
+// With `masks[i]` (x_i's shape) defined, x_i's entries where the mask is not positive read as 0
+// (a ReLU's backward fused into the read; folded one-column inputs without dot_with only).
 struct Pooled {
   Tensor z;
   std::vector<Tensor> P, dots;
@@ -247,7 +247,8 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
       const scalar_t st = mean ? scalar_t(1) / (R * C) : scalar_t(1);
       const Tensor mask = i < static_cast<int64_t>(masks.size()) ? masks[i] : Tensor();
       const scalar_t* mp = mask.defined() ? mask.data_ptr<scalar_t>() : nullptr;
-      TORCH_CHECK(mp == nullptr || (C == 1 && yp == nullptr), "np layer: a mask applies to folded columns only");
+      TORCH_CHECK(mp == nullptr || (C == 1 && yp == nullptr && mask.numel() == xs[i].numel()),
+                  "np layer: a mask applies to folded columns only, with their shape");
       if (C == 1 && yp == nullptr) {  // columns (a folded input layer): one tight loop per column
         // in tiles of 16 features: per batch element, 16 rows read in one run of 16 R values;
         // each feature's B rows land in P as one run of B R values, so the tile writes 16
