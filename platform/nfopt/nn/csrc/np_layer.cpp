@@ -101,12 +101,28 @@ Tensor global_adjoint(const Tensor& dglob, const Tensor& Z) {
   return short_rows(dglob, Z) ? Z.mm(dglob.t()).t() : dglob.mm(Z.t());
 }
 
+// body(b, f) for every batch element b < B and feature f < F, in tiles of 16 features spread over
+// the threads, batch inside a tile: the traversal of the transposes between the layer's (B, F, n)
+// layout and the feature-major (F, B, n) one, so a tile reads or writes one run of 16 n values
+// per batch element and 16 sequential streams on the other side (batch outside, each f's piece
+// of n values lands B n values apart: a page apart at B n = 1024, every store another page)
+template <typename Body>
+void for_feature_tiles(int64_t F, int64_t B, int64_t n, const Body& body) {
+  constexpr int64_t kTile = 16;
+  const int64_t grain = std::max<int64_t>(1, 2048 / std::max<int64_t>(1, B * n));
+  at::parallel_for(0, (F + kTile - 1) / kTile, grain, [&](int64_t t0, int64_t t1) {
+    const Body run = body;  // a copy per thread: its captures stay in registers across the stores
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t f = t * kTile; f < std::min(F, (t + 1) * kTile); ++f) run(b, f);
+  });
+}
+
 // out (B, G, n) = act(sg g[b, g] + st t[g, b, :]) for a feature-major product t (G, B, n) and a
 // per-(batch, feature) term g (B, G), any strides: the transposing broadcast sum that turns a
 // neuron map's output back into the layer's layout, with the ReLU that follows applied as it is
 // stored (it was at::add of a transposed view, ~1.2 ms in the profiler on a (1024, 32, 32)
-// product, then a ReLU pass over the output). Tiles of 16 features: per batch element the tile
-// writes one run of 16 n values, and reads 16 sequential streams of t.
+// product, then a ReLU pass over the output), in for_feature_tiles' order.
 Tensor transpose_add(const Tensor& g, const Tensor& t_, double sg, double st, bool relu) {
   const Tensor t = t_.contiguous();
   const int64_t G = t.size(0), B = t.size(1), n = t.size(2);
@@ -119,25 +135,20 @@ Tensor transpose_add(const Tensor& g, const Tensor& t_, double sg, double st, bo
     const int64_t gs0 = gc.stride(0), gs1 = gc.stride(1);
     scalar_t* op = out.data_ptr<scalar_t>();
     const scalar_t a = static_cast<scalar_t>(sg), c = static_cast<scalar_t>(st);
-    constexpr int64_t kTile = 16;
-    at::parallel_for(0, (G + kTile - 1) / kTile, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, B * n)), [&](int64_t t0, int64_t t1) {
-      for (int64_t tile = t0; tile < t1; ++tile)
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t f = tile * kTile; f < std::min(G, (tile + 1) * kTile); ++f) {
-            const scalar_t base = a * gp[b * gs0 + f * gs1];
-            const scalar_t* src = tp + (f * B + b) * n;
-            scalar_t* dst = op + (b * G + f) * n;
-            if (relu) {
+    for_feature_tiles(G, B, n, [=](int64_t b, int64_t f) {
+      const scalar_t base = a * gp[b * gs0 + f * gs1];
+      const scalar_t* src = tp + (f * B + b) * n;
+      scalar_t* dst = op + (b * G + f) * n;
+      if (relu) {
 _Pragma("omp simd")
-              for (int64_t r = 0; r < n; ++r) {
-                const scalar_t v = base + c * src[r];
-                dst[r] = v > scalar_t(0) ? v : scalar_t(0);
-              }
-            } else {
+        for (int64_t r = 0; r < n; ++r) {
+          const scalar_t v = base + c * src[r];
+          dst[r] = v > scalar_t(0) ? v : scalar_t(0);
+        }
+      } else {
 _Pragma("omp simd")
-              for (int64_t r = 0; r < n; ++r) dst[r] = base + c * src[r];
-            }
-          }
+        for (int64_t r = 0; r < n; ++r) dst[r] = base + c * src[r];
+      }
     });
   });
   return out;
@@ -250,22 +261,15 @@ Pooled pool_into(at::TensorList xs_, at::TensorList bs_, at::IntArrayRef perm, b
       TORCH_CHECK(mp == nullptr || (C == 1 && yp == nullptr && mask.numel() == xs[i].numel()),
                   "np layer: a mask applies to folded columns only, with their shape");
       if (C == 1 && yp == nullptr) {  // columns (a folded input layer): one tight loop per column
-        // in tiles of 16 features: per batch element, 16 rows read in one run of 16 R values;
-        // each feature's B rows land in P as one run of B R values, so the tile writes 16
-        // sequential streams (batch outside wrote 128-byte pieces B R floats apart, a page
-        // apart at B R = 1024: every store a different page and cache set)
-        constexpr int64_t kTile = 16;
-        at::parallel_for(0, (F + kTile - 1) / kTile, std::max<int64_t>(1, 2048 / std::max<int64_t>(1, B * R)), [&](int64_t t0, int64_t t1) {
-          for (int64_t t = t0; t < t1; ++t)
-            for (int64_t b = 0; b < B; ++b)
-              for (int64_t f = t * kTile; f < std::min(F, (t + 1) * kTile); ++f) {
-                const int64_t off = (b * F + f) * R;
-                scalar_t* dst = pc != nullptr ? pc + (f * B + b) * R : nullptr;
-                const scalar_t total = mp != nullptr ? column_run<true>(xp + off, mp + off, dst, R, sc)
-                                                     : column_run<false>(xp + off, mp, dst, R, sc);
-                if (pr != nullptr) pr[f * B + b] = total * sr;
-                zp[b * dz + zx[i] + f] = total * st;
-              }
+        // in for_feature_tiles' order: each feature's B rows land in P as one run of B R values
+        const int64_t zo = zx[i];
+        for_feature_tiles(F, B, R, [=](int64_t b, int64_t f) {
+          const int64_t off = (b * F + f) * R;
+          scalar_t* dst = pc != nullptr ? pc + (f * B + b) * R : nullptr;
+          const scalar_t total = mp != nullptr ? column_run<true>(xp + off, mp + off, dst, R, sc)
+                                               : column_run<false>(xp + off, mp, dst, R, sc);
+          if (pr != nullptr) pr[f * B + b] = total * sr;
+          zp[b * dz + zo + f] = total * st;
         });
       } else
       at::parallel_for(0, B * F, std::max<int64_t>(1, 32768 / (R * C)), [&](int64_t begin, int64_t end) {
@@ -481,9 +485,10 @@ std::vector<Tensor> np_backward(at::TensorList dhs_, at::TensorList dus_, at::Te
     if (!need_x[i]) {  // e.g. the first layer's input: skip the big pass
       if (a.has_value() && !dA[i].defined()) dA[i] = weight_grad(dhs[i], x);
     } else {
-      Tensor dct = dz[i].unsqueeze(-1).mul(1.0 / (mr * mc));  // (B, F, 1): the global mean, via c_i
-      if (dc[i].defined())  // (B, F, m_r); dc (F, B, m_r) transposed back
-        dct = transpose_add(dz[i], dc[i].transpose(0, 1), 1.0 / (mr * mc), 1.0 / mc, false);
+      // the global mean, via c_i: (B, F, 1), or with dc (F, B, m_r) transposed back, (B, F, m_r)
+      const Tensor dct = dc[i].defined()
+                             ? transpose_add(dz[i], dc[i].transpose(0, 1), 1.0 / (mr * mc), 1.0 / mc, false)
+                             : dz[i].unsqueeze(-1).mul(1.0 / (mr * mc));
       if (a.has_value()) {  // (B, F, m_r, m_c) and, unless known, (G, F)
         const Tensor wt = a->t(), col = dct.expand({bsz, f, mr}), row = dr[i].mul(1.0 / mr);
         const Tensor& dh = dhs[i];
